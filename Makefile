@@ -1,0 +1,32 @@
+# Everything from a fresh clone: `make demo` (train + inspect on generated data), `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch/torchvision pair known to work here; override with `make TORCH="torch torchvision" ...`.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.adcli-installed
+
+.PHONY: install test demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	rm -rf demo
+	$(PY) -m adcli.data.demo demo/data
+	$(VENV)/bin/adcli prepare demo/data/mvtec --out demo/prepared
+	$(VENV)/bin/adcli train --recipe diffusionad --profile demo --data demo/prepared --out demo/run
+	for c in weave disc; do \
+	  $(VENV)/bin/adcli inspect demo/data/mvtec/$$c/test --model demo/run --out demo/inspect/$$c --category $$c || exit 1; \
+	done
+	@echo "heatmaps: demo/inspect/*/heatmaps   results: demo/inspect/*/results.csv"
+
+clean:
+	rm -rf demo .pytest_cache

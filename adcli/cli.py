@@ -1,0 +1,111 @@
+"""The `adcli` command line: a thin Typer layer; every command calls one library function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adcli import __version__
+from adcli.errors import AdcliError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Find defects in product images with models trained on good images only.")
+console = Console(stderr=True, soft_wrap=True)  # one message = one line, whatever the width
+
+
+def _version(value: bool):
+    if value:
+        print(f"adcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                         help="Print the version and exit.")] = None):
+    pass
+
+
+@app.command()
+def prepare(
+    root: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for manifest.jsonl, summary.csv, problems.txt.")],
+    fmt: Annotated[str, typer.Option("--format", help="mvtec | visa | folder")] = "mvtec",
+    calib_fraction: Annotated[float, typer.Option(help="Fraction of each category's train/good held out for calibration.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration hold-out.")] = 0,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop on the first problem instead of listing it.")] = False,
+):
+    """Scan a dataset, decode every image once, and write a manifest of samples."""
+    from rich.progress import Progress
+
+    from adcli.data.manifest import prepare as prepare_dataset
+    from adcli.data.manifest import write_prepared
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("checking images", total=None)
+        result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=lambda: bar.advance(task))
+    for problem in result.problems:
+        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+    write_prepared(result, out)
+    table = Table(title=f"prepared {root} -> {out}")
+    for col in ("category", "train", "calib", "test_good", "test_defect"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for row in result.summary_rows():
+        table.add_row(*(str(row[c]) for c in ("category", "train", "calib", "test_good", "test_defect")))
+    console.print(table)
+    if result.problems:
+        console.print(f"{len(result.problems)} problem(s) listed in {out / 'problems.txt'}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder (adcli prepare --out).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder; becomes the model bundle.")],
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name (recipes/NAME.yaml) or a YAML path.")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="Named profile of the recipe: cpu, demo, test.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.epochs=5.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+):
+    """Train one model for all categories of the prepared data."""
+    from adcli.recipe import load_recipe
+    from adcli.train import train as train_model
+
+    if resume and (recipe or profile or overrides):
+        raise AdcliError("--resume continues with the run's stored recipe; drop --recipe/--profile/--set")
+    if not resume and not recipe:
+        raise AdcliError("--recipe is required (e.g. --recipe diffusionad)")
+    loaded = None if resume else load_recipe(recipe, profile, overrides or [])
+    train_model(data, out, loaded, resume=resume, device=device, console=console)
+
+
+@app.command()
+def inspect(
+    folder: Annotated[Path, typer.Argument(help="Folder of images to inspect (searched recursively).")],
+    model: Annotated[Path, typer.Option("--model", help="Trained model (run folder).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for heatmaps and results.csv.")],
+    category: Annotated[Optional[str], typer.Option(help="Category of every image; default: the model's only "
+                                                    "category, else the folder name that matches one.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+):
+    """Score every image in a folder; write heatmap overlays and results.csv."""
+    from adcli.inspect import inspect_folder
+
+    summary = inspect_folder(folder, model, out, category=category, device=device, console=console)
+    if summary.errors:
+        raise typer.Exit(3)
+
+
+def main() -> None:
+    try:
+        app()
+    except AdcliError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

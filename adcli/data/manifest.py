@@ -1,0 +1,231 @@
+"""Dataset folders -> a manifest of samples (JSON lines) plus a per-category summary.
+
+Layouts: `mvtec` (ROOT/<category>/{train/good, test/<type>, ground_truth/<type>/<stem>_mask.png},
+or ROOT itself one category), `visa` (ROOT/split_csv/1cls.csv with object,split,label,image,mask),
+`folder` (ROOT/<category>/*.png good images only). A fraction of each category's train/good images
+becomes the `calib` split, which training never sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import random
+from pathlib import Path
+from typing import Callable, Iterable
+
+from adcli.errors import DataError, ImageError
+from adcli.io import atomic_write_text, read_image
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+SPLITS = ("train", "calib", "test")
+MANIFEST_NAME = "manifest.jsonl"
+SUMMARY_NAME = "summary.csv"
+PROBLEMS_NAME = "problems.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    path: str  # absolute image path
+    category: str
+    split: str  # train | calib | test
+    label: int  # 0 good, 1 defective
+    defect: str  # "good" or the defect type folder name
+    mask: str | None = None  # absolute mask path for defective test images
+    width: int = 0
+    height: int = 0
+
+
+@dataclasses.dataclass
+class PrepareResult:
+    samples: list[Sample]
+    problems: list[str]
+
+    def summary_rows(self) -> list[dict]:
+        rows: dict[str, dict] = {}
+        for s in self.samples:
+            row = rows.setdefault(s.category, {"category": s.category, "train": 0, "calib": 0, "test_good": 0, "test_defect": 0})
+            if s.split == "test":
+                row["test_defect" if s.label else "test_good"] += 1
+            else:
+                row[s.split] += 1
+        return [rows[c] for c in sorted(rows)]
+
+
+def _image_files(folder: Path, problems: list[str]) -> list[Path]:
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        if p.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(p)
+        else:
+            problems.append(f"skipped non-image file: {p}")
+    return files
+
+
+def _mvtec_category_dirs(root: Path) -> list[Path]:
+    if (root / "train").is_dir():
+        return [root]
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and (d / "train").is_dir()]
+
+
+def scan_mvtec(root: Path, problems: list[str]) -> list[Sample]:
+    samples = []
+    category_dirs = _mvtec_category_dirs(root)
+    if not category_dirs:
+        raise DataError(f"no MVTec-style category (a folder with train/good) under {root}")
+    for cat_dir in category_dirs:
+        cat = cat_dir.name
+        good_dir = cat_dir / "train" / "good"
+        good = _image_files(good_dir, problems) if good_dir.is_dir() else []
+        if not good:
+            problems.append(f"category '{cat}' has no readable train/good images and cannot be trained")
+        samples += [Sample(str(p.resolve()), cat, "train", 0, "good") for p in good]
+        test_dir = cat_dir / "test"
+        if not test_dir.is_dir():
+            continue
+        for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+            for p in _image_files(type_dir, problems):
+                if type_dir.name == "good":
+                    samples.append(Sample(str(p.resolve()), cat, "test", 0, "good"))
+                    continue
+                mask = cat_dir / "ground_truth" / type_dir.name / f"{p.stem}_mask.png"
+                if not mask.is_file():
+                    problems.append(f"mask missing for {p} (expected {mask})")
+                samples.append(Sample(str(p.resolve()), cat, "test", 1, type_dir.name, str(mask.resolve()) if mask.is_file() else None))
+    return samples
+
+
+def scan_visa(root: Path, problems: list[str]) -> list[Sample]:
+    csv_path = root / "split_csv" / "1cls.csv"
+    if not csv_path.is_file():
+        raise DataError(f"VisA layout needs {csv_path}")
+    samples = []
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                cat, split, label, image = row["object"], row["split"], row["label"], row["image"]
+            except KeyError as exc:
+                raise DataError(f"{csv_path}: missing column {exc}") from None
+            if split not in ("train", "test") or label not in ("normal", "anomaly"):
+                problems.append(f"{csv_path} line {i}: unexpected split/label '{split}'/'{label}'")
+                continue
+            is_bad = label == "anomaly"
+            mask = (row.get("mask") or "").strip()
+            mask_path = (root / mask).resolve() if mask else None
+            if is_bad and (mask_path is None or not mask_path.is_file()):
+                problems.append(f"mask missing for {root / image}")
+                mask_path = None
+            samples.append(Sample(str((root / image).resolve()), cat, split, int(is_bad), "anomaly" if is_bad else "good",
+                                  str(mask_path) if (is_bad and mask_path) else None))
+    return samples
+
+
+def scan_folder(root: Path, problems: list[str]) -> list[Sample]:
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.iterdir() if p.is_file()):
+        cat_dirs = [root]
+    else:
+        cat_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    return [Sample(str(p.resolve()), d.name, "train", 0, "good") for d in cat_dirs for p in _image_files(d, problems)]
+
+
+SCANNERS: dict[str, Callable[[Path, list[str]], list[Sample]]] = {"mvtec": scan_mvtec, "visa": scan_visa, "folder": scan_folder}
+
+
+def _verify(samples: Iterable[Sample], problems: list[str], progress: Callable[[], None] | None) -> list[Sample]:
+    """Decode every image (and mask) once; drop unreadable images, drop bad masks with a problem line."""
+    kept = []
+    for s in samples:
+        if progress:
+            progress()
+        try:
+            w, h = read_image(s.path).size
+        except ImageError as exc:
+            problems.append(f"unreadable image skipped: {exc}")
+            continue
+        mask = s.mask
+        if mask is not None:
+            try:
+                mw, mh = read_image(mask, mode="L").size
+                if (mw, mh) != (w, h):
+                    problems.append(f"mask size {mw}x{mh} differs from image size {w}x{h}: {mask}")
+                    mask = None
+            except ImageError as exc:
+                problems.append(f"unreadable mask: {exc}")
+                mask = None
+        kept.append(dataclasses.replace(s, mask=mask, width=w, height=h))
+    return kept
+
+
+def _split_calibration(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
+    """Move `fraction` of each category's train images to `calib`, chosen by a seeded shuffle."""
+    out = [s for s in samples if s.split != "train"]
+    by_cat: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.split == "train":
+            by_cat.setdefault(s.category, []).append(s)
+    for cat, items in sorted(by_cat.items()):
+        order = sorted(items, key=lambda s: s.path)
+        random.Random(f"{seed}:{cat}").shuffle(order)
+        n_calib = int(round(fraction * len(order)))
+        if fraction > 0 and n_calib == 0 and len(order) >= 2:
+            n_calib = 1
+        n_calib = min(n_calib, len(order) - 1)
+        out += [dataclasses.replace(s, split="calib") for s in order[:n_calib]]
+        out += order[n_calib:]
+    return sorted(out, key=lambda s: (s.category, SPLITS.index(s.split), s.path))
+
+
+def prepare(root: str | Path, fmt: str = "mvtec", calib_fraction: float = 0.1, seed: int = 0,
+            strict: bool = False, progress: Callable[[], None] | None = None) -> PrepareResult:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    if fmt not in SCANNERS:
+        raise DataError(f"unknown format '{fmt}' (choose {', '.join(SCANNERS)})")
+    if not 0.0 <= calib_fraction < 1.0:
+        raise DataError(f"--calib-fraction must be in [0, 1), got {calib_fraction}")
+    problems: list[str] = []
+    found = SCANNERS[fmt](root, problems)
+    samples = _verify(found, problems, progress)
+    cats_found = {s.category for s in found}
+    cats_train = {s.category for s in samples if s.split == "train"}
+    for cat in sorted(cats_found - cats_train):
+        problems.append(f"category '{cat}' has no readable train/good images and cannot be trained")
+    if strict and problems:
+        raise DataError(f"{len(problems)} problem(s) in {root} with --strict; first: {problems[0]}")
+    if not cats_train:
+        raise DataError(f"no readable training images found under {root} (format {fmt})")
+    return PrepareResult(_split_calibration(samples, calib_fraction, seed), problems)
+
+
+def write_prepared(result: PrepareResult, out: str | Path) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MANIFEST_NAME, "".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in result.samples))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["category", "train", "calib", "test_good", "test_defect"])
+    writer.writeheader()
+    writer.writerows(result.summary_rows())
+    atomic_write_text(out / SUMMARY_NAME, buf.getvalue())
+    atomic_write_text(out / PROBLEMS_NAME, "".join(p + "\n" for p in result.problems))
+
+
+def load_manifest(prepared: str | Path) -> list[Sample]:
+    path = Path(prepared) / MANIFEST_NAME
+    if not path.is_file():
+        raise DataError(f"no {MANIFEST_NAME} in {prepared}: run `adcli prepare` first")
+    samples = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(Sample(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"{path} line {i}: not a manifest row ({exc})") from None
+    if not samples:
+        raise DataError(f"{path} is empty")
+    return samples

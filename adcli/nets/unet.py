@@ -1,0 +1,180 @@
+"""ADM-style UNet (Dhariwal & Nichol 2021; improved-diffusion) shared by the diffusion methods.
+
+Residual blocks with GroupNorm + SiLU and an additive time embedding, self-attention at chosen
+feature-map sizes, optional res-block up/down sampling, optional class embedding added to the time
+embedding (TimeNet's class conditioning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adcli.nets.blocks import group_norm, timestep_embedding, zero_module
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    base_channels: int = 128
+    channel_mults: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)  # feature-map sizes (pixels) that get attention
+    num_heads: int = 4
+    dropout: float = 0.0
+    resblock_updown: bool = True
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, resample: str | None = None):
+        super().__init__()
+        self.resample = resample  # None | "up" | "down"
+        self.in_norm = group_norm(in_ch)
+        self.in_conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.out_norm = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.out_conv = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resample == "up":
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        if self.resample == "down":
+            return F.avg_pool2d(x, 2)
+        return x
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.in_norm(x))
+        h = self.in_conv(self._resample(h))
+        x = self._resample(x)
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.out_conv(self.dropout(F.silu(self.out_norm(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, channels: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x).reshape(b, c, h * w))  # (B, 3C, HW)
+        # (B, 3C, HW) -> 3 × (B, heads, HW, C/heads)
+        q, k, v = qkv.reshape(b, 3, self.num_heads, c // self.num_heads, h * w).permute(1, 0, 2, 4, 3)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        out = out.permute(0, 1, 3, 2).reshape(b, c, h * w)
+        return x + self.proj(out).reshape(b, c, h, w)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Sequence(nn.ModuleList):
+    """Layers that take (x, emb); attention and resampling ignore emb."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb)
+        return x
+
+
+class UNet(nn.Module):
+    """x (B, in, H, W), t (B,) [, y (B,) class ids] -> (B, out, H, W). H, W divisible by 2^(levels-1)."""
+
+    def __init__(self, config: UNetConfig, image_size: int, in_channels: int = 3, out_channels: int = 3,
+                 num_classes: int = 0):
+        super().__init__()
+        self.config = config
+        ch = config.base_channels
+        emb_dim = 4 * ch
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None
+        levels = len(config.channel_mults)
+        if image_size % 2 ** (levels - 1):
+            raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1} for {levels} UNet levels")
+
+        def with_attention(layers: list, channels: int, size: int) -> Sequence:
+            if size in config.attention_resolutions:
+                layers.append(AttentionBlock(channels, config.num_heads))
+            return Sequence(layers)
+
+        self.input_blocks = nn.ModuleList([Sequence([_Conv(in_channels, ch)])])
+        skip_channels = [ch]
+        size = image_size
+        cur = ch
+        for level, mult in enumerate(config.channel_mults):
+            for _ in range(config.num_res_blocks):
+                block = [ResBlock(cur, mult * ch, emb_dim, config.dropout)]
+                cur = mult * ch
+                self.input_blocks.append(with_attention(block, cur, size))
+                skip_channels.append(cur)
+            if level != levels - 1:
+                down = ResBlock(cur, cur, emb_dim, config.dropout, "down") if config.resblock_updown else Downsample(cur)
+                self.input_blocks.append(Sequence([down]))
+                skip_channels.append(cur)
+                size //= 2
+        self.middle_block = Sequence([ResBlock(cur, cur, emb_dim, config.dropout), AttentionBlock(cur, config.num_heads),
+                                      ResBlock(cur, cur, emb_dim, config.dropout)])
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mults))):
+            for i in range(config.num_res_blocks + 1):
+                block = [ResBlock(cur + skip_channels.pop(), mult * ch, emb_dim, config.dropout)]
+                cur = mult * ch
+                if size in config.attention_resolutions:
+                    block.append(AttentionBlock(cur, config.num_heads))
+                if level and i == config.num_res_blocks:
+                    block.append(ResBlock(cur, cur, emb_dim, config.dropout, "up") if config.resblock_updown else Upsample(cur))
+                    size *= 2
+                self.output_blocks.append(Sequence(block))
+        self.out = nn.Sequential(group_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, out_channels, 3, padding=1)))
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_embed(timestep_embedding(t, self.config.base_channels))
+        if self.class_embed is not None:
+            if y is None:
+                raise ValueError("this UNet is class-conditional: pass class ids y")
+            emb = emb + self.class_embed(y)
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.embed(t, y)
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)
+
+
+class _Conv(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x, emb=None):
+        return self.conv(x)

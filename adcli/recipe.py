@@ -1,0 +1,195 @@
+"""Recipes: strict YAML -> frozen dataclasses, with named profiles and `--set` overrides.
+
+A recipe file holds the paper's settings plus `profiles:`, each a mapping of dotted keys to values
+that override the paper settings (`cpu`, `demo`, `test`). Loading resolves, in order: the file,
+the chosen profile, then `--set key=value` overrides. Any unknown key, wrong type or missing value is
+a RecipeError naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adcli.errors import RecipeError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name (`diffusionad`) maps to `recipes/<name>.yaml`; anything else is a path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise RecipeError(f"recipe file not found: {p}")
+        return p
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+        raise RecipeError(f"unknown recipe '{name_or_path}' (known: {', '.join(known) or 'none'}; or give a .yaml path)")
+    return candidate
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys to values")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.epochs=5` -> ("train.epochs", 5). Values are parsed as YAML scalars/lists."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set expects key=value, got '{text}'")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise RecipeError(f"{source}: unknown key '{'.'.join(parts[: i + 1])}' (in '{dotted}')")
+        node = child
+    if parts[-1] not in node:
+        raise RecipeError(f"{source}: unknown key '{dotted}'")
+    node[parts[-1]] = value
+
+
+def resolve_tree(path: Path, profile: str | None, overrides: typing.Sequence[str] = ()) -> dict:
+    """The recipe's settings after the profile and `--set` overrides, as a plain dict."""
+    raw = read_yaml(path)
+    profiles = raw.pop("profiles", {}) or {}
+    tree = copy.deepcopy(raw)
+    if profile:
+        if profile not in profiles:
+            raise RecipeError(f"{path}: unknown profile '{profile}' (known: {', '.join(sorted(profiles)) or 'none'})")
+        for key, value in (profiles[profile] or {}).items():
+            set_dotted(tree, str(key), value, f"{path} profile '{profile}'")
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(tree, key, value, f"--set {text}")
+    return tree
+
+
+def build(cls: type, data: Any, source: str, prefix: str = ""):
+    """Turn a nested dict into the frozen dataclass `cls`, strictly."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: '{prefix or 'recipe'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RecipeError(f"{source}: unknown key '{prefix}{unknown[0]}'")
+    values = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        if name not in data:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            raise RecipeError(f"{source}: missing key '{key}'")
+        values[name] = _coerce(hints[name], data[name], source, key)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, source, key)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, source, prefix=f"{key}.")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{source}: key '{key}' expects a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return tuple(_coerce(item_type, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{source}: key '{key}' expects true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{source}: key '{key}' expects an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{source}: key '{key}' expects a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{source}: key '{key}' expects a string, got {value!r}")
+        return value
+    raise RecipeError(f"{source}: key '{key}' has unsupported type {tp}")  # a bug in a config class
+
+
+def to_dict(config) -> dict:
+    """A config dataclass back to plain YAML-friendly data (tuples become lists)."""
+
+    def plain(v):
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRecipe:
+    config: Any  # the method's frozen config dataclass
+    path: Path
+    profile: str | None
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+
+def load_recipe(name_or_path: str, profile: str | None = None, overrides: typing.Sequence[str] = ()) -> LoadedRecipe:
+    from adcli.registry import get_method
+
+    path = recipe_path(name_or_path)
+    tree = resolve_tree(path, profile, overrides)
+    method_name = tree.get("method")
+    if not isinstance(method_name, str):
+        raise RecipeError(f"{path}: missing key 'method'")
+    spec = get_method(method_name, source=str(path))
+    source = f"{path}" + (f" (profile '{profile}')" if profile else "")
+    return LoadedRecipe(build(spec.config_cls, tree, source), path, profile)
+
+
+def config_from_dict(tree: dict, source: str):
+    """Rebuild a method config from a resolved recipe dict (as stored in a bundle)."""
+    from adcli.registry import get_method
+
+    spec = get_method(str(tree.get("method")), source=source)
+    return build(spec.config_cls, tree, source)

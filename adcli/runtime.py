@@ -1,0 +1,29 @@
+"""Device selection and deterministic model construction."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from adcli.errors import AdcliError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AdcliError("--device cuda asked for, but no CUDA GPU is available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise AdcliError(f"unknown device '{name}' (use auto, cpu or cuda)") from None
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Run a block (e.g. network construction) under a fixed torch seed without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,26 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from adcli.data.demo import generate_demo
+from adcli.data.manifest import prepare, write_prepared
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A tiny MVTec-layout dataset (two categories, 32 px), generated once per test session."""
+    out = tmp_path_factory.mktemp("demo")
+    return generate_demo(out, size=32, n_train=8, n_test_good=2, n_per_defect=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def prepared(demo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    write_prepared(prepare(demo_root, calib_fraction=0.25), out)
+    return out
+
+
+def save_png(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array), mode=mode).save(path)
+    return path

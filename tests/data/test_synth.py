@@ -1,0 +1,45 @@
+import numpy as np
+
+from adcli.data.synth import foreground_mask, perlin_mask, perlin_noise, shuffled_strips, synthesize
+
+
+def test_perlin_noise_is_deterministic_and_bounded():
+    a = perlin_noise((32, 32), (4, 4), np.random.default_rng(0))
+    b = perlin_noise((32, 32), (4, 4), np.random.default_rng(0))
+    assert np.array_equal(a, b)
+    assert np.abs(a).max() <= 1.0 + 1e-6
+    assert np.allclose(a[::8, ::8], 0.0, atol=1e-9)  # gradient noise vanishes on lattice points
+
+
+def test_perlin_mask_properties():
+    rng = np.random.default_rng(0)
+    fractions = []
+    for _ in range(30):
+        m = perlin_mask((40, 56), rng)  # not a multiple of 32: generated larger and cropped
+        assert m.shape == (40, 56) and m.dtype == bool
+        fractions.append(m.mean())
+    fractions = np.array(fractions)
+    assert 0.0 < fractions.mean() < 0.3  # blobs, not the whole image
+    assert (fractions > 0).sum() >= 15
+
+
+def test_synthesis_only_changes_masked_pixels_of_the_foreground():
+    rng = np.random.default_rng(2)
+    image = np.zeros((32, 32, 3), np.float32)
+    image[8:24, 8:24] = 0.8  # an object on a black background
+    textures = [np.full((32, 32, 3), 255, np.uint8)]
+    for _ in range(10):
+        out, mask = synthesize(image, rng, textures, is_object=True)
+        assert out.shape == image.shape and mask.shape == (32, 32)
+        assert np.array_equal(out[mask == 0], image[mask == 0])
+        assert not mask[:8].any() and not mask[24:].any()  # never on the background
+        assert (out >= 0).all() and (out <= 1).all()
+
+
+def test_foreground_and_strips():
+    image = np.zeros((16, 16, 3), np.float32)
+    image[4:12, 4:12] = 1.0
+    fg = foreground_mask(image)
+    assert fg.sum() == 64 and fg[4:12, 4:12].all()
+    strips = shuffled_strips(np.arange(16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3), np.random.default_rng(0))
+    assert sorted(strips.ravel()) == list(range(16 * 16 * 3))

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from adcli.nets.segnet import SegNet, SegNetConfig
+from adcli.nets.unet import UNet, UNetConfig
+
+SMALL = UNetConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,), num_heads=2)
+
+
+@pytest.mark.parametrize("updown", [True, False])
+def test_unet_keeps_shape_and_learns(updown):
+    cfg = UNetConfig(**{**SMALL.__dict__, "resblock_updown": updown})
+    net = UNet(cfg, image_size=32, in_channels=3, out_channels=5)
+    x = torch.randn(2, 3, 32, 32)
+    out = net(x, torch.tensor([3, 700]))
+    assert out.shape == (2, 5, 32, 32)
+    out.square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_attention_only_where_asked():
+    net = UNet(SMALL, image_size=32)
+    n_attn = sum(type(m).__name__ == "AttentionBlock" for m in net.modules())
+    # encoder level at 8 px (1 block) + middle + decoder level at 8 px (2 blocks)
+    assert n_attn == 4
+
+
+def test_paper_unet_size():
+    net = UNet(UNetConfig(), image_size=256)
+    n = sum(p.numel() for p in net.parameters())
+    assert 125e6 < n < 140e6  # METHODS.md: ≈ 132 M
+
+
+def test_class_conditioning_changes_output():
+    net = UNet(SMALL, image_size=16, num_classes=3)
+    for p in net.parameters():  # residual branches and the output conv start at zero
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
+    assert not torch.allclose(net(x, t, torch.tensor([0])), net(x, t, torch.tensor([1])))
+    with pytest.raises(ValueError, match="class-conditional"):
+        net(x, t)
+
+
+def test_image_size_must_divide():
+    with pytest.raises(ValueError, match="not divisible"):
+        UNet(SMALL, image_size=30)
+
+
+def test_segnet_shape():
+    net = SegNet(SegNetConfig(widths=(4, 8, 16)), in_channels=6)
+    assert net(torch.randn(2, 6, 32, 32)).shape == (2, 1, 32, 32)

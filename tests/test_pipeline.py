@@ -1,0 +1,107 @@
+"""train -> bundle -> inspect on tiny generated data with the `test` profile."""
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adcli.bundle import load_bundle
+from adcli.errors import BundleError
+from adcli.inspect import inspect_folder
+from adcli.methods.diffusionad import DiffusionAD
+from adcli.recipe import load_recipe
+from adcli.train import train
+
+
+def _train(prepared, out, overrides=()):
+    return train(prepared, out, load_recipe("diffusionad", "test", list(overrides)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def run(prepared, tmp_path_factory):
+    return _train(prepared, tmp_path_factory.mktemp("runs") / "run")
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bundle_contents(run):
+    for name in ("model.safetensors", "recipe.yaml", "meta.json", "results.csv"):
+        assert (run / name).is_file()
+    assert not (run / "checkpoint").exists()
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["categories"] == ["disc", "weave"] and meta["image_size"] == 32 and meta["format_version"] == 1
+    assert meta["train_images"] == {"disc": 6, "weave": 6}  # calib images are held out
+    model, _ = load_bundle(run)
+    assert isinstance(model, DiffusionAD) and not model.training
+
+
+def test_inspect_writes_heatmaps_and_rows(run, demo_root, tmp_path):
+    folder = demo_root / "disc" / "test"
+    (folder / "broken.png").write_bytes(b"not a png")
+    try:
+        summary = inspect_folder(folder, run, tmp_path / "out", category="disc", device="cpu")
+    finally:
+        (folder / "broken.png").unlink()
+    rows = _rows(tmp_path / "out" / "results.csv")
+    assert len(rows) == 6 and summary.errors == 1
+    bad = [r for r in rows if r["verdict"] == "ERROR"]
+    assert bad[0]["path"].endswith("broken.png") and "not an image" in bad[0]["error"]
+    good = [r for r in rows if r["verdict"] != "ERROR"]
+    assert all(r["verdict"] == "uncalibrated" and 0 <= float(r["score"]) <= 1 for r in good)
+    assert all((tmp_path / "out" / r["heatmap"]).is_file() for r in good)
+
+
+def test_same_seed_same_weights_and_scores(run, prepared, demo_root, tmp_path):
+    again = _train(prepared, tmp_path / "again")
+    a, b = load_file(run / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    folder = demo_root / "weave" / "test"
+    s1 = inspect_folder(folder, run, tmp_path / "i1", category="weave", device="cpu")
+    s2 = inspect_folder(folder, again, tmp_path / "i2", category="weave", device="cpu")
+    assert [r["score"] for r in s1.rows] == [r["score"] for r in s2.rows]
+    other = _train(prepared, tmp_path / "other", ["seed=1"])
+    assert not torch.equal(load_file(other / "model.safetensors")["segnet.head.weight"], a["segnet.head.weight"])
+
+
+def test_resume_continues_exactly(prepared, tmp_path, monkeypatch):
+    full = _train(prepared, tmp_path / "full", ["train.epochs=2"])
+    calls = {"n": 0}
+    original = DiffusionAD.training_losses
+
+    def dies_in_second_epoch(self, batch, gen):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 3 steps per epoch: the 5th call is in epoch 2
+            raise KeyboardInterrupt
+        return original(self, batch, gen)
+
+    monkeypatch.setattr(DiffusionAD, "training_losses", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _train(prepared, tmp_path / "killed", ["train.epochs=2"])
+    monkeypatch.setattr(DiffusionAD, "training_losses", original)
+    with pytest.raises(BundleError, match="not a finished adcli model.*--resume"):
+        load_bundle(tmp_path / "killed")
+    with pytest.raises(BundleError, match="unfinished run"):
+        _train(prepared, tmp_path / "killed", ["train.epochs=2"])
+    train(prepared, tmp_path / "killed", None, resume=True, device="cpu")
+    a, b = load_file(full / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bundle_format_errors(run, prepared, tmp_path):
+    import shutil
+
+    newer = tmp_path / "newer"
+    shutil.copytree(run, newer)
+    meta = json.loads((newer / "meta.json").read_text())
+    (newer / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(BundleError, match="format v99 is newer"):
+        load_bundle(newer)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope")
+    with pytest.raises(BundleError, match="already holds a finished model"):
+        _train(prepared, run)
