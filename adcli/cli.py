@@ -100,6 +100,35 @@ def inspect(
         raise typer.Exit(3)
 
 
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("pull")
+def weights_pull(
+    networks: Annotated[list[str], typer.Argument(help="Network names: mobilenet_v2, wide_resnet101_2, timm:NAME, ...")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to put the files in (then copy it and set ADCLI_WEIGHTS_DIR).")],
+):
+    """Download weights on a machine with internet, to carry them to one without."""
+    from adcli.nets.weights import pull
+
+    for network in networks:
+        console.print(f"{network}: {pull(network, to)}")
+
+
+@weights_app.command("list")
+def weights_list():
+    """List the weights files available here, with sizes and SHA-256."""
+    from adcli.nets.weights import local_weights, sha256_file
+
+    table = Table(title="local weights")
+    for col in ("source", "file", "MB", "sha256"):
+        table.add_column(col, overflow="fold")
+    for source, path in local_weights():
+        table.add_row(source, str(path), f"{path.stat().st_size / 1e6:.1f}", sha256_file(path)[:16])
+    Console(soft_wrap=True).print(table)
+
+
 def main() -> None:
     try:
         app()

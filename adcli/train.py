@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import platform
 import shutil
 import time
@@ -21,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from adcli.bundle import META, read_recipe, write_bundle, write_recipe
-from adcli.data.batches import TrainImages
+from adcli.data.batches import TrainImages, to_tensor
 from adcli.data.manifest import load_manifest
 from adcli.data.synth import load_textures
 from adcli.errors import BundleError, DataError
@@ -106,32 +105,21 @@ def _start_run(out: Path, recipe: LoadedRecipe | None, resume: bool):
     return recipe.config, recipe.profile
 
 
-def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = None, resume: bool = False,
-          device: str = "auto", console: Console | None = None) -> Path:
-    """Train the recipe's method on the `train` split of a prepared dataset; write a bundle to `out`."""
-    console = console or Console(stderr=True)
-    out = Path(out)
-    dev = resolve_device(device)
-    _check_out(out, resume)
-    samples = [s for s in load_manifest(prepared) if s.split == "train"]  # never calib, never test
-    if not samples:
-        raise DataError(f"no training images in {prepared}")
-    config, profile = _start_run(out, recipe, resume)
-    spec = get_method(config.method)
-    categories = sorted({s.category for s in samples})
+def _fit(model, data: TrainImages, dev: torch.device, console: Console) -> dict:
+    """Methods without a training loop (memory banks): one pass over the training images."""
+    start = time.monotonic()
+    by_cat = {cat: to_tensor(data.images[data.category_ids == i]) for i, cat in enumerate(data.categories)}
+    console.print(f"building {model.name} on {len(data)} images of {len(by_cat)} categories, device {dev}")
+    with Progress(TextColumn("fit"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("fit", total=len(data))
+        model.fit(by_cat, dev, progress=lambda n: bar.advance(task, n))
+    return {"seconds": time.monotonic() - start, "history": []}
+
+
+def _train_loop(model, config, data: TrainImages, textures: list, synth, out: Path, resume: bool,
+                dev: torch.device, console: Console) -> dict:
+    """The gradient loop: epochs of half-normal, half-synthetic batches, checkpoints, exact resume."""
     tc = config.train
-    size = config.data.image_size
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("loading images", total=len(samples))
-        data = TrainImages(samples, categories, size, progress=lambda: bar.advance(task))
-    synth = config.synth if getattr(spec.method_cls, "needs_synthetic_anomalies", False) else None
-    textures = load_textures(config.synth.texture_dir, size) if synth is not None else []
-
-    with seeded(config.seed):
-        model = spec.method_cls(config, categories)
-    model.to(dev).train()
     batch_size = min(tc.batch_size, len(data))
     steps_per_epoch = max(1, len(data) // batch_size)
     total_steps = steps_per_epoch * tc.epochs
@@ -144,8 +132,8 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
         console.print(f"resuming {out} at epoch {position['epoch'] + 1}, step {position['step_in_epoch']}")
 
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"training {config.method} on {len(data)} images of {len(categories)} categories "
-                  f"({', '.join(categories)}) at {size}px, {n_params / 1e6:.1f} M parameters, {tc.epochs} epochs, device {dev}")
+    console.print(f"training {config.method} on {len(data)} images of {len(data.categories)} categories "
+                  f"({', '.join(data.categories)}) at {config.data.image_size}px, {n_params / 1e6:.1f} M parameters, {tc.epochs} epochs, device {dev}")
     last_save = time.monotonic()
     start = time.monotonic() - position["seconds"]
     columns = (TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
@@ -193,11 +181,44 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
             save_checkpoint(out, model, optimizer, position)
             last_save = time.monotonic()
 
+    return position
+
+
+def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = None, resume: bool = False,
+          device: str = "auto", console: Console | None = None) -> Path:
+    """Train the recipe's method on the `train` split of a prepared dataset; write a bundle to `out`."""
+    console = console or Console(stderr=True)
+    out = Path(out)
+    dev = resolve_device(device)
+    _check_out(out, resume)
+    samples = [s for s in load_manifest(prepared) if s.split == "train"]  # never calib, never test
+    if not samples:
+        raise DataError(f"no training images in {prepared}")
+    config, profile = _start_run(out, recipe, resume)
+    spec = get_method(config.method)
+    categories = sorted({s.category for s in samples})
+    size = config.data.image_size
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("loading images", total=len(samples))
+        data = TrainImages(samples, categories, size, progress=lambda: bar.advance(task))
+    synth = config.synth if getattr(spec.method_cls, "needs_synthetic_anomalies", False) else None
+    textures = load_textures(config.synth.texture_dir, size) if synth is not None else []
+
+    with seeded(config.seed):
+        model = spec.method_cls(config, categories)
+    model.to(dev).train()
+    if hasattr(model, "fit"):
+        position = _fit(model, data, dev, console)
+    else:
+        position = _train_loop(model, config, data, textures, synth, out, resume, dev, console)
+
     counts: dict[str, int] = {}
     for s in samples:
         counts[s.category] = counts.get(s.category, 0) + 1
     meta = {"categories": categories, "profile": profile, "train_seconds": round(position["seconds"], 1),
-            "train_images": counts, "epochs": tc.epochs, "device": str(dev), "torch": torch.__version__,
+            "train_images": counts, "epochs": getattr(getattr(config, "train", None), "epochs", 0), "device": str(dev), "torch": torch.__version__,
             "python": platform.python_version(), "prepared": str(Path(prepared).resolve()),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     model.eval()

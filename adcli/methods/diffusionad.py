@@ -15,7 +15,6 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adcli.config import DataConfig, LoopConfig, SynthConfig
@@ -82,8 +81,8 @@ class DiffusionAD(nn.Module):
     needs_synthetic_anomalies = True
     map_range = (0.0, 1.0)  # the map is a probability: heatmaps are drawn on an absolute scale
 
-    def __init__(self, config: DiffusionADConfig, categories: list[str]):
-        super().__init__()
+    def __init__(self, config: DiffusionADConfig, categories: list[str], load_pretrained: bool = True):
+        super().__init__()  # load_pretrained: nothing pretrained here; accepted like every method
         self.config = config
         self.categories = list(categories)
         self.unet = UNet(config.unet, config.data.image_size)

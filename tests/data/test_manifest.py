@@ -1,4 +1,3 @@
-import dataclasses
 import shutil
 
 import numpy as np

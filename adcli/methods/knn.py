@@ -1,0 +1,119 @@
+"""`knn`: a PatchCore-style nearest-neighbour baseline (Roth et al., CVPR 2022). No training loop.
+
+Per category, a memory bank of locally averaged (patch_size × patch_size) backbone features from
+train/good, with the deeper layers upsampled to the first layer's grid and concatenated, reduced by
+greedy coreset selection. Anomaly map = distance of each test patch to its nearest bank patch,
+upsampled to the image size and smoothed with a Gaussian; image score = the map's maximum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adcli.config import DataConfig
+from adcli.coreset import greedy_coreset
+from adcli.methods.base import AnomalyOutput
+from adcli.nets.features import BackboneConfig, FeatureExtractor
+from adcli.registry import register
+from adcli.scoring import gaussian_blur
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnSettings:
+    patch_size: int = 3
+    coreset_ratio: float = 0.1
+    projection_dim: int = 128
+    gaussian_sigma: float = 4.0
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if not 0 < self.coreset_ratio <= 1:
+            raise ValueError("knn.coreset_ratio must be in (0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnConfig:
+    method: str
+    seed: int
+    data: DataConfig
+    backbone: BackboneConfig
+    knn: KnnSettings
+
+
+@register("knn", KnnConfig)
+class Knn(nn.Module):
+    needs_synthetic_anomalies = False
+    map_range = None  # distances have no fixed scale: heatmaps are scaled per image until calibrated
+
+    def __init__(self, config: KnnConfig, categories: list[str], load_pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.categories = list(categories)
+        # Without pretrained weights the extractor is built empty; a bundle then supplies its weights.
+        state = None if load_pretrained else _random_state(config.backbone)
+        self.backbone = FeatureExtractor(config.backbone, state=state)
+        self.banks = nn.ParameterDict()  # category -> (M, D) bank, filled by fit() or a bundle
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) -> locally averaged patch features (B, D, h, w) on the first layer's grid."""
+        p = self.config.knn.patch_size
+        maps = self.backbone(images)
+        size = maps[0].shape[-2:]
+        pooled = [F.avg_pool2d(m, p, stride=1, padding=p // 2, count_include_pad=False) for m in maps]
+        return torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else m
+                          for m in pooled], dim=1)
+
+    @torch.no_grad()
+    def fit(self, images_by_category: dict[str, torch.Tensor], device: torch.device, progress=None) -> None:
+        """Build each category's bank from its uint8-derived float images (N, 3, H, W) in [0, 1]."""
+        kc = self.config.knn
+        for cat in self.categories:
+            feats = []
+            imgs = images_by_category[cat]
+            for i in range(0, len(imgs), kc.batch_size):
+                f = self.patch_features(imgs[i:i + kc.batch_size].to(device))
+                feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())  # (B, D, h, w) -> (B*h*w, D)
+                if progress:
+                    progress(len(imgs[i:i + kc.batch_size]))
+            bank = torch.cat(feats)
+            count = max(1, int(round(kc.coreset_ratio * len(bank))))
+            if count < len(bank):
+                g = torch.Generator().manual_seed(self.config.seed)
+                bank = bank[greedy_coreset(bank.to(device), count, kc.projection_dim, g).cpu()]
+            self.banks[cat] = nn.Parameter(bank.to(device), requires_grad=False)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        for key, value in state.items():  # bank sizes are known only from the saved weights
+            if key.startswith("banks."):
+                self.banks[key[len("banks."):]] = nn.Parameter(torch.empty_like(value), requires_grad=False)
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
+        feats = self.patch_features(images)  # (B, D, h, w)
+        b, d, h, w = feats.shape
+        maps = []
+        for i in range(b):
+            bank = self.banks[self.categories[int(category_ids[i])]]
+            query = feats[i].permute(1, 2, 0).reshape(-1, d)  # (D, h, w) -> (h*w, D)
+            maps.append(torch.cdist(query, bank).amin(dim=1).reshape(h, w))
+        patch_map = torch.stack(maps)  # (B, h, w)
+        full = F.interpolate(patch_map[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        anomaly_map = gaussian_blur(full, self.config.knn.gaussian_sigma)
+        return AnomalyOutput(anomaly_map, anomaly_map.flatten(1).amax(dim=1))
+
+
+def _random_state(backbone: BackboneConfig) -> dict:
+    """A state dict of the right shapes (random values) so the extractor can be built without weights."""
+    import torchvision
+
+    name = backbone.name
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name[5:], pretrained=False).state_dict()
+    return torchvision.models.get_model(name, weights=None).state_dict()

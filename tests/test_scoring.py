@@ -1,0 +1,59 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from adcli.coreset import greedy_coreset
+from adcli import scoring as S
+
+
+def test_distances_by_hand():
+    a = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1)
+    b = torch.tensor([0.0, 2.0]).reshape(1, 2, 1, 1)
+    assert S.cosine_distance(a, b).item() == pytest.approx(1.0)
+    assert S.cosine_distance(a, 3 * a).item() == pytest.approx(0.0, abs=1e-7)
+    assert S.euclidean_distance(a, b).item() == pytest.approx(math.sqrt(5))
+
+
+def test_combine_ddad_by_hand():
+    d1 = torch.tensor([[[1.0, 2.0]]])
+    d2 = torch.tensor([[[0.5, 4.0]]])
+    # w · max d2 / max d1 = 7 · 4 / 2 = 14
+    assert S.combine_ddad(d1, d2, 7.0).tolist() == [[[14.5, 32.0]]]
+
+
+def test_upsample_sum_and_gaussian():
+    maps = [torch.ones(1, 2, 2), 2 * torch.ones(1, 4, 4)]
+    assert torch.allclose(S.upsample_sum(maps, (8, 8)), torch.full((1, 8, 8), 3.0))
+    impulse = torch.zeros(1, 21, 21)
+    impulse[0, 10, 10] = 1.0
+    blurred = S.gaussian_blur(impulse, 2.0)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-5)  # mass preserved away from borders
+    x = np.arange(-8, 9)  # radius ceil(4σ) = 8, as scipy.ndimage.gaussian_filter truncates
+    g = np.exp(-x**2 / 8) / np.exp(-x**2 / 8).sum()
+    expected = np.zeros((21, 21))
+    expected[2:19, 2:19] = np.outer(g, g)
+    assert np.allclose(blurred[0].numpy(), expected, atol=1e-7)
+    assert torch.equal(S.gaussian_blur(impulse, 0), impulse)
+
+
+def test_pooled_max_and_top_k():
+    m = torch.zeros(1, 10, 10)
+    m[0, 0, 0] = 9.0
+    # one 3×3 average pooling round: the corner spreads to one window with mean 1
+    assert S.pooled_max(m, kernel=3, rounds=1).item() == pytest.approx(1.0)
+    assert S.pooled_max(m, kernel=3, rounds=2).item() == pytest.approx(1 / 9)
+    m2 = torch.arange(12.0).reshape(1, 3, 4)
+    assert S.top_k_mean(m2, 3).item() == pytest.approx(10.0)
+
+
+def test_greedy_coreset_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=g)
+    idx = greedy_coreset(x, 8, projection_dim=None)
+    chosen = [0]
+    for _ in range(7):
+        d = torch.cdist(x, x[chosen]).amin(dim=1)
+        chosen.append(int(d.argmax()))
+    assert idx.tolist() == chosen
