@@ -100,6 +100,20 @@ def inspect(
         raise typer.Exit(3)
 
 
+@app.command()
+def report(
+    model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
+    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, report.html.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate: test (default), calib or train.")] = "test",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+):
+    """Evaluate a model on a labelled split: seven metrics per category, ROC, histograms, gallery."""
+    from adcli.report import make_report
+
+    make_report(model, data, out, split=split, device=device, console=console)
+
+
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.")
 app.add_typer(weights_app, name="weights")
 

@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adcli.bundle import load_bundle
-from adcli.data.batches import to_tensor
+from adcli.data.batches import load_model_input
 from adcli.errors import AdcliError, DataError, ImageError
 from adcli.heatmap import overlay
-from adcli.io import atomic_write_bytes, atomic_write_text, read_image
+from adcli.io import atomic_write_bytes, atomic_write_text
 from adcli.runtime import resolve_device
+from adcli.weights_id import bundle_id
 
 RESULT_FIELDS = ("path", "category", "score", "verdict", "ms", "heatmap", "error")
 
@@ -90,7 +89,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     if category is not None and category not in categories:
         raise AdcliError(f"category '{category}' is not in this model ({', '.join(categories)})")
     size = meta["image_size"]
-    model_id = hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    model_id = bundle_id(model_dir)
     files = list_files(folder, exclude=out.resolve() if out.resolve() != folder.resolve() else None)
     if not files:
         raise DataError(f"no files in {folder}")
@@ -106,15 +105,14 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
             t0 = time.perf_counter()
             try:
                 cat = choose_category(path, categories, category)
-                image = read_image(path)
+                image, x = load_model_input(str(path), size)
             except ImageError as exc:
                 rows.append({"path": str(path), "category": "", "score": "", "verdict": "ERROR", "ms": "",
                              "heatmap": "", "error": str(exc)})
                 console.print(f"[yellow]skipped:[/] {exc}", highlight=False)
                 continue
-            x = to_tensor(np.asarray(image.resize((size, size), resample=2))[None]).to(dev)  # (1, 3, S, S)
             t1 = time.perf_counter()
-            output = model.predict(x, torch.tensor([categories.index(cat)], device=dev))
+            output = model.predict(x.to(dev), torch.tensor([categories.index(cat)], device=dev))
             anomaly_map = output.anomaly_map[0].float().cpu().numpy()
             score = float(output.score[0])
             t2 = time.perf_counter()

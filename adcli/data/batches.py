@@ -25,6 +25,12 @@ def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images_u8, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def load_model_input(path: str, size: int) -> tuple[Image.Image, torch.Tensor]:
+    """Decode an image (checked) and make the model's input (1, 3, size, size) in [0, 1]."""
+    image = read_image(path)
+    return image, to_tensor(np.asarray(image.resize((size, size), Image.BILINEAR))[None])
+
+
 class TrainImages:
     """All training images decoded once and kept as uint8 (N, H, W, 3)."""
 

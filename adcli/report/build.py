@@ -1,0 +1,112 @@
+"""Run a bundle on a prepared split and write metrics.json, metrics.csv, report.html."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from adcli.bundle import load_bundle
+from adcli.data.manifest import SPLITS, load_manifest
+from adcli.errors import DataError
+from adcli.io import atomic_write_json, atomic_write_text, read_image
+from adcli.metrics import METRIC_NAMES, category_metrics
+from adcli.report.html import histogram_plot, render, roc_plot, triptych
+from adcli.report.predictions import ground_truth, predict_samples
+from adcli.runtime import resolve_device
+from adcli.weights_id import bundle_id
+
+GALLERY_SIZE = 3
+
+
+def _gallery(outputs, idx: np.ndarray, labels: np.ndarray, masks: np.ndarray, value_range) -> dict:
+    scores = outputs.scores[idx]
+    order = np.argsort(scores)
+    bad = [i for i in order if labels[i]]
+    good = [i for i in order if not labels[i]]
+    groups = {"missed defects (lowest-scoring defective images)": bad[:GALLERY_SIZE],
+              "false alarms (highest-scoring good images)": good[::-1][:GALLERY_SIZE],
+              "best detections (highest-scoring defective images)": bad[::-1][:GALLERY_SIZE]}
+    gallery = {}
+    for name, members in groups.items():
+        cases = []
+        for i in members:
+            sample = outputs.samples[idx[i]]
+            pictures = triptych(read_image(sample.path), outputs.maps[idx[i]], masks[i], value_range)
+            cases.append({"pictures": pictures, "caption": f"{Path(sample.path).name} ({sample.defect}) score {scores[i]:.4f}"})
+        gallery[name] = cases
+    return gallery
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["category", "images", *METRIC_NAMES, "ms_per_image", "device"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, split: str = "test",
+                device: str = "auto", console: Console | None = None) -> list[dict]:
+    """The only place that reads test labels and masks. Returns per-category rows plus the mean."""
+    console = console or Console(stderr=True)
+    model_dir, out = Path(model_dir), Path(out)
+    if split not in SPLITS:
+        raise DataError(f"unknown split '{split}' (choose {', '.join(SPLITS)})")
+    dev = resolve_device(device)
+    model, meta = load_bundle(model_dir, dev)
+    categories, size = meta["categories"], meta["image_size"]
+    samples = [s for s in load_manifest(prepared) if s.split == split and s.category in categories]
+    if not samples:
+        raise DataError(f"no '{split}' images of this model's categories ({', '.join(categories)}) in {prepared}")
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("report"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("report", total=len(samples))
+        outputs = predict_samples(model, categories, samples, size, dev, model_dir, out, lambda: bar.advance(task))
+
+    value_range = getattr(model, "map_range", None)
+    rows, sections = [], []
+    for cat in sorted({s.category for s in samples}):
+        idx = np.array([i for i, s in enumerate(samples) if s.category == cat])
+        labels = np.array([samples[i].label == 1 for i in idx])
+        masks = np.stack([ground_truth(samples[i], size) for i in idx])
+        has_masks = all(samples[i].mask is not None for i in idx if samples[i].label == 1)
+        m = category_metrics(outputs.scores[idx], labels, outputs.maps[idx] if has_masks else None,
+                             masks if has_masks else None)
+        rows.append({"category": cat, "images": len(idx), **m, "ms_per_image": round(outputs.ms_per_image, 1),
+                     "device": outputs.device})
+        sections.append({"category": cat, "roc": roc_plot(outputs.scores[idx], labels, cat),
+                         "hist": histogram_plot(outputs.scores[idx], labels, cat, None),
+                         "gallery": _gallery(outputs, idx, labels, masks, value_range)})
+    mean = {"category": "mean", "images": len(samples),
+            **{k: float(np.nanmean([r[k] for r in rows])) if any(r[k] == r[k] for r in rows) else math.nan
+               for k in METRIC_NAMES},
+            "ms_per_image": round(outputs.ms_per_image, 1), "device": outputs.device}
+    rows.append(mean)
+
+    model_name = f"{meta['method']} ({meta.get('profile') or 'paper'}) {bundle_id(model_dir)}"
+    atomic_write_json(out / "metrics.json", {"model": str(model_dir), "model_id": bundle_id(model_dir),
+                                             "method": meta["method"], "profile": meta.get("profile"),
+                                             "split": split, "categories": rows})
+    atomic_write_text(out / "metrics.csv", _csv(rows))
+    header = {"model": model_name, "split": split, "images": len(samples), "ms/image": f"{outputs.ms_per_image:.1f}",
+              "device": outputs.device}
+    atomic_write_text(out / "report.html", render(f"adcli report: {model_name}", header, rows, sections))
+
+    table = Table(title=f"{model_name} on {split}")
+    table.add_column("category")
+    table.add_column("images", justify="right")
+    for name in ("I-AUROC", "I-AP", "I-F1max", "P-AUROC", "P-AP", "P-F1max", "AUPRO"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(r["category"], str(r["images"]), *("–" if r[k] != r[k] else f"{100 * r[k]:.1f}" for k in METRIC_NAMES))
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}  metrics: {out / 'metrics.csv'}  ({outputs.ms_per_image:.1f} ms/image, {outputs.device})")
+    return rows

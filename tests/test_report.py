@@ -1,0 +1,74 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from adcli.data.manifest import load_manifest
+from adcli.recipe import load_recipe
+from adcli.report import make_report
+from adcli.train import train
+
+
+@pytest.fixture(scope="module")
+def run(prepared, tmp_path_factory):
+    return train(prepared, tmp_path_factory.mktemp("rep") / "run", load_recipe("diffusionad", "test"), device="cpu")
+
+
+def test_report_files_and_numbers(run, prepared, tmp_path):
+    rows = make_report(run, prepared, tmp_path / "r", device="cpu")
+    assert [r["category"] for r in rows] == ["disc", "weave", "mean"]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and len(metrics["categories"]) == 3
+    with open(tmp_path / "r" / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {"image_auroc", "pixel_ap", "aupro", "ms_per_image", "device"} <= set(table[0])
+    # the image AUROC agrees with scikit-learn on the cached scores
+    from adcli.io import load_tensors
+
+    scores = load_tensors(tmp_path / "r" / "outputs.safetensors")["scores"].numpy()
+    test = [s for s in load_manifest(prepared) if s.split == "test"]
+    disc = [i for i, s in enumerate(test) if s.category == "disc"]
+    expected = roc_auc_score([test[i].label for i in disc], scores[disc])
+    assert rows[0]["image_auroc"] == pytest.approx(expected, abs=1e-9)
+    assert rows[2]["image_auroc"] == pytest.approx((rows[0]["image_auroc"] + rows[1]["image_auroc"]) / 2)
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 * 2 + 3 * 3  # ROC + histogram per category, gallery
+    assert "http://" not in page and "https://" not in page  # opens offline
+
+
+def test_report_reuses_cached_outputs(run, prepared, tmp_path, monkeypatch):
+    make_report(run, prepared, tmp_path / "r", device="cpu")
+    from adcli.methods.diffusionad import DiffusionAD
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model ran although outputs were cached")
+
+    monkeypatch.setattr(DiffusionAD, "predict", fail)
+    rows = make_report(run, prepared, tmp_path / "r", device="cpu")
+    assert rows[-1]["device"].endswith("(cached)")
+
+
+def test_train_never_opens_test_images_or_masks(prepared, tmp_path, monkeypatch):
+    opened = []
+    original = Image.open
+
+    def recording_open(fp, *args, **kwargs):
+        opened.append(str(fp))
+        return original(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", recording_open)
+    train(prepared, tmp_path / "run", load_recipe("diffusionad", "test"), device="cpu")
+    samples = load_manifest(prepared)
+    forbidden = {s.path for s in samples if s.split != "train"} | {s.mask for s in samples if s.mask}
+    assert opened and not forbidden & set(opened)
+    assert all("/test/" not in p and "ground_truth" not in p for p in opened)
+
+
+def test_unknown_split(run, prepared, tmp_path):
+    from adcli.errors import DataError
+
+    with pytest.raises(DataError, match="unknown split"):
+        make_report(run, prepared, tmp_path, split="val")
