@@ -84,20 +84,58 @@ def train(
 
 
 @app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
+    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder (its calib split is used).")],
+    target_fpr: Annotated[float, typer.Option(help="Target false-alarm rate per category.")] = 0.01,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+):
+    """Choose per-category thresholds from the held-out calibration normals."""
+    from adcli.calibrate import calibrate as run_calibration
+
+    run_calibration(model, data, target_fpr, device=device, console=console)
+
+
+INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.jsonl and summary.json.
+
+Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error (nothing done);
+3 = ran, some files could not be read (and no defects). Safe to run from cron: already inspected
+files are skipped, writes are atomic, and a second run on the same --out waits for the first.
+"""
+
+
+@app.command(help=INSPECT_HELP)
 def inspect(
     folder: Annotated[Path, typer.Argument(help="Folder of images to inspect (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", help="Trained model (run folder).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for heatmaps and results.csv.")],
-    category: Annotated[Optional[str], typer.Option(help="Category of every image; default: the model's only "
-                                                    "category, else the folder name that matches one.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for heatmaps, results and summary.")],
+    category: Annotated[str, typer.Option(help="Category of every image, or auto: the nearest calibrated "
+                                                "category, UNKNOWN_CATEGORY when none is near.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Inspect again files already inspected with this model.")] = False,
+    settle_seconds: Annotated[float, typer.Option(help="Files modified more recently than this are still being written.")] = 2.0,
+    lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run on the same --out.")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON summary on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ):
-    """Score every image in a folder; write heatmap overlays and results.csv."""
+    import json
+
     from adcli.inspect import inspect_folder
 
-    summary = inspect_folder(folder, model, out, category=category, device=device, console=console)
-    if summary.errors:
-        raise typer.Exit(3)
+    quiet = Console(stderr=True, quiet=True) if as_json else console
+    summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
+                             settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet)
+    if as_json:
+        print(json.dumps(json.loads((out / "summary.json").read_text())))
+    else:
+        c = summary.counts
+        console.print(f"{c['OK']} OK, {c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
+                      f"{c['uncalibrated']} uncalibrated; {summary.skipped} already inspected; results: {out / 'results.csv'}")
+        for cat, d in summary.drift.items():
+            if d["drift"]:
+                console.print(f"[yellow]drift:[/] {cat}: recent OK scores moved away from calibration (z = {d['z']})")
+        console.print(f"Speed: {summary.load_ms:.1f}ms load, {summary.infer_ms:.1f}ms infer, "
+                      f"{summary.write_ms:.1f}ms write per image")
+    raise typer.Exit(summary.exit_code)
 
 
 @app.command()

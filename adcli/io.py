@@ -6,6 +6,7 @@ fsync, then `os.replace`, so a killed process leaves either the old file or the 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -79,11 +80,7 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """Decode an image fully and convert it to `mode`.
-
-    Grayscale, palette, RGBA and 16-bit images are converted, not rejected. Raises ImageError with a
-    one-line reason for empty, truncated, corrupt, non-image or oversized files.
-    """
+    """Decode an image file fully and convert it to `mode` (see decode_image)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -92,24 +89,39 @@ def read_image(path: str | Path, mode: str = "RGB") -> Image.Image:
     if size == 0:
         raise ImageError(f"empty file (0 bytes): {path}")
     try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image(data, str(path), mode)
+
+
+def decode_image(data: bytes, name: str, mode: str = "RGB") -> Image.Image:
+    """Decode image bytes fully and convert them to `mode`.
+
+    Grayscale, palette, RGBA and 16-bit images are converted, not rejected. Raises ImageError with a
+    one-line reason for empty, truncated, corrupt, non-image or oversized (decompression bomb) data.
+    """
+    if not data:
+        raise ImageError(f"empty file (0 bytes): {name}")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > MAX_IMAGE_PIXELS:
-                    raise ImageError(f"image too large ({w}x{h} pixels > {MAX_IMAGE_PIXELS}): {path}")
+                    raise ImageError(f"image too large ({w}x{h} pixels > {MAX_IMAGE_PIXELS}): {name}")
                 im.load()
                 return _convert(im, mode)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"image too large (decompression bomb guard): {path}") from None
+        raise ImageError(f"image too large (decompression bomb guard): {name}") from None
     except UnidentifiedImageError:
-        raise ImageError(f"not an image file: {path}") from None
+        raise ImageError(f"not an image file: {name}") from None
     except OSError as exc:
-        raise ImageError(f"corrupt or truncated image: {path} ({exc})") from None
-    except (ValueError, SyntaxError) as exc:
-        raise ImageError(f"corrupt image: {path} ({exc})") from None
+        raise ImageError(f"corrupt or truncated image: {name} ({exc})") from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"corrupt image: {name} ({exc})") from None
 
 
 def _convert(im: Image.Image, mode: str) -> Image.Image:

@@ -38,7 +38,7 @@ def test_prepare_train_inspect_through_the_cli(demo_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert "batch_size: 2" in (run / "recipe.yaml").read_text()
     result = runner.invoke(app, ["inspect", str(demo_root / "weave" / "test"), "--model", str(run), "--out", str(out),
-                                 "--category", "weave", "--device", "cpu"])
+                                 "--category", "weave", "--device", "cpu", "--settle-seconds", "0"])
     assert result.exit_code == 0, result.output
     assert "Speed:" in result.output
     with open(out / "results.csv") as f:

@@ -44,7 +44,7 @@ def test_inspect_writes_heatmaps_and_rows(run, demo_root, tmp_path):
     folder = demo_root / "disc" / "test"
     (folder / "broken.png").write_bytes(b"not a png")
     try:
-        summary = inspect_folder(folder, run, tmp_path / "out", category="disc", device="cpu")
+        summary = inspect_folder(folder, run, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
     finally:
         (folder / "broken.png").unlink()
     rows = _rows(tmp_path / "out" / "results.csv")
@@ -61,8 +61,8 @@ def test_same_seed_same_weights_and_scores(run, prepared, demo_root, tmp_path):
     a, b = load_file(run / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     folder = demo_root / "weave" / "test"
-    s1 = inspect_folder(folder, run, tmp_path / "i1", category="weave", device="cpu")
-    s2 = inspect_folder(folder, again, tmp_path / "i2", category="weave", device="cpu")
+    s1 = inspect_folder(folder, run, tmp_path / "i1", category="weave", device="cpu", settle_seconds=0)
+    s2 = inspect_folder(folder, again, tmp_path / "i2", category="weave", device="cpu", settle_seconds=0)
     assert [r["score"] for r in s1.rows] == [r["score"] for r in s2.rows]
     other = _train(prepared, tmp_path / "other", ["seed=1"])
     assert not torch.equal(load_file(other / "model.safetensors")["segnet.head.weight"], a["segnet.head.weight"])

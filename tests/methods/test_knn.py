@@ -24,6 +24,6 @@ def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path):
     images = torch.stack([torch.ones(3, 32, 32) * 0.5, torch.rand(3, 32, 32)])
     out = model.predict(images, torch.tensor([0, 0]))
     assert out.anomaly_map.shape == (2, 32, 32) and out.score.shape == (2,)
-    summary = inspect_folder(demo_root / "disc" / "test", run, tmp_path / "out", category="disc", device="cpu")
+    summary = inspect_folder(demo_root / "disc" / "test", run, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
     with open(tmp_path / "out" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5 and summary.errors == 0

@@ -1,0 +1,124 @@
+"""`adcli calibrate`: per-category thresholds from the held-out calibration normals.
+
+Reads only the `calib` split (never training images' scores, never test labels). Stores in the
+bundle, atomically, `calibration.json` (the previous one kept as `calibration.prev.json`):
+per category the image threshold (adcli/thresholds.py), a pixel threshold for defect contours, the
+normal-score summary for drift detection, and a category prototype for `--category auto`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from adcli import __version__
+from adcli.bundle import load_bundle
+from adcli.data.manifest import load_manifest
+from adcli.errors import AdcliError, BundleError, DataError
+from adcli.io import atomic_write_json, read_image
+from adcli.report.predictions import predict_samples
+from adcli.runtime import resolve_device
+from adcli.thresholds import fit_threshold, score_summary
+from adcli.weights_id import bundle_id
+
+CALIBRATION = "calibration.json"
+BACKUP = "calibration.prev.json"
+CALIBRATION_VERSION = 1
+PIXEL_QUANTILE = 0.999  # of all calibration-normal pixels: the contour level on heatmaps
+PROTOTYPE_SIZE = 16
+# UNKNOWN_CATEGORY beyond this many times the 99th-percentile distance of normal images (train and
+# calib) to their own prototype: wide enough that a defect does not make a part "unknown", narrow
+# enough that another product or a covered lens is.
+PROTOTYPE_MARGIN = 3.0
+
+
+def prototype_features(image: Image.Image) -> np.ndarray:
+    """A coarse appearance signature: the image at 16×16 RGB, in [0, 1], flattened (768,)."""
+    return np.asarray(image.convert("RGB").resize((PROTOTYPE_SIZE, PROTOTYPE_SIZE), Image.BILINEAR),
+                      dtype=np.float32).ravel() / 255.0
+
+
+def load_calibration(run: str | Path) -> dict | None:
+    path = Path(run) / CALIBRATION
+    if not path.is_file():
+        return None
+    try:
+        cal = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc}); run `adcli calibrate` again") from None
+    if cal.get("format_version", 0) > CALIBRATION_VERSION:
+        raise BundleError(f"{path} was written by a newer adcli; upgrade adcli")
+    return cal
+
+
+def calibrate(run: str | Path, prepared: str | Path, target_fpr: float = 0.01, device: str = "auto",
+              console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    run = Path(run)
+    if not 0 < target_fpr < 1:
+        raise AdcliError(f"--target-fpr must be between 0 and 1, got {target_fpr}")
+    dev = resolve_device(device)
+    model, meta = load_bundle(run, dev)
+    categories, size = meta["categories"], meta["image_size"]
+    manifest = load_manifest(prepared)
+    calib = [s for s in manifest if s.split == "calib" and s.category in categories]
+    missing = sorted(set(categories) - {s.category for s in calib})
+    if missing:
+        raise DataError(f"no calibration images for {', '.join(missing)} in {prepared} "
+                        "(prepare with --calib-fraction > 0)")
+    with Progress(TextColumn("calibrate"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("calibrate", total=len(calib))
+        outputs = predict_samples(model, categories, calib, size, dev, run, run / ".calibration-cache",
+                                  lambda: bar.advance(task))
+    train_by_cat: dict[str, list[str]] = {}
+    for s in manifest:
+        if s.split == "train" and s.category in categories:
+            train_by_cat.setdefault(s.category, []).append(s.path)
+    train_feats = {cat: np.stack([prototype_features(read_image(p)) for p in paths]) for cat, paths in train_by_cat.items()}
+    prototypes = {cat: feats.mean(axis=0) for cat, feats in train_feats.items()}
+
+    per_category = {}
+    for cat in categories:
+        idx = [i for i, s in enumerate(calib) if s.category == cat]
+        scores = outputs.scores[idx]
+        th = fit_threshold(scores, target_fpr)
+        calib_feats = np.stack([prototype_features(read_image(calib[i].path)) for i in idx])
+        dists = np.linalg.norm(np.concatenate([train_feats[cat], calib_feats]) - prototypes[cat], axis=1)
+        per_category[cat] = {
+            "threshold": th.threshold, "target_fpr": target_fpr, "expected_fpr": th.expected_fpr,
+            "fpr_upper_95": th.fpr_upper_95, "n_normals": th.n_normals, "n_above": th.n_above,
+            "normals_needed": th.normals_needed,
+            "pixel_threshold": float(np.quantile(outputs.maps[idx], PIXEL_QUANTILE)),
+            "scores": score_summary(scores, th.transform),
+            "prototype": [round(float(v), 5) for v in prototypes[cat]],
+            "prototype_radius": PROTOTYPE_MARGIN * float(np.quantile(dists, 0.99)),
+        }
+        if th.too_few:
+            console.print(f"[yellow]warning:[/] {cat}: {th.n_normals} calibration normals are too few to confirm a "
+                          f"{target_fpr:.1%} false-alarm rate; {th.normals_needed} would be needed (95% confidence). "
+                          f"The threshold comes from a fitted distribution; the bound shown is what the data support.",
+                          highlight=False)
+    calibration = {"format_version": CALIBRATION_VERSION, "adcli_version": __version__, "model_id": bundle_id(run),
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "target_fpr": target_fpr,
+                   "prepared": str(Path(prepared).resolve()), "categories": per_category}
+    if (run / CALIBRATION).is_file():
+        shutil.copy2(run / CALIBRATION, run / BACKUP)
+    atomic_write_json(run / CALIBRATION, calibration)
+
+    table = Table(title=f"calibration at target false-alarm rate {target_fpr:.1%}")
+    for col in ("category", "normals", "threshold", "expected FPR", "FPR upper 95%", "pixel threshold"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for cat, c in per_category.items():
+        table.add_row(cat, str(c["n_normals"]), f"{c['threshold']:.5g}", f"{c['expected_fpr']:.2%}",
+                      f"{c['fpr_upper_95']:.1%}", f"{c['pixel_threshold']:.4g}")
+    console.print(table)
+    console.print(f"calibration written to {run / CALIBRATION}")
+    return calibration

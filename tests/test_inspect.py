@@ -1,0 +1,166 @@
+"""inspect for cron: bad input, idempotency, auto category, kill-and-rerun, concurrent runs."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from adcli import io as aio
+from adcli.calibrate import calibrate
+from adcli.inspect import inspect_folder
+from adcli.journal import read_journal
+from adcli.recipe import load_recipe
+from adcli.train import train
+from tests.conftest import save_png
+
+
+@pytest.fixture(scope="module")
+def model(prepared, tmp_path_factory):
+    run = train(prepared, tmp_path_factory.mktemp("insp") / "run", load_recipe("diffusionad", "test"), device="cpu")
+    calibrate(run, prepared, 0.05, device="cpu")
+    return run
+
+
+def _good_png(path, seed=0):
+    return save_png(path, np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+
+
+def test_bad_input_corpus(model, demo_root, tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    shutil.copytree(demo_root / "disc" / "test" / "good", folder)
+    (folder / "zero.png").write_bytes(b"")
+    good = _good_png(tmp_path / "src.png")
+    (folder / "truncated.png").write_bytes(good.read_bytes()[:100])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    (folder / "notes.txt").write_text("hello")
+    save_png(folder / "huge.png", np.zeros((40, 40, 3), np.uint8))
+    os.symlink("loop_b", folder / "loop_a")
+    os.symlink("loop_a", folder / "loop_b")
+    (folder / "sub").mkdir()
+    os.symlink("..", folder / "sub" / "parent")  # a directory loop: never followed
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # not UTF-8
+    with open(odd, "wb") as f:
+        f.write(good.read_bytes())
+    monkeypatch.setattr(aio, "MAX_IMAGE_PIXELS", 32 * 32)  # huge.png (40×40) trips the bomb guard
+    summary = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in summary.rows}
+    expected = {"zero.png": "empty file", "truncated.png": "corrupt or truncated", "corrupt.png": "corrupt",
+                "notes.txt": "not an image", "huge.png": "too large", "loop_a": "cannot read", "loop_b": "cannot read"}
+    for name, reason in expected.items():
+        assert rows[name]["verdict"] == "ERROR" and reason in rows[name]["error"], (name, rows[name])
+        assert "\n" not in rows[name]["error"]
+    assert rows["caf\\xe9.png"]["verdict"] in ("OK", "DEFECT")  # odd names are processed, shown escaped
+    assert summary.counts["ERROR"] == 7 and summary.exit_code in (1, 3)
+    csv_text = (tmp_path / "out" / "results.csv").read_text(encoding="utf-8")
+    assert csv_text.count("\n") == len(rows) + 1
+
+
+def test_file_being_written_is_retried_later(model, tmp_path):
+    folder = tmp_path / "in"
+    _good_png(folder / "a.png")
+    first = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=30)
+    assert first.rows[0]["verdict"] == "ERROR" and "still being written" in first.rows[0]["error"]
+    second = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
+    assert second.rows[0]["verdict"] in ("OK", "DEFECT")
+    assert len(read_journal(tmp_path / "out" / "results.jsonl")) == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_permissions(model, tmp_path):
+    folder = tmp_path / "in"
+    p = _good_png(folder / "locked.png")
+    p.chmod(0)
+    summary = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
+    assert summary.rows[0]["verdict"] == "ERROR" and "Permission denied" in summary.rows[0]["error"]
+
+
+def test_idempotent_and_force(model, demo_root, tmp_path):
+    folder = demo_root / "weave" / "test"
+    a = inspect_folder(folder, model, tmp_path / "out", category="weave", device="cpu", settle_seconds=0)
+    b = inspect_folder(folder, model, tmp_path / "out", category="weave", device="cpu", settle_seconds=0)
+    assert len(a.rows) == 5 and b.rows == [] and b.skipped == 5
+    c = inspect_folder(folder, model, tmp_path / "out", category="weave", device="cpu", settle_seconds=0, force=True)
+    assert len(c.rows) == 5
+    assert len(read_journal(tmp_path / "out" / "results.jsonl")) == 5  # compacted: one row per file
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["calibrated"] and set(summary["counts"]) >= {"OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY"}
+
+
+def test_auto_category_and_unknown(model, demo_root, tmp_path):
+    summary = inspect_folder(demo_root, model, tmp_path / "out", device="cpu", settle_seconds=0)
+    by_path = {r["path"]: r for r in summary.rows}
+    for path, row in by_path.items():
+        if "ground_truth" in path:  # black-and-white masks are not a product
+            assert row["verdict"] == "UNKNOWN_CATEGORY", path
+        else:
+            assert row["category"] == ("disc" if "/disc/" in path else "weave"), path
+
+
+def test_verdicts_follow_the_calibrated_threshold(model, demo_root, tmp_path):
+    summary = inspect_folder(demo_root / "disc" / "test", model, tmp_path / "out", category="disc", device="cpu",
+                             settle_seconds=0)
+    for r in summary.rows:
+        assert r["verdict"] == ("DEFECT" if float(r["score"]) >= float(r["threshold"]) else "OK")
+
+
+def _inspect_cmd(folder, model, out):
+    return [sys.executable, "-m", "adcli", "inspect", str(folder), "--model", str(model), "--out", str(out),
+            "--category", "disc", "--device", "cpu", "--settle-seconds", "0"]
+
+
+def _many_images(folder, n):
+    for i in range(n):
+        _good_png(folder / f"{i:03d}.png", seed=i)
+
+
+def test_kill_and_rerun_leaves_one_row_per_image(model, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    _many_images(folder, 40)
+    proc = subprocess.Popen(_inspect_cmd(folder, model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = journal.read_bytes().count(b"\n")
+    assert 5 <= partial < 40, "the run was not killed mid-way"
+    rerun = subprocess.run(_inspect_cmd(folder, model, out), capture_output=True, text=True)
+    assert rerun.returncode in (0, 1), rerun.stderr
+    rows = read_journal(journal)
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in folder.iterdir())
+    csv_lines = (out / "results.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 41
+    assert not [p for p in (out / "heatmaps").iterdir() if p.suffix != ".png"]  # no temporary files left
+
+
+def test_concurrent_runs_do_not_corrupt(model, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    _many_images(folder, 15)
+    procs = [subprocess.Popen(_inspect_cmd(folder, model, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode in (0, 1) for p in procs), results
+    rows = read_journal(out / "results.jsonl")
+    assert len(rows) == 15 and len({r["path"] for r in rows}) == 15
+    assert any("15 already inspected" in err for _, err in results)  # the second waited, then skipped all
+
+
+def test_lock_timeout_is_a_clear_error(model, tmp_path):
+    import fcntl
+
+    from adcli.errors import AdcliError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _good_png(tmp_path / "in" / "a.png")
+    with open(out / ".adcli-inspect.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(AdcliError, match="another adcli inspect is writing"):
+            inspect_folder(tmp_path / "in", model, out, category="disc", device="cpu", lock_wait=0.3)
