@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from adcli.bundle import load_bundle
 from adcli.calibrate import load_calibration, prototype_features
-from adcli.data.batches import to_tensor
+from adcli.data.batches import model_input
 from adcli.errors import AdcliError, DataError, ImageError
 from adcli.heatmap import overlay
 from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
@@ -87,7 +87,9 @@ def heatmap_name(path: Path, folder: Path) -> str:
     """A unique, flat, ASCII-safe file name for the heatmap of `path`."""
     rel = display_path(path.relative_to(folder))
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in rel.rsplit(".", 1)[0].replace("/", "__"))
-    return f"{stem[:120]}_{hashlib.sha1(rel.encode()).hexdigest()[:8]}_heatmap.png"
+    # The hash of the absolute path keeps names unique when several folders share one --out.
+    unique = hashlib.sha1(display_path(path.absolute()).encode()).hexdigest()[:8]
+    return f"{stem[:120]}_{unique}_heatmap.png"
 
 
 class _Lock:
@@ -294,7 +296,7 @@ def _inspect_one(path: Path, folder: Path, out: Path, model, choose: CategoryCho
         row.update(verdict="UNKNOWN_CATEGORY", error="resembles none of the model's categories",
                    ms=f"{(time.perf_counter() - t0) * 1e3:.1f}")
         return row, None
-    x = to_tensor(np.asarray(image.resize((size, size), Image.BILINEAR))[None]).to(dev)
+    x = model_input(image, size).to(dev)
     t1 = time.perf_counter()
     output = model.predict(x, torch.tensor([model.categories.index(cat)], device=dev))
     anomaly_map = output.anomaly_map[0].float().cpu().numpy()

@@ -1,7 +1,6 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score

@@ -15,9 +15,9 @@ from adcli.io import read_image
 from adcli.methods.base import TrainBatch
 
 
-def load_resized(path: str, size: int) -> np.ndarray:
-    """Decode and resize (bilinear) to size×size: uint8 (size, size, 3)."""
-    return np.asarray(read_image(path).resize((size, size), Image.BILINEAR))
+def resized(image: Image.Image, size: int) -> np.ndarray:
+    """The model's view of an image: resized (bilinear) to size×size, uint8 (size, size, 3)."""
+    return np.asarray(image.resize((size, size), Image.BILINEAR))
 
 
 def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
@@ -25,10 +25,15 @@ def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images_u8, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def model_input(image: Image.Image, size: int) -> torch.Tensor:
+    """(1, 3, size, size) in [0, 1]."""
+    return to_tensor(resized(image, size)[None])
+
+
 def load_model_input(path: str, size: int) -> tuple[Image.Image, torch.Tensor]:
-    """Decode an image (checked) and make the model's input (1, 3, size, size) in [0, 1]."""
+    """Decode an image (checked) and make the model's input."""
     image = read_image(path)
-    return image, to_tensor(np.asarray(image.resize((size, size), Image.BILINEAR))[None])
+    return image, model_input(image, size)
 
 
 class TrainImages:
@@ -38,7 +43,7 @@ class TrainImages:
                  progress: Callable[[], None] | None = None):
         arrays = []
         for s in samples:
-            arrays.append(load_resized(s.path, size))
+            arrays.append(resized(read_image(s.path), size))
             if progress:
                 progress()
         self.images = np.stack(arrays)

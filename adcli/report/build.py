@@ -77,6 +77,8 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         idx = np.array([i for i, s in enumerate(samples) if s.category == cat])
         labels = np.array([samples[i].label == 1 for i in idx])
         masks = np.stack([ground_truth(samples[i], size) for i in idx])
+        # Maps without a fixed scale are drawn on one scale per category, so pictures compare.
+        category_range = (float(outputs.maps[idx].min()), float(outputs.maps[idx].max()))
         has_masks = all(samples[i].mask is not None for i in idx if samples[i].label == 1)
         m = category_metrics(outputs.scores[idx], labels, outputs.maps[idx] if has_masks else None,
                              masks if has_masks else None)
@@ -84,7 +86,7 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
                      "device": outputs.device})
         sections.append({"category": cat, "roc": roc_plot(outputs.scores[idx], labels, cat),
                          "hist": histogram_plot(outputs.scores[idx], labels, cat, None),
-                         "gallery": _gallery(outputs, idx, labels, masks, value_range)})
+                         "gallery": _gallery(outputs, idx, labels, masks, value_range or category_range)})
     mean = {"category": "mean", "images": len(samples),
             **{k: float(np.nanmean([r[k] for r in rows])) if any(r[k] == r[k] for r in rows) else math.nan
                for k in METRIC_NAMES},
