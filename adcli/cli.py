@@ -182,6 +182,13 @@ def weights_list():
 
 
 def main() -> None:
+    import logging
+
+    # adcli's own log lines (e.g. where pretrained weights were found) go to stderr, one line each.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("adcli").addHandler(handler)
+    logging.getLogger("adcli").setLevel(logging.INFO)
     try:
         app()
     except AdcliError as exc:

@@ -93,16 +93,20 @@ def _check_out(out: Path, resume: bool) -> None:
         raise BundleError(f"{out} already holds {what}; choose another --out")
 
 
-def _start_run(out: Path, recipe: LoadedRecipe | None, resume: bool):
-    """-> (config, profile): the stored ones when resuming, else the recipe's, written to `out`."""
+def _run_config(out: Path, recipe: LoadedRecipe | None, resume: bool):
+    """-> (config, profile): the run's stored ones when resuming, else the recipe's."""
     if resume:
         return read_recipe(out), json.loads((out / "run.json").read_text()).get("profile")
     if recipe is None:
         raise BundleError("a recipe is needed to start a run (--recipe NAME)")
+    return recipe.config, recipe.profile
+
+
+def _start_run(out: Path, recipe: LoadedRecipe) -> None:
+    """The run folder's first files; written only once everything that can fail early has passed."""
     out.mkdir(parents=True, exist_ok=True)
     write_recipe(out, recipe.config)
     atomic_write_json(out / "run.json", {"recipe_file": str(recipe.path), "profile": recipe.profile})
-    return recipe.config, recipe.profile
 
 
 def _fit(model, data: TrainImages, dev: torch.device, console: Console) -> dict:
@@ -194,21 +198,22 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
     samples = [s for s in load_manifest(prepared) if s.split == "train"]  # never calib, never test
     if not samples:
         raise DataError(f"no training images in {prepared}")
-    config, profile = _start_run(out, recipe, resume)
+    config, profile = _run_config(out, recipe, resume)
     spec = get_method(config.method)
     categories = sorted({s.category for s in samples})
     size = config.data.image_size
-
+    # Cheap checks that can fail (texture folder, pretrained weights) come before the long image load.
+    synth = config.synth if getattr(spec.method_cls, "needs_synthetic_anomalies", False) else None
+    textures = load_textures(config.synth.texture_dir, size) if synth is not None else []
+    with seeded(config.seed):
+        model = spec.method_cls(config, categories)
+    model.to(dev).train()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("loading images", total=len(samples))
         data = TrainImages(samples, categories, size, progress=lambda: bar.advance(task))
-    synth = config.synth if getattr(spec.method_cls, "needs_synthetic_anomalies", False) else None
-    textures = load_textures(config.synth.texture_dir, size) if synth is not None else []
-
-    with seeded(config.seed):
-        model = spec.method_cls(config, categories)
-    model.to(dev).train()
+    if not resume:
+        _start_run(out, recipe)
     if hasattr(model, "fit"):
         position = _fit(model, data, dev, console)
     else:
