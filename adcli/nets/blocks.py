@@ -8,9 +8,12 @@ import torch
 from torch import nn
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with 32 groups where the width allows it (narrow CPU profiles use fewer)."""
-    return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+def group_norm(channels: int, max_groups: int = 32, min_per_group: int = 4) -> nn.GroupNorm:
+    """GroupNorm32 where the width allows it. Narrow CPU profiles use fewer groups so that each keeps
+    at least `min_per_group` channels: with one channel a group, GroupNorm is InstanceNorm and would
+    erase any per-channel signal added before it."""
+    groups = max(g for g in range(1, max_groups + 1) if channels % g == 0 and (channels // g >= min_per_group or g == 1))
+    return nn.GroupNorm(groups, channels)
 
 
 def zero_module(module: nn.Module) -> nn.Module:

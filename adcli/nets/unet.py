@@ -25,15 +25,18 @@ class UNetConfig:
     num_heads: int = 4
     dropout: float = 0.0
     resblock_updown: bool = True
+    scale_shift_norm: bool = True  # ADM: the embedding scales and shifts the normalised features
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, resample: str | None = None):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, resample: str | None = None,
+                 scale_shift: bool = True):
         super().__init__()
         self.resample = resample  # None | "up" | "down"
+        self.scale_shift = scale_shift
         self.in_norm = group_norm(in_ch)
         self.in_conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, out_ch)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch)
         self.out_norm = group_norm(out_ch)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -50,8 +53,13 @@ class ResBlock(nn.Module):
         h = F.silu(self.in_norm(x))
         h = self.in_conv(self._resample(h))
         x = self._resample(x)
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
-        h = self.out_conv(self.dropout(F.silu(self.out_norm(h))))
+        e = self.emb(F.silu(emb))[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + e)
+        h = self.out_conv(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
@@ -108,6 +116,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         ch = config.base_channels
+        ss = config.scale_shift_norm
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None
@@ -126,26 +135,27 @@ class UNet(nn.Module):
         cur = ch
         for level, mult in enumerate(config.channel_mults):
             for _ in range(config.num_res_blocks):
-                block = [ResBlock(cur, mult * ch, emb_dim, config.dropout)]
+                block = [ResBlock(cur, mult * ch, emb_dim, config.dropout, scale_shift=ss)]
                 cur = mult * ch
                 self.input_blocks.append(with_attention(block, cur, size))
                 skip_channels.append(cur)
             if level != levels - 1:
-                down = ResBlock(cur, cur, emb_dim, config.dropout, "down") if config.resblock_updown else Downsample(cur)
+                down = ResBlock(cur, cur, emb_dim, config.dropout, "down", ss) if config.resblock_updown else Downsample(cur)
                 self.input_blocks.append(Sequence([down]))
                 skip_channels.append(cur)
                 size //= 2
-        self.middle_block = Sequence([ResBlock(cur, cur, emb_dim, config.dropout), AttentionBlock(cur, config.num_heads),
-                                      ResBlock(cur, cur, emb_dim, config.dropout)])
+        self.middle_block = Sequence([ResBlock(cur, cur, emb_dim, config.dropout, scale_shift=ss),
+                                      AttentionBlock(cur, config.num_heads),
+                                      ResBlock(cur, cur, emb_dim, config.dropout, scale_shift=ss)])
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mults))):
             for i in range(config.num_res_blocks + 1):
-                block = [ResBlock(cur + skip_channels.pop(), mult * ch, emb_dim, config.dropout)]
+                block = [ResBlock(cur + skip_channels.pop(), mult * ch, emb_dim, config.dropout, scale_shift=ss)]
                 cur = mult * ch
                 if size in config.attention_resolutions:
                     block.append(AttentionBlock(cur, config.num_heads))
                 if level and i == config.num_res_blocks:
-                    block.append(ResBlock(cur, cur, emb_dim, config.dropout, "up") if config.resblock_updown else Upsample(cur))
+                    block.append(ResBlock(cur, cur, emb_dim, config.dropout, "up", ss) if config.resblock_updown else Upsample(cur))
                     size *= 2
                 self.output_blocks.append(Sequence(block))
         self.out = nn.Sequential(group_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, out_channels, 3, padding=1)))

@@ -31,14 +31,27 @@ def test_paper_unet_size():
     assert 125e6 < n < 140e6  # METHODS.md: ≈ 132 M
 
 
-def test_class_conditioning_changes_output():
-    net = UNet(SMALL, image_size=16, num_classes=3)
-    for p in net.parameters():  # residual branches and the output conv start at zero
-        torch.nn.init.normal_(p, std=0.1)
-    x, t = torch.randn(1, 3, 16, 16), torch.tensor([10])
-    assert not torch.allclose(net(x, t, torch.tensor([0])), net(x, t, torch.tensor([1])))
+@pytest.mark.parametrize("scale_shift", [True, False])
+def test_time_and_class_reach_the_output_even_in_narrow_nets(scale_shift):
+    cfg = UNetConfig(**{**SMALL.__dict__, "scale_shift_norm": scale_shift})
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = UNet(cfg, image_size=16, num_classes=3)
+        for p in net.parameters():  # residual branches and the output conv start at zero
+            torch.nn.init.normal_(p, std=0.1)
+        x = torch.randn(1, 3, 16, 16)
+    t, y = torch.tensor([10]), torch.tensor([0])
+    base = net(x, t, y)
+    assert (base - net(x, t, torch.tensor([1]))).abs().max() > 1e-3
+    assert (base - net(x, torch.tensor([900]), y)).abs().max() > 1e-3
     with pytest.raises(ValueError, match="class-conditional"):
         net(x, t)
+
+
+def test_group_norm_keeps_several_channels_per_group():
+    from adcli.nets.blocks import group_norm
+
+    assert [group_norm(c).num_groups for c in (8, 16, 32, 64, 128, 512)] == [2, 4, 8, 16, 32, 32]
 
 
 def test_image_size_must_divide():
