@@ -153,19 +153,20 @@ def _train_loop(model, config, data: TrainImages, textures: list, synth, out: Pa
             epoch_start = time.monotonic()
             first_step = position["step_in_epoch"]
             for step in range(first_step, steps_per_epoch):
+                t0 = time.monotonic()
                 rng = np.random.default_rng([config.seed, epoch, step])
                 gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
                 batch = data.batch(order[step * batch_size:(step + 1) * batch_size], rng, textures, synth)
                 batch = type(batch)(**{k: v.to(dev) for k, v in vars(batch).items()})
                 for g, base, factor in zip(optimizer.param_groups, base_lrs, lr_factors):
                     g["lr"] = base * factor(position["global_step"])
-                t0 = time.monotonic()
                 losses = model.training_losses(batch, gen)
+                if not torch.isfinite(losses["loss"]):  # before the step: the last checkpoint stays good
+                    raise DataError(f"training diverged (loss {losses['loss'].item()}) at epoch {epoch + 1}; "
+                                    "lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 optimizer.step()
-                if not torch.isfinite(losses["loss"]):
-                    raise DataError(f"training diverged (loss {losses['loss'].item()}) at epoch {epoch + 1}; lower the learning rate")
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 position["global_step"] += 1
