@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from adcli.bundle import load_bundle
+from adcli.calibrate import load_calibration
 from adcli.data.manifest import SPLITS, load_manifest
 from adcli.errors import DataError
 from adcli.io import atomic_write_json, atomic_write_text, read_image
@@ -44,12 +45,31 @@ def _gallery(outputs, idx: np.ndarray, labels: np.ndarray, masks: np.ndarray, va
     return gallery
 
 
+CALIBRATED_FIELDS = ("threshold", "target_fpr", "expected_fpr", "fpr_upper_95", "observed_fpr", "detection_rate")
+
+
+def _at_threshold(calibration: dict | None, cat: str, scores: np.ndarray, labels: np.ndarray) -> dict:
+    """With a calibration: its threshold and bound, and the false-alarm and detection rates seen on this split."""
+    cal = (calibration or {}).get("categories", {}).get(cat)
+    if cal is None:
+        return {k: None for k in CALIBRATED_FIELDS}
+    flagged = scores >= cal["threshold"]
+    return {"threshold": cal["threshold"], "target_fpr": cal["target_fpr"], "expected_fpr": cal["expected_fpr"],
+            "fpr_upper_95": cal["fpr_upper_95"],
+            "observed_fpr": float(flagged[~labels].mean()) if (~labels).any() else None,
+            "detection_rate": float(flagged[labels].mean()) if labels.any() else None}
+
+
 def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["category", "images", *METRIC_NAMES, "ms_per_image", "device"])
+    writer = csv.DictWriter(buf, fieldnames=["category", "images", *METRIC_NAMES, *CALIBRATED_FIELDS, "ms_per_image", "device"])
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, split: str = "test",
@@ -72,6 +92,7 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         outputs = predict_samples(model, categories, samples, size, dev, model_dir, out, lambda: bar.advance(task))
 
     value_range = getattr(model, "map_range", None)
+    calibration = load_calibration(model_dir)
     rows, sections = [], []
     for cat in sorted({s.category for s in samples}):
         idx = np.array([i for i, s in enumerate(samples) if s.category == cat])
@@ -82,12 +103,13 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         has_masks = all(samples[i].mask is not None for i in idx if samples[i].label == 1)
         m = category_metrics(outputs.scores[idx], labels, outputs.maps[idx] if has_masks else None,
                              masks if has_masks else None)
-        rows.append({"category": cat, "images": len(idx), **m, "ms_per_image": round(outputs.ms_per_image, 1),
-                     "device": outputs.device})
+        row = {"category": cat, "images": len(idx), **m, "ms_per_image": round(outputs.ms_per_image, 1),
+               "device": outputs.device, **_at_threshold(calibration, cat, outputs.scores[idx], labels)}
+        rows.append(row)
         sections.append({"category": cat, "roc": roc_plot(outputs.scores[idx], labels, cat),
-                         "hist": histogram_plot(outputs.scores[idx], labels, cat, None),
+                         "hist": histogram_plot(outputs.scores[idx], labels, cat, row["threshold"]),
                          "gallery": _gallery(outputs, idx, labels, masks, value_range or category_range)})
-    mean = {"category": "mean", "images": len(samples),
+    mean = {"category": "mean", "images": len(samples), **{k: None for k in CALIBRATED_FIELDS},
             **{k: float(np.nanmean([r[k] for r in rows])) if any(r[k] == r[k] for r in rows) else math.nan
                for k in METRIC_NAMES},
             "ms_per_image": round(outputs.ms_per_image, 1), "device": outputs.device}
@@ -110,5 +132,10 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
     for r in rows:
         table.add_row(r["category"], str(r["images"]), *("–" if r[k] != r[k] else f"{100 * r[k]:.1f}" for k in METRIC_NAMES))
     console.print(table)
+    for r in rows:
+        if r.get("threshold") is not None:
+            console.print(f"{r['category']}: threshold {r['threshold']:.5g} (target {r['target_fpr']:.1%}, expected "
+                          f"{r['expected_fpr']:.1%}, 95% bound {r['fpr_upper_95']:.1%}): false alarms on good "
+                          f"{_pct(r['observed_fpr'])}, defects detected {_pct(r['detection_rate'])}", highlight=False)
     console.print(f"report: {out / 'report.html'}  metrics: {out / 'metrics.csv'}  ({outputs.ms_per_image:.1f} ms/image, {outputs.device})")
     return rows

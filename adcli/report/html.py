@@ -75,6 +75,15 @@ def render(title: str, header: dict, rows: list[dict], sections: list[dict]) -> 
         out.append(f"<tr><td>{html.escape(r['category'])}</td><td>{r['images']}</td>{cells}</tr>")
     out.append("</table><p><small>Metrics in %. AUPRO: anomalib's definition (exact thresholds, FPR ≤ 0.3, "
                "8-connected regions). Evaluated at the model's resolution.</small></p>")
+    calibrated = [r for r in rows if r.get("threshold") is not None]
+    if calibrated:
+        out.append("<h3>At the calibrated thresholds</h3><table><tr><th>category</th><th>threshold</th>"
+                   "<th>target FPR</th><th>FPR 95% bound</th><th>false alarms on good</th><th>defects detected</th></tr>")
+        pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        for r in calibrated:
+            out.append(f"<tr><td>{html.escape(r['category'])}</td><td>{r['threshold']:.5g}</td><td>{pct(r['target_fpr'])}</td>"
+                       f"<td>{pct(r['fpr_upper_95'])}</td><td>{pct(r['observed_fpr'])}</td><td>{pct(r['detection_rate'])}</td></tr>")
+        out.append("</table>")
     for sec in sections:
         out.append(f"<h2>{html.escape(sec['category'])}</h2><div class='row'>")
         out.append(f"<img src='{sec['roc']}'><img src='{sec['hist']}'></div>")
