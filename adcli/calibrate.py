@@ -24,7 +24,7 @@ from adcli.bundle import load_bundle
 from adcli.data.manifest import load_manifest
 from adcli.errors import AdcliError, BundleError, DataError
 from adcli.io import atomic_write_json, read_image
-from adcli.report.predictions import predict_samples
+from adcli.predictions import predict_samples
 from adcli.runtime import resolve_device
 from adcli.thresholds import fit_threshold, score_summary
 from adcli.weights_id import bundle_id

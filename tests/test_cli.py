@@ -43,3 +43,15 @@ def test_prepare_train_inspect_through_the_cli(demo_root, tmp_path):
     assert "Speed:" in result.output
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5
+
+
+def test_every_command_imports_in_a_fresh_process(tmp_path):
+    """Each command's module graph loads on its own (catches import cycles a shared test process hides)."""
+    for command in ("prepare", "train", "calibrate", "inspect", "report", "weights"):
+        result = _adcli(command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+    for command in (("calibrate", tmp_path / "nope", "--data", tmp_path),
+                    ("report", tmp_path / "nope", "--data", tmp_path, "--out", tmp_path / "r"),
+                    ("inspect", tmp_path, "--model", tmp_path / "nope", "--out", tmp_path / "o")):
+        missing = _adcli(*command)
+        assert missing.returncode == 2 and "model folder not found" in missing.stderr, (command, missing.stderr)

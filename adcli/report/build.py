@@ -19,7 +19,7 @@ from adcli.errors import DataError
 from adcli.io import atomic_write_json, atomic_write_text, read_image
 from adcli.metrics import METRIC_NAMES, category_metrics
 from adcli.report.html import histogram_plot, render, roc_plot, triptych
-from adcli.report.predictions import ground_truth, predict_samples
+from adcli.predictions import ground_truth, predict_samples
 from adcli.runtime import resolve_device
 from adcli.weights_id import bundle_id
 
