@@ -3,7 +3,7 @@
 Reads only the `calib` split (never training images' scores, never test labels). Stores in the
 bundle, atomically, `calibration.json` (the previous one kept as `calibration.prev.json`):
 per category the image threshold (adcli/thresholds.py), a pixel threshold for defect contours, the
-normal-score summary for drift detection, and a category prototype for `--category auto`.
+normal-score summary for drift detection, and exemplar thumbnails for `--category auto`.
 """
 
 from __future__ import annotations
@@ -34,16 +34,34 @@ BACKUP = "calibration.prev.json"
 CALIBRATION_VERSION = 1
 PIXEL_QUANTILE = 0.999  # of all calibration-normal pixels: the contour level on heatmaps
 PROTOTYPE_SIZE = 16
-# UNKNOWN_CATEGORY beyond this many times the 99th-percentile distance of normal images (train and
-# calib) to their own prototype: wide enough that a defect does not make a part "unknown", narrow
-# enough that another product or a covered lens is.
+# `--category auto` compares an image's thumbnail with up to EXEMPLARS training thumbnails per
+# category (nearest neighbour: products with several looks stay one category). UNKNOWN_CATEGORY
+# beyond PROTOTYPE_MARGIN × the 99th-percentile nearest-exemplar distance of that category's normal
+# images: wide enough that a defect does not make a part "unknown", narrow enough that another
+# product or a covered lens is.
+EXEMPLARS = 64
 PROTOTYPE_MARGIN = 3.0
 
 
 def prototype_features(image: Image.Image) -> np.ndarray:
-    """A coarse appearance signature: the image at 16×16 RGB, in [0, 1], flattened (768,)."""
-    return np.asarray(image.convert("RGB").resize((PROTOTYPE_SIZE, PROTOTYPE_SIZE), Image.BILINEAR),
-                      dtype=np.float32).ravel() / 255.0
+    """A coarse appearance signature: the image at 16×16 RGB, uint8, flattened (768,)."""
+    return np.asarray(image.convert("RGB").resize((PROTOTYPE_SIZE, PROTOTYPE_SIZE), Image.BILINEAR), dtype=np.uint8).ravel()
+
+
+def nearest_distances(queries: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
+    """Euclidean distance (in [0, 1] pixel units) from each query (Q, D) to its nearest exemplar (E, D) -> (Q,)."""
+    q = queries.astype(np.float32)[:, None] / 255.0
+    e = exemplars.astype(np.float32)[None] / 255.0
+    return np.sqrt(((q - e) ** 2).sum(-1)).min(axis=1)
+
+
+def _exemplar_radius(exemplars: np.ndarray, calib_feats: np.ndarray) -> float:
+    """PROTOTYPE_MARGIN × the 99th percentile of held-out nearest-exemplar distances: the calibration
+    images, and each exemplar against the others (leave one out)."""
+    loo = [nearest_distances(exemplars[i:i + 1], np.delete(exemplars, i, axis=0))[0] for i in range(len(exemplars))] \
+        if len(exemplars) > 1 else []
+    held_out = np.concatenate([nearest_distances(calib_feats, exemplars), np.asarray(loo, np.float32)])
+    return PROTOTYPE_MARGIN * float(np.quantile(held_out, 0.99))
 
 
 def load_calibration(run: str | Path) -> dict | None:
@@ -82,8 +100,11 @@ def calibrate(run: str | Path, prepared: str | Path, target_fpr: float = 0.01, d
     for s in manifest:
         if s.split == "train" and s.category in categories:
             train_by_cat.setdefault(s.category, []).append(s.path)
-    train_feats = {cat: np.stack([prototype_features(read_image(p)) for p in paths]) for cat, paths in train_by_cat.items()}
-    prototypes = {cat: feats.mean(axis=0) for cat, feats in train_feats.items()}
+    rng = np.random.default_rng(0)
+    exemplars = {}
+    for cat, paths in sorted(train_by_cat.items()):
+        chosen = sorted(rng.choice(len(paths), size=min(EXEMPLARS, len(paths)), replace=False))
+        exemplars[cat] = np.stack([prototype_features(read_image(paths[i])) for i in chosen])
 
     per_category = {}
     for cat in categories:
@@ -91,15 +112,14 @@ def calibrate(run: str | Path, prepared: str | Path, target_fpr: float = 0.01, d
         scores = outputs.scores[idx]
         th = fit_threshold(scores, target_fpr)
         calib_feats = np.stack([prototype_features(read_image(calib[i].path)) for i in idx])
-        dists = np.linalg.norm(np.concatenate([train_feats[cat], calib_feats]) - prototypes[cat], axis=1)
         per_category[cat] = {
             "threshold": th.threshold, "target_fpr": target_fpr, "expected_fpr": th.expected_fpr,
             "fpr_upper_95": th.fpr_upper_95, "n_normals": th.n_normals, "n_above": th.n_above,
             "normals_needed": th.normals_needed,
             "pixel_threshold": float(np.quantile(outputs.maps[idx], PIXEL_QUANTILE)),
             "scores": score_summary(scores, th.transform),
-            "prototype": [round(float(v), 5) for v in prototypes[cat]],
-            "prototype_radius": PROTOTYPE_MARGIN * float(np.quantile(dists, 0.99)),
+            "exemplars": exemplars[cat].tolist(),
+            "exemplar_radius": _exemplar_radius(exemplars[cat], calib_feats),
         }
         if th.too_few:
             console.print(f"[yellow]warning:[/] {cat}: {th.n_normals} calibration normals are too few to confirm a "

