@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/adcli calibrate demo/run --data demo/prepared --target-fpr 0.05
 	# exit code 1 = defects found, which is what the demo's test images have
 	for c in weave disc; do \
-	  $(VENV)/bin/adcli inspect demo/data/mvtec/$$c/test --model demo/run --out demo/inspect; \
+	  $(VENV)/bin/adcli inspect demo/data/mvtec/$$c/test --model demo/run --out demo/inspect --category $$c; \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 1 ] || exit $$rc; \
 	done
 	$(VENV)/bin/adcli report demo/run --data demo/prepared --out demo/report

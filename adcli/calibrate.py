@@ -117,6 +117,7 @@ def calibrate(run: str | Path, prepared: str | Path, target_fpr: float = 0.01, d
             "fpr_upper_95": th.fpr_upper_95, "n_normals": th.n_normals, "n_above": th.n_above,
             "normals_needed": th.normals_needed,
             "pixel_threshold": float(np.quantile(outputs.maps[idx], PIXEL_QUANTILE)),
+            "pixel_median": float(np.median(outputs.maps[idx])),
             "scores": score_summary(scores, th.transform),
             "exemplars": exemplars[cat].tolist(),
             "exemplar_radius": _exemplar_radius(exemplars[cat], calib_feats),

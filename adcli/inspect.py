@@ -141,6 +141,13 @@ def _read_settled(path: Path, settle_seconds: float) -> bytes:
     return data
 
 
+def display_range(cal: dict) -> tuple[float, float]:
+    """Heatmap colour scale of a calibrated category: blue at the normal pixels' median, orange (¾ of
+    the scale) at the pixel threshold, so what lights up is what the calibration calls abnormal."""
+    low = cal.get("pixel_median", 0.0)
+    return low, low + (cal["pixel_threshold"] - low) / 0.75
+
+
 def _contour(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Outline (H, W) bool of a defect mask resized to the image size."""
     big = Image.fromarray((mask * 255).astype(np.uint8)).resize(size, Image.NEAREST)
@@ -308,7 +315,7 @@ def _inspect_one(path: Path, folder: Path, out: Path, model, choose: CategoryCho
     t2 = time.perf_counter()
     cal = calibration["categories"].get(cat) if calibration else None
     pixel_threshold = cal["pixel_threshold"] if cal else None
-    shown_range = value_range if value_range is not None or cal is None else (0.0, 2 * pixel_threshold)
+    shown_range = display_range(cal) if cal else value_range
     name = heatmap_name(path, folder)
     atomic_write_bytes(out / "heatmaps" / name, _render(image, anomaly_map, shown_range, pixel_threshold))
     t3 = time.perf_counter()

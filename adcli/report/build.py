@@ -91,14 +91,13 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         task = bar.add_task("report", total=len(samples))
         outputs = predict_samples(model, categories, samples, size, dev, model_dir, out, lambda: bar.advance(task))
 
-    value_range = getattr(model, "map_range", None)
     calibration = load_calibration(model_dir)
     rows, sections = [], []
     for cat in sorted({s.category for s in samples}):
         idx = np.array([i for i, s in enumerate(samples) if s.category == cat])
         labels = np.array([samples[i].label == 1 for i in idx])
         masks = np.stack([ground_truth(samples[i], size) for i in idx])
-        # Maps without a fixed scale are drawn on one scale per category, so pictures compare.
+        # One colour scale per category (its maps' range): pictures compare, and weak contrast shows.
         category_range = (float(outputs.maps[idx].min()), float(outputs.maps[idx].max()))
         has_masks = all(samples[i].mask is not None for i in idx if samples[i].label == 1)
         m = category_metrics(outputs.scores[idx], labels, outputs.maps[idx] if has_masks else None,
@@ -108,7 +107,7 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         rows.append(row)
         sections.append({"category": cat, "roc": roc_plot(outputs.scores[idx], labels, cat),
                          "hist": histogram_plot(outputs.scores[idx], labels, cat, row["threshold"]),
-                         "gallery": _gallery(outputs, idx, labels, masks, value_range or category_range)})
+                         "gallery": _gallery(outputs, idx, labels, masks, category_range)})
     mean = {"category": "mean", "images": len(samples), **{k: None for k in CALIBRATED_FIELDS},
             **{k: float(np.nanmean([r[k] for r in rows])) if any(r[k] == r[k] for r in rows) else math.nan
                for k in METRIC_NAMES},
