@@ -33,7 +33,16 @@ demo: $(STAMP)
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 1 ] || exit $$rc; \
 	done
 	$(VENV)/bin/adcli report demo/run --data demo/prepared --out demo/report
-	@echo "heatmaps: demo/inspect/heatmaps   results: demo/inspect/results.csv   report: demo/report/report.html"
+	# the knn baseline on the same data, for comparison (seconds; offline MobileNetV2 weights)
+	$(VENV)/bin/adcli train --recipe knn --profile demo --data demo/prepared --out demo/knn_run
+	$(VENV)/bin/adcli calibrate demo/knn_run --data demo/prepared --target-fpr 0.05
+	for c in weave disc; do \
+	  $(VENV)/bin/adcli inspect demo/data/mvtec/$$c/test --model demo/knn_run --out demo/knn_inspect --category $$c; \
+	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 1 ] || exit $$rc; \
+	done
+	$(VENV)/bin/adcli report demo/knn_run --data demo/prepared --out demo/knn_report
+	@echo "DiffusionAD: heatmaps demo/inspect/heatmaps, results demo/inspect/results.csv, report demo/report/report.html"
+	@echo "knn baseline: heatmaps demo/knn_inspect/heatmaps, report demo/knn_report/report.html"
 
 clean:
 	rm -rf demo .pytest_cache
