@@ -21,26 +21,24 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Train, calibrate, inspect each category's test images, report: $(1) recipe, $(2) output prefix.
+# Inspect's exit code 1 means defects found, which is what the demo's test images have.
+define demo_recipe
+	$(VENV)/bin/adcli train --recipe $(1) --profile demo --data demo/prepared --out demo/$(2)run
+	$(VENV)/bin/adcli calibrate demo/$(2)run --data demo/prepared --target-fpr 0.05
+	for c in weave disc; do \
+	  $(VENV)/bin/adcli inspect demo/data/mvtec/$$c/test --model demo/$(2)run --out demo/$(2)inspect --category $$c; \
+	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 1 ] || exit $$rc; \
+	done
+	$(VENV)/bin/adcli report demo/$(2)run --data demo/prepared --out demo/$(2)report
+endef
+
 demo: $(STAMP)
 	rm -rf demo
 	$(PY) -m adcli.data.demo demo/data
 	$(VENV)/bin/adcli prepare demo/data/mvtec --out demo/prepared
-	$(VENV)/bin/adcli train --recipe diffusionad --profile demo --data demo/prepared --out demo/run
-	$(VENV)/bin/adcli calibrate demo/run --data demo/prepared --target-fpr 0.05
-	# exit code 1 = defects found, which is what the demo's test images have
-	for c in weave disc; do \
-	  $(VENV)/bin/adcli inspect demo/data/mvtec/$$c/test --model demo/run --out demo/inspect --category $$c; \
-	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 1 ] || exit $$rc; \
-	done
-	$(VENV)/bin/adcli report demo/run --data demo/prepared --out demo/report
-	# the knn baseline on the same data, for comparison (seconds; offline MobileNetV2 weights)
-	$(VENV)/bin/adcli train --recipe knn --profile demo --data demo/prepared --out demo/knn_run
-	$(VENV)/bin/adcli calibrate demo/knn_run --data demo/prepared --target-fpr 0.05
-	for c in weave disc; do \
-	  $(VENV)/bin/adcli inspect demo/data/mvtec/$$c/test --model demo/knn_run --out demo/knn_inspect --category $$c; \
-	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 1 ] || exit $$rc; \
-	done
-	$(VENV)/bin/adcli report demo/knn_run --data demo/prepared --out demo/knn_report
+	$(call demo_recipe,diffusionad,)
+	$(call demo_recipe,knn,knn_)
 	@echo "DiffusionAD: heatmaps demo/inspect/heatmaps, results demo/inspect/results.csv, report demo/report/report.html"
 	@echo "knn baseline: heatmaps demo/knn_inspect/heatmaps, report demo/knn_report/report.html"
 

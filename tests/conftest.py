@@ -20,6 +20,18 @@ def prepared(demo_root, tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """No real caches, no packaged weights: every weights location is an empty temporary folder."""
+    from adcli.nets import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.delenv("ADCLI_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(weights, "OFFLINE_PACKAGES", {})
+    return tmp_path
+
+
 def save_png(path, array, mode=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array), mode=mode).save(path)

@@ -29,14 +29,10 @@ def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path):
         assert len(list(csv.DictReader(f))) == 5 and summary.errors == 0
 
 
-def test_missing_weights_fail_before_anything_is_written(prepared, tmp_path, monkeypatch):
-    from adcli.nets import weights as W
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.delenv("ADCLI_WEIGHTS_DIR", raising=False)
-    monkeypatch.setattr(W, "OFFLINE_PACKAGES", {})
+def test_missing_weights_fail_before_anything_is_written(prepared, tmp_path, no_weights):
     import pytest
+
+    from adcli.nets import weights as W
 
     with pytest.raises(W.WeightsNotFound, match="adcli weights pull mobilenet_v2"):
         train(prepared, tmp_path / "run", load_recipe("knn", "test"), device="cpu")

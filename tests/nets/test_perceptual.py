@@ -7,15 +7,6 @@ from adcli.nets.features import BackboneConfig
 from adcli.nets.perceptual import FeaturePerceptualLoss, LPIPSLoss, perceptual_loss
 
 
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.delenv("ADCLI_WEIGHTS_DIR", raising=False)
-    monkeypatch.setattr(W, "OFFLINE_PACKAGES", {})
-    return tmp_path
-
-
 def test_lpips_loads_backbone_from_the_weights_folder(no_weights, monkeypatch):
     folder = no_weights / "weights"
     folder.mkdir()

@@ -10,13 +10,8 @@ from adcli.nets.features import BackboneConfig, FeatureExtractor
 
 
 @pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """No real caches, no packaged weights: every location is a temporary folder."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.delenv("ADCLI_WEIGHTS_DIR", raising=False)
-    monkeypatch.setattr(W, "OFFLINE_PACKAGES", {})
-    return tmp_path
+def isolated(no_weights):
+    return no_weights
 
 
 def _put(path, content=b"x"):
