@@ -36,15 +36,22 @@ def _descending(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores.ravel(), kind="stable")
 
 
-def curve_summary(scores: np.ndarray, labels: np.ndarray) -> CurveSummary:
-    """AUROC, AP and F1-max of scores (any shape) against binary labels (same shape)."""
+def descending_order(scores: np.ndarray) -> np.ndarray:
+    """Indices that sort the flattened scores from high to low (int32 where it fits: 4 bytes a pixel)."""
+    scores = np.asarray(scores).ravel()
+    return _descending(scores).astype(np.int32 if scores.size < 2**31 else np.int64)
+
+
+def curve_summary(scores: np.ndarray, labels: np.ndarray, order: np.ndarray | None = None) -> CurveSummary:
+    """AUROC, AP and F1-max of scores (any shape) against binary labels (same shape).
+    `order` (from descending_order) saves a sort when several metrics share the scores."""
     scores = np.asarray(scores, dtype=np.float64 if np.asarray(scores).dtype == np.float64 else np.float32).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
     n_pos = int(labels.sum())
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return CurveSummary(float("nan"), float("nan"), float("nan"))
-    order = _descending(scores).astype(np.int32 if scores.size < 2**31 else np.int64)
+    order = descending_order(scores) if order is None else order
     sorted_scores = scores[order]
     ends = _group_ends(sorted_scores)
     del sorted_scores
@@ -81,7 +88,7 @@ def connected_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labelled, int(count)
 
 
-def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3, order: np.ndarray | None = None) -> float:
     """AUPRO of anomaly maps (N, H, W) against binary masks (N, H, W), normalised by fpr_limit.
 
     Each defect pixel carries weight 1 / (R · |its region|), so the running sum of weights above a
@@ -106,7 +113,7 @@ def aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
     flat_w = inv_size.ravel()
     flat_normal = ~masks.ravel()
     scores = np.asarray(maps).ravel()
-    order = _descending(scores).astype(np.int32 if scores.size < 2**31 else np.int64)
+    order = descending_order(scores) if order is None else order
     ends = _group_ends(scores[order])
     fpr_prev, pro_prev = 0.0, 0.0
     area = 0.0
@@ -146,6 +153,7 @@ def category_metrics(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | 
     if maps is None or masks is None:
         out.update(pixel_auroc=float("nan"), pixel_ap=float("nan"), pixel_f1_max=float("nan"), aupro=float("nan"))
         return out
-    pixel = curve_summary(maps, masks)
-    out.update(pixel_auroc=pixel.auroc, pixel_ap=pixel.ap, pixel_f1_max=pixel.f1_max, aupro=aupro(maps, masks))
+    order = descending_order(maps)  # one sort of all pixels serves the three curves and AUPRO
+    pixel = curve_summary(maps, masks, order)
+    out.update(pixel_auroc=pixel.auroc, pixel_ap=pixel.ap, pixel_f1_max=pixel.f1_max, aupro=aupro(maps, masks, order=order))
     return out
