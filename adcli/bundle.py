@@ -18,7 +18,7 @@ import yaml
 
 from adcli import __version__
 from adcli.errors import BundleError
-from adcli.io import atomic_write_json, atomic_write_text, load_tensors
+from adcli.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from adcli.recipe import config_from_dict, to_dict
 from adcli.registry import get_method
 
@@ -45,8 +45,6 @@ def read_recipe(run: Path):
 
 
 def write_bundle(run: Path, model: torch.nn.Module, config, meta: dict) -> None:
-    from adcli.io import save_tensors
-
     save_tensors(run / WEIGHTS, model.state_dict())
     write_recipe(run, config)
     full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "adcli_version": __version__,
