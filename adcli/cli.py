@@ -70,6 +70,8 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.epochs=5.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    stages_from: Annotated[Optional[Path], typer.Option("--stages-from", help="Multi-stage methods (timenet): reuse "
+                                                        "the finished stages of this run where the recipe and data match.")] = None,
 ):
     """Train one model for all categories of the prepared data."""
     from adcli.recipe import load_recipe
@@ -80,7 +82,7 @@ def train(
     if not resume and not recipe:
         raise AdcliError("--recipe is required (e.g. --recipe diffusionad)")
     loaded = None if resume else load_recipe(recipe, profile, overrides or [])
-    train_model(data, out, loaded, resume=resume, device=device, console=console)
+    train_model(data, out, loaded, resume=resume, device=device, console=console, stages_from=stages_from)
 
 
 @app.command()

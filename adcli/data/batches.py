@@ -57,6 +57,7 @@ class TrainImages:
               synth: SynthConfig | None) -> TrainBatch:
         """Rows [0, B/2) stay normal; rows [B/2, B) get a synthetic anomaly (when `synth` is given)."""
         images = self.images[indices].astype(np.float32) / 255.0  # (B, H, W, 3)
+        originals = torch.from_numpy(images.copy()).permute(0, 3, 1, 2).contiguous()
         b, h, w, _ = images.shape
         masks = np.zeros((b, h, w), np.float32)
         is_anomaly = np.zeros(b, bool)
@@ -71,4 +72,5 @@ class TrainImages:
             masks=torch.from_numpy(masks)[:, None],
             category_ids=torch.from_numpy(self.category_ids[indices]),
             is_anomaly=torch.from_numpy(is_anomaly),
+            originals=originals,
         )

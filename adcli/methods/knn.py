@@ -17,7 +17,7 @@ from torch import nn
 from adcli.config import DataConfig
 from adcli.coreset import greedy_coreset
 from adcli.methods.base import AnomalyOutput
-from adcli.nets.features import BackboneConfig, FeatureExtractor
+from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.registry import register
 from adcli.scoring import gaussian_blur
 
@@ -54,7 +54,7 @@ class Knn(nn.Module):
         self.config = config
         self.categories = list(categories)
         # Without pretrained weights the extractor is built empty; a bundle then supplies its weights.
-        state = None if load_pretrained else _random_state(config.backbone)
+        state = None if load_pretrained else random_backbone_state(config.backbone)
         self.backbone = FeatureExtractor(config.backbone, state=state)
         self.banks = nn.ParameterDict()  # category -> (M, D) bank, filled by fit() or a bundle
 
@@ -106,14 +106,3 @@ class Knn(nn.Module):
         anomaly_map = gaussian_blur(full, self.config.knn.gaussian_sigma)
         return AnomalyOutput(anomaly_map, anomaly_map.flatten(1).amax(dim=1))
 
-
-def _random_state(backbone: BackboneConfig) -> dict:
-    """A state dict of the right shapes (random values) so the extractor can be built without weights."""
-    import torchvision
-
-    name = backbone.name
-    if name.startswith("timm:"):
-        import timm
-
-        return timm.create_model(name[5:], pretrained=False).state_dict()
-    return torchvision.models.get_model(name, weights=None).state_dict()

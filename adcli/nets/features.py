@@ -81,3 +81,14 @@ class FeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         out = self.body((images - self.mean) / self.std)
         return list(out.values()) if isinstance(out, dict) else list(out)
+
+
+def random_backbone_state(config: BackboneConfig) -> dict:
+    """A state dict of the right shapes (random values), to build an extractor whose weights a bundle supplies."""
+    import torchvision
+
+    if config.name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(config.name[5:], pretrained=False).state_dict()
+    return torchvision.models.get_model(config.name, weights=None).state_dict()

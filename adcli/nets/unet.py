@@ -3,6 +3,12 @@
 Residual blocks with GroupNorm + SiLU and an additive time embedding, self-attention at chosen
 feature-map sizes, optional res-block up/down sampling, optional class embedding added to the time
 embedding (TimeNet's class conditioning).
+
+TimeNet's extensions, all off by default: `time_input=False` drops the time embedding (the TPN sees
+no timestep; the class embedding alone drives the res blocks); `forward(..., emb_maps=...)` adds
+spatial maps to the embedding of every block at a given feature-map size, so the embedding path can
+vary per pixel; `forward(..., return_features=True)` also returns the decoder's last feature map at
+each size.
 """
 
 from __future__ import annotations
@@ -50,10 +56,17 @@ class ResBlock(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """emb (B, D), or (B, D, h, w) for a per-pixel embedding (resized to this block's output)."""
         h = F.silu(self.in_norm(x))
         h = self.in_conv(self._resample(h))
         x = self._resample(x)
-        e = self.emb(F.silu(emb))[:, :, None, None]
+        if emb.ndim == 4:
+            e = self.emb(F.silu(emb).movedim(1, -1)).movedim(-1, 1)  # Linear over channels: (B, D, h, w) -> (B, C, h, w)
+            if e.shape[-2:] != h.shape[-2:]:
+                e = F.adaptive_avg_pool2d(e, h.shape[-2:]) if e.shape[-1] > h.shape[-1] \
+                    else F.interpolate(e, size=h.shape[-2:], mode="nearest")
+        else:
+            e = self.emb(F.silu(emb))[:, :, None, None]
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             h = self.out_norm(h) * (1 + scale) + shift
@@ -112,13 +125,16 @@ class UNet(nn.Module):
     """x (B, in, H, W), t (B,) [, y (B,) class ids] -> (B, out, H, W). H, W divisible by 2^(levels-1)."""
 
     def __init__(self, config: UNetConfig, image_size: int, in_channels: int = 3, out_channels: int = 3,
-                 num_classes: int = 0):
+                 num_classes: int = 0, time_input: bool = True):
         super().__init__()
         self.config = config
         ch = config.base_channels
         ss = config.scale_shift_norm
         emb_dim = 4 * ch
-        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.emb_dim = emb_dim
+        if not time_input and num_classes <= 0:
+            raise ValueError("a UNet without time input needs classes to condition on")
+        self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) if time_input else None
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None
         levels = len(config.channel_mults)
         if image_size % 2 ** (levels - 1):
@@ -160,25 +176,38 @@ class UNet(nn.Module):
                 self.output_blocks.append(Sequence(block))
         self.out = nn.Sequential(group_norm(cur), nn.SiLU(), zero_module(nn.Conv2d(cur, out_channels, 3, padding=1)))
 
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, t: torch.Tensor | None, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.class_embed is not None and y is None:
+            raise ValueError("this UNet is class-conditional: pass class ids y")
+        if self.time_embed is None:
+            return self.class_embed(y)
         emb = self.time_embed(timestep_embedding(t, self.config.base_channels))
         if self.class_embed is not None:
-            if y is None:
-                raise ValueError("this UNet is class-conditional: pass class ids y")
             emb = emb + self.class_embed(y)
         return emb
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor | None = None,
+                emb_maps: dict[int, torch.Tensor] | None = None, return_features: bool = False):
+        """emb_maps: feature-map side -> (B, emb_dim, side, side), added to the embedding of every block
+        whose input has that side. return_features: also return {side: decoder features (B, C, side, side)}."""
         emb = self.embed(t, y)
+
+        def emb_at(h: torch.Tensor) -> torch.Tensor:
+            extra = emb_maps.get(h.shape[-1]) if emb_maps else None
+            return emb if extra is None else emb[:, :, None, None] + extra
+
         skips = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = block(h, emb_at(h))
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = self.middle_block(h, emb_at(h))
+        features = {}
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+            h = block(torch.cat([h, skips.pop()], dim=1), emb_at(h))
+            features[h.shape[-1]] = h  # the last block at each side wins
+        out = self.out(h)
+        return (out, features) if return_features else out
 
 
 class _Conv(nn.Module):

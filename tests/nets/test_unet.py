@@ -62,3 +62,28 @@ def test_image_size_must_divide():
 def test_segnet_shape():
     net = SegNet(SegNetConfig(widths=(4, 8, 16)), in_channels=6)
     assert net(torch.randn(2, 6, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_unet_without_time_input_is_driven_by_class():
+    with pytest.raises(ValueError, match="needs classes"):
+        UNet(SMALL, image_size=16, time_input=False)
+    net = UNet(SMALL, image_size=16, num_classes=2, time_input=False)
+    assert net.time_embed is None
+    assert net(torch.randn(1, 3, 16, 16), None, torch.tensor([1])).shape == (1, 3, 16, 16)
+
+
+def test_spatial_embedding_maps_act_where_they_are_nonzero():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = UNet(SMALL, image_size=16, num_classes=2)
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    x, t, y = torch.randn(1, 3, 16, 16), torch.tensor([500]), torch.tensor([0])
+    base, features = net(x, t, y, return_features=True)
+    assert sorted(features) == [4, 8, 16] and features[16].shape == (1, 8, 16, 16)
+    zero = {16: torch.zeros(1, net.emb_dim, 16, 16)}
+    assert torch.allclose(net(x, t, y, emb_maps=zero), base)
+    bump = torch.zeros(1, net.emb_dim, 16, 16)
+    bump[..., :4, :4] = 1.0  # top-left corner only, at the full-resolution level
+    changed = (net(x, t, y, emb_maps={16: bump}) - base).abs()[0].sum(dim=0)
+    assert changed[:4, :4].mean() > 10 * changed[12:, 12:].mean()

@@ -1,0 +1,291 @@
+"""TimeNet: class-conditional rectified flow, reflow, and a timestep-perceptive network; one step.
+
+Training, in stages (adcli/train.py runs them; each is resumable and kept in RUN/stages/):
+  flow       v_0: a class-conditional UNet trained with the rectified-flow loss on normal images,
+             X_t = t·X_1 + (1 − t)·X_0, target X_1 − X_0, t ~ U[t_min, 1]  (eq. 4)
+  reflow<k>  k = 1..reflow.rounds: (X_0, X_1 = ODE[v_{k−1}](X_0 | c)) pairs per category, solved with
+             RK45, then v_k fine-tuned from v_{k−1} on them  (algorithm 1)
+  tpn        the denoiser frozen; the TPN (adcli/nets/tpn.py) trained on synthetic anomalies with
+             MSE + LPIPS between X̂ = X_t + (1 − T) ⊙ v(X_t, t, c) and the normal image  (algorithm 2)
+Where the TPN's features enter the denoiser is our choice, explained in adcli/nets/tpn.py: added to
+the time + class embedding of every residual block at the matching feature-map size.
+`tpn.enabled: false` drops the TPN (plain one-step rectified flow, the paper's Table 3 ablation).
+
+Inference: X_t = t·X + (1 − t)·ε from one fixed noise draw per recipe seed (t = 0.83), one denoiser
+and one TPN call, X̂ as above. Scores (DDAD-style, eq. 5): per backbone layer F(d1 = Euclidean,
+d2 = cosine, w) upsampled and summed = S_f; S_p = ‖X − X̂‖² over channels; S = F(S_p, S_f, λ),
+Gaussian-smoothed; image score = max after rounds of k×k average pooling.
+Images are [0, 1] outside this module and [−1, 1] inside the flow (X_0 ~ N(0, I)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from adcli.config import DataConfig, LoopConfig, SynthConfig
+from adcli.diffusion import rectified_flow as rf
+from adcli.io import load_tensors, save_tensors
+from adcli.methods.base import AnomalyOutput, Stage, TrainBatch
+from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
+from adcli.nets.perceptual import perceptual_loss
+from adcli.nets.tpn import TimestepPerceptiveNet
+from adcli.nets.unet import UNet, UNetConfig
+from adcli.registry import register
+from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, pooled_max, upsample_sum
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowTrainConfig(LoopConfig):
+    """Stage 1 (and the checkpoint interval of every stage)."""
+
+    lr: float = 1e-4
+    t_min: float = 1e-3  # t ~ U[t_min, 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReflowConfig:
+    rounds: int = 1
+    pairs_per_category: int = 200
+    solve_batch: int = 16  # noises solved together as one ODE state
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-5
+
+    def __post_init__(self):
+        if self.rounds < 0 or self.pairs_per_category < 1 or self.solve_batch < 1 or self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("reflow: rounds >= 0, pairs_per_category >= 1, solve_batch >= 1, epochs >= 1, batch_size >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class TPNConfig:
+    enabled: bool = True
+    unet: UNetConfig = UNetConfig(base_channels=64, channel_mults=(1, 1, 2, 2, 4, 4), attention_resolutions=(16, 8))
+    epochs: int = 300
+    batch_size: int = 16  # half normal, half synthetic anomalies
+    lr: float = 1e-4
+    train_t: tuple[float, ...] = (0.80, 0.85)  # t ~ U[a, b] while training; the T map starts at the middle
+    perceptual: str = "alex"  # LPIPS network
+    perceptual_weights: str | None = None  # its ImageNet weights file; null = search (adcli weights list)
+    perceptual_fallback: bool = True  # no LPIPS weights: feature-space loss on the scoring backbone, logged
+    perceptual_weight: float = 1.0
+
+    def __post_init__(self):
+        if len(self.train_t) != 2 or not 0 < self.train_t[0] <= self.train_t[1] < 1:
+            raise ValueError("tpn.train_t must be [a, b] with 0 < a <= b < 1")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("tpn.epochs must be >= 1 and tpn.batch_size >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+    feature_weight: float = 7.0  # w in F(d1, d2, w) for every backbone layer
+    pixel_weight: float = 7.0  # λ in S = F(S_p, S_f, λ)
+    gaussian_sigma: float = 4.0
+    pool_kernel: int = 8
+    pool_rounds: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    t: float = 0.83
+    steps: int = 1  # Euler steps from t to 1; more than 1 only without the TPN (Table 3's rows)
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeNetConfig:
+    method: str
+    seed: int
+    data: DataConfig
+    unet: UNetConfig
+    train: FlowTrainConfig
+    reflow: ReflowConfig
+    tpn: TPNConfig
+    synth: SynthConfig
+    backbone: BackboneConfig
+    scoring: ScoringConfig
+    inference: InferenceConfig
+
+    def __post_init__(self):
+        if not 0 < self.inference.t < 1:
+            raise ValueError("inference.t must be in (0, 1)")
+        if self.inference.steps < 1 or (self.tpn.enabled and self.inference.steps != 1):
+            raise ValueError("inference.steps must be 1 with the TPN (>= 1 with tpn.enabled: false)")
+        if not 0 < self.train.t_min < 1:
+            raise ValueError("train.t_min must be in (0, 1)")
+
+
+@dataclasses.dataclass
+class PairBatch:
+    x0: torch.Tensor  # (B, 3, H, W) noise
+    x1: torch.Tensor  # (B, 3, H, W) the image the previous flow carries it to, in [−1, 1] (roughly)
+    category_ids: torch.Tensor  # (B,)
+
+
+class ReflowPairs:
+    """(noise, generated image, class) triples, served in batches like the training images."""
+
+    def __init__(self, x0: torch.Tensor, x1: torch.Tensor, category_ids: torch.Tensor, categories: list[str]):
+        self.x0, self.x1, self.category_ids, self.categories = x0, x1, category_ids, categories
+
+    def __len__(self) -> int:
+        return len(self.x0)
+
+    def batch(self, indices: np.ndarray, rng, textures, synth) -> PairBatch:
+        idx = torch.from_numpy(np.asarray(indices))
+        return PairBatch(self.x0[idx], self.x1[idx], self.category_ids[idx])
+
+
+def _settings(section) -> dict:
+    return dataclasses.asdict(section)
+
+
+@register("timenet", TimeNetConfig)
+class TimeNet(nn.Module):
+    map_range = None  # S has no fixed scale: heatmaps are scaled per image until calibrated
+
+    @staticmethod
+    def needs_synthetic_anomalies(config: TimeNetConfig) -> bool:
+        return config.tpn.enabled
+
+    def __init__(self, config: TimeNetConfig, categories: list[str], load_pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.categories = list(categories)
+        size = config.data.image_size
+        self.denoiser = UNet(config.unet, size, num_classes=len(categories))
+        self.tpn = None
+        if config.tpn.enabled:
+            self.tpn = TimestepPerceptiveNet(config.tpn.unet, size, len(categories), self.denoiser.emb_dim,
+                                             len(config.unet.channel_mults), initial_t=sum(config.tpn.train_t) / 2)
+        state = None if load_pretrained else random_backbone_state(config.backbone)
+        self.backbone = FeatureExtractor(config.backbone, state=state)
+        self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
+
+    # ---- training -------------------------------------------------------------------------------
+    def training_stages(self) -> list[Stage]:
+        c = self.config
+        flow = {k: v for k, v in _settings(c.train).items() if k != "checkpoint_minutes"}
+        stages = [Stage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
+                        self._flow_losses, keeps=("denoiser.",), settings={"unet": _settings(c.unet), "train": flow})]
+        reflow = {k: v for k, v in _settings(c.reflow).items() if k != "rounds"}
+        for k in range(1, c.reflow.rounds + 1):
+            stages.append(Stage(f"reflow{k}", c.reflow.epochs, c.reflow.batch_size, self._groups(self.denoiser, c.reflow.lr),
+                                self._pair_losses, keeps=("denoiser.",), settings={"reflow": reflow},
+                                make_data=lambda data, dev, folder, console, k=k: self._reflow_pairs(k, data, dev, folder, console)))
+        if self.tpn is not None:
+            self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
+            stages.append(Stage("tpn", c.tpn.epochs, c.tpn.batch_size, self._groups(self.tpn, c.tpn.lr), self._tpn_losses,
+                                keeps=("tpn.",), synthetic=True,
+                                settings={"tpn": _settings(c.tpn), "synth": _settings(c.synth),
+                                          "perceptual": self._perceptual[0].description}))
+        return stages
+
+    @staticmethod
+    def _groups(module: nn.Module, lr: float):
+        return lambda total_steps: ([{"params": list(module.parameters()), "lr": lr}], [lambda step: 1.0])
+
+    def _make_perceptual(self) -> nn.Module:
+        tc = self.config.tpn
+        loss = perceptual_loss(tc.perceptual, tc.perceptual_weights, fallback=self.config.backbone if tc.perceptual_fallback else None)
+        return loss.to(next(self.denoiser.parameters()).device)
+
+    def _flow_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x1 = batch.originals * 2 - 1
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        t = self.config.train.t_min + (1 - self.config.train.t_min) * torch.rand(x1.shape[0], generator=generator, device=x1.device)
+        loss = rf.flow_loss(self.denoiser, x1, x0, t, y=batch.category_ids)
+        return {"loss": loss}
+
+    def _pair_losses(self, batch: PairBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        t = self.config.train.t_min + (1 - self.config.train.t_min) * torch.rand(batch.x0.shape[0], generator=generator, device=batch.x0.device)
+        return {"loss": rf.flow_loss(self.denoiser, batch.x1, batch.x0, t, y=batch.category_ids)}
+
+    def _tpn_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        a, b = self.config.tpn.train_t
+        x1 = batch.images * 2 - 1  # the (possibly anomalous) input
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        t = a + (b - a) * torch.rand(x1.shape[0], generator=generator, device=x1.device)
+        x_hat = self.reconstruct(rf.interpolate(x0, x1, t), t, batch.category_ids)
+        target = batch.originals * 2 - 1  # the normal image
+        mse = (x_hat - target).pow(2).mean()
+        perceptual = self._perceptual[0](((x_hat + 1) / 2).clamp(0, 1), batch.originals).mean()
+        return {"loss": mse + self.config.tpn.perceptual_weight * perceptual, "mse": mse.detach(), "perceptual": perceptual.detach()}
+
+    @torch.no_grad()
+    def _reflow_pairs(self, round_k: int, data, dev: torch.device, folder: Path, console: Console) -> ReflowPairs:
+        """Pairs (X_0, ODE[v_{k−1}](X_0 | c)) per category, RK45. Saved chunk by chunk under `folder`, so an
+        interrupted generation resumes where it stopped; each chunk's noise comes from (seed, round, chunk)."""
+        rc = self.config.reflow
+        size = self.config.data.image_size
+        path = folder / f"reflow{round_k}_pairs.safetensors"
+        done = load_tensors(path) if path.is_file() else {}
+        x0s, x1s, ys = ([done[k]] if done else [] for k in ("x0", "x1", "y"))
+        have = len(done["y"]) if done else 0
+        chunks = [(c, i) for c in range(len(self.categories)) for i in range(0, rc.pairs_per_category, rc.solve_batch)]
+        self.denoiser.eval()
+        with Progress(TextColumn(f"reflow {round_k}: RK45 pairs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[nfe]} evaluations"),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("pairs", total=len(self.categories) * rc.pairs_per_category, completed=have, nfe=0)
+            seen = 0
+            for number, (cat, start) in enumerate(chunks):
+                n = min(rc.solve_batch, rc.pairs_per_category - start)
+                seen += n
+                if seen <= have:
+                    continue
+                g = torch.Generator().manual_seed(int(np.random.default_rng([self.config.seed, round_k, number]).integers(2**62)))
+                x0 = torch.randn((n, 3, size, size), generator=g)
+                y = torch.full((n,), cat, dtype=torch.long)
+                x1, nfe = rf.rk45(self.denoiser, x0.to(dev), rtol=rc.rtol, atol=rc.atol, y=y.to(dev))
+                x0s.append(x0), x1s.append(x1.cpu()), ys.append(y)
+                folder.mkdir(parents=True, exist_ok=True)
+                save_tensors(path, {"x0": torch.cat(x0s), "x1": torch.cat(x1s), "y": torch.cat(ys)})
+                bar.update(task, advance=n, nfe=nfe)
+        self.denoiser.train()
+        return ReflowPairs(torch.cat(x0s), torch.cat(x1s), torch.cat(ys), self.categories)
+
+    # ---- inference ------------------------------------------------------------------------------
+    def reconstruct(self, x_t: torch.Tensor, t: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        """One step from X_t (B, 3, H, W) at t (B,) to X̂_1, through the TPN when there is one."""
+        t_scaled = t * rf.TIME_SCALE
+        if self.tpn is None:
+            if self.config.inference.steps > 1:  # Euler needs one t for the batch: predict() gives one
+                return rf.euler(self.denoiser, x_t, float(t[0]), self.config.inference.steps, y=category_ids)
+            return x_t + (1 - t).reshape(-1, 1, 1, 1) * self.denoiser(x_t, t_scaled, category_ids)
+        t_map, emb_maps = self.tpn(x_t, category_ids)
+        return x_t + (1 - t_map) * self.denoiser(x_t, t_scaled, category_ids, emb_maps=emb_maps)
+
+    def _inference_noise(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        # One fixed draw from the recipe seed for every image: a score never depends on the batch.
+        g = torch.Generator(device="cpu").manual_seed(self.config.seed)
+        return torch.randn((1, *shape), generator=g).to(device)
+
+    def anomaly_maps(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+        """S = F(S_p, S_f, λ), smoothed. images, reconstruction (B, 3, H, W) in [0, 1] -> (B, H, W)."""
+        sc = self.config.scoring
+        size = images.shape[-2:]
+        pixel = (images - reconstruction).pow(2).sum(dim=1)
+        layer_maps = [combine_ddad(euclidean_distance(a, b), cosine_distance(a, b), sc.feature_weight)
+                      for a, b in zip(self.backbone(images), self.backbone(reconstruction))]
+        feature = upsample_sum(layer_maps, size)
+        return gaussian_blur(combine_ddad(pixel, feature, sc.pixel_weight), sc.gaussian_sigma)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
+        """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) -> AnomalyOutput."""
+        ic, sc = self.config.inference, self.config.scoring
+        x1 = images * 2 - 1
+        t = torch.full((images.shape[0],), ic.t, device=images.device)
+        x_t = rf.interpolate(self._inference_noise(tuple(images.shape[1:]), images.device).expand_as(x1), x1, t)
+        reconstruction = ((self.reconstruct(x_t, t, category_ids) + 1) / 2).clamp(0, 1)
+        anomaly_map = self.anomaly_maps(images, reconstruction)
+        return AnomalyOutput(anomaly_map, pooled_max(anomaly_map, sc.pool_kernel, sc.pool_rounds), reconstruction)

@@ -1,0 +1,157 @@
+"""TimeNet on tiny generated data: stages, reuse, resume, reflow pairs, inference."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from adcli.bundle import load_bundle
+from adcli.errors import RecipeError
+from adcli.methods.timenet import TimeNet
+from adcli.nets.unet import UNet
+from adcli.recipe import load_recipe
+from adcli.registry import get_method, method_names
+from adcli.train import train
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "mnv2.pth"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.mobilenet_v2().state_dict(), path)
+    return path
+
+
+def _recipe(weights, overrides=()):
+    return load_recipe("timenet", "test", [f"backbone.weights={weights}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def run(prepared, backbone_weights, tmp_path_factory):
+    return train(prepared, tmp_path_factory.mktemp("tn") / "run", _recipe(backbone_weights), device="cpu")
+
+
+def _weights(run):
+    return load_file(run / "model.safetensors")
+
+
+def test_registered_and_paper_settings():
+    assert "timenet" in method_names() and get_method("timenet").method_cls is TimeNet
+    c = load_recipe("timenet").config
+    assert (c.unet.base_channels, c.unet.channel_mults, c.unet.attention_resolutions) == (64, (1, 1, 2, 2, 4, 4), (16, 8))
+    assert (c.inference.t, c.scoring.feature_weight, c.scoring.pixel_weight, c.scoring.gaussian_sigma) == (0.83, 7.0, 7.0, 4.0)
+    assert (c.scoring.pool_kernel, c.scoring.pool_rounds, c.reflow.rounds, c.reflow.rtol) == (8, 8, 1, 1e-5)
+    assert (c.backbone.name, c.backbone.layers) == ("wide_resnet101_2", ("layer1", "layer2", "layer3"))
+    n = sum(p.numel() for p in UNet(c.unet, 256, num_classes=15).parameters())
+    assert 25e6 < n < 40e6  # METHODS.md: ≈ 30 M
+    for profile in ("cpu", "demo", "test"):
+        load_recipe("timenet", profile)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(RecipeError, match="inference.steps must be 1 with the TPN"):
+        load_recipe("timenet", "test", ["inference.steps=3"])
+    load_recipe("timenet", "test", ["inference.steps=3", "tpn.enabled=false"])
+    with pytest.raises(RecipeError, match="tpn.train_t"):
+        load_recipe("timenet", "test", ["tpn.train_t=[0.9, 0.5]"])
+    with pytest.raises(RecipeError, match="unknown key 'tpn.depth'"):
+        load_recipe("timenet", "test", ["tpn.depth=3"])
+
+
+def test_three_stages_kept_and_bundle_predicts(run, prepared):
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["flow.safetensors", "reflow1.safetensors", "tpn.safetensors"]
+    meta = json.loads((run / "meta.json").read_text())
+    assert set(meta["stage_seconds"]) == {"flow", "reflow1", "tpn"}
+    assert not (run / "checkpoint").exists()
+    assert [line.split(",")[0] for line in (run / "results.csv").read_text().splitlines()[1:]] == ["flow", "reflow1", "tpn"]
+    # The kept stage outputs are the bundle's weights: the TPN's from the last stage, the denoiser's from reflow.
+    final, reflow, tpn = _weights(run), load_file(run / "stages" / "reflow1.safetensors"), load_file(run / "stages" / "tpn.safetensors")
+    assert all(torch.equal(final[k], v) for k, v in {**reflow, **tpn}.items())
+    assert set(reflow) == {k for k in final if k.startswith("denoiser.")}
+    model, _ = load_bundle(run)
+    images = torch.rand(2, 3, 32, 32)
+    out = model.predict(images, torch.tensor([0, 1]))
+    assert out.anomaly_map.shape == (2, 32, 32) and out.score.shape == (2,) and out.reconstruction.shape == (2, 3, 32, 32)
+    assert bool(torch.isfinite(out.anomaly_map).all()) and float(out.anomaly_map.min()) >= 0
+    again = model.predict(images[:1], torch.tensor([0]))  # one fixed noise draw: the batch does not matter
+    assert torch.allclose(again.score, out.score[:1], rtol=1e-5)
+
+
+def test_ablations_reuse_the_stages_they_share(run, prepared, backbone_weights, tmp_path):
+    no_tpn = train(prepared, tmp_path / "no_tpn", _recipe(backbone_weights, ["tpn.enabled=false"]), device="cpu", stages_from=run)
+    w = _weights(no_tpn)
+    assert not any(k.startswith("tpn.") for k in w)
+    assert all(torch.equal(w[k], v) for k, v in load_file(run / "stages" / "reflow1.safetensors").items())
+    seconds = json.loads((run / "meta.json").read_text())["stage_seconds"]
+    assert json.loads((no_tpn / "meta.json").read_text())["stage_seconds"] == {"flow": seconds["flow"], "reflow1": seconds["reflow1"]}
+    no_reflow = train(prepared, tmp_path / "no_reflow", _recipe(backbone_weights, ["reflow.rounds=0"]), device="cpu", stages_from=run)
+    assert sorted(p.name for p in (no_reflow / "stages").iterdir()) == ["flow.safetensors", "tpn.safetensors"]
+    flow = load_file(run / "stages" / "flow.safetensors")
+    assert all(torch.equal(_weights(no_reflow)[k], v) for k, v in flow.items())  # v_0, not v_1
+    other_seed = train(prepared, tmp_path / "seed1", _recipe(backbone_weights, ["seed=1", "tpn.enabled=false"]),
+                       device="cpu", stages_from=run)  # nothing matches: every stage is trained
+    assert not torch.equal(_weights(other_seed)["denoiser.out.2.weight"], flow["denoiser.out.2.weight"])
+
+
+def test_interrupted_in_the_last_stage_resumes_exactly(run, prepared, backbone_weights, tmp_path, monkeypatch):
+    original = TimeNet._tpn_losses
+    calls = {"n": 0}
+
+    def dies_in_tpn_stage(self, batch, gen):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, batch, gen)
+
+    monkeypatch.setattr(TimeNet, "_tpn_losses", dies_in_tpn_stage)
+    with pytest.raises(KeyboardInterrupt):
+        train(prepared, tmp_path / "killed", _recipe(backbone_weights), device="cpu")
+    monkeypatch.setattr(TimeNet, "_tpn_losses", original)
+    assert sorted(p.name for p in (tmp_path / "killed" / "stages").iterdir()) == ["flow.safetensors", "reflow1.safetensors"]
+    train(prepared, tmp_path / "killed", None, resume=True, device="cpu")
+    a, b = _weights(run), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class ConstantField(torch.nn.Module):
+    """v(x, t, y) = shift[y]: the ODE solution is X_1 = X_0 + shift[y]."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.tensor([-1.0, 2.0]))
+
+    def forward(self, x, t_scaled, y):
+        return self.shift[y].reshape(-1, 1, 1, 1).expand_as(x)
+
+
+def test_reflow_pairs_follow_a_known_field_and_resume(backbone_weights, tmp_path):
+    from rich.console import Console
+
+    config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "reflow.pairs_per_category=3",
+                                              "reflow.solve_batch=2"]).config
+    model = TimeNet(config, ["a", "b"])
+    model.denoiser = ConstantField()
+    quiet = Console(quiet=True)
+    pairs = model._reflow_pairs(1, None, torch.device("cpu"), tmp_path / "ck", quiet)
+    assert len(pairs) == 6 and pairs.category_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    expected = pairs.x0 + torch.tensor([-1.0, 2.0])[pairs.category_ids].reshape(-1, 1, 1, 1)
+    assert torch.allclose(pairs.x1, expected, atol=1e-4)
+    # A generation stopped after two chunks continues with the same noises.
+    saved = load_file(tmp_path / "ck" / "reflow1_pairs.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({k: v[:3] for k, v in saved.items()}, tmp_path / "ck" / "reflow1_pairs.safetensors")
+    resumed = model._reflow_pairs(1, None, torch.device("cpu"), tmp_path / "ck", quiet)
+    assert torch.equal(resumed.x0, pairs.x0) and torch.allclose(resumed.x1, pairs.x1)
+
+
+def test_without_tpn_one_step_is_the_rectified_flow_update(backbone_weights):
+    config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "tpn.enabled=false"]).config
+    model = TimeNet(config, ["a", "b"]).eval()
+    model.denoiser = ConstantField()
+    x_t, t, y = torch.zeros(2, 3, 8, 8), torch.full((2,), 0.75), torch.tensor([0, 1])
+    x_hat = model.reconstruct(x_t, t, y)
+    assert torch.allclose(x_hat[0], torch.full((3, 8, 8), -0.25)) and torch.allclose(x_hat[1], torch.full((3, 8, 8), 0.5))
