@@ -39,8 +39,10 @@ demo: $(STAMP)
 	$(VENV)/bin/adcli prepare demo/data/mvtec --out demo/prepared
 	$(call demo_recipe,diffusionad,)
 	$(call demo_recipe,knn,knn_)
+	$(call demo_recipe,timenet,timenet_)
 	@echo "DiffusionAD: heatmaps demo/inspect/heatmaps, results demo/inspect/results.csv, report demo/report/report.html"
 	@echo "knn baseline: heatmaps demo/knn_inspect/heatmaps, report demo/knn_report/report.html"
+	@echo "TimeNet: heatmaps demo/timenet_inspect/heatmaps, report demo/timenet_report/report.html"
 
 clean:
 	rm -rf demo .pytest_cache

@@ -200,23 +200,26 @@ def _run_stages(model, config, data: TrainImages, textures: list, synth, stages:
 
         with safe_open(str(out / CHECKPOINT), framework="pt") as f:
             checkpoint_position = json.loads((f.metadata() or {})["position"])
-    stage_seconds, history = {}, []
+    stage_seconds, history, reused = {}, [], []
     for index, (stage, fingerprint) in enumerate(zip(stages, fingerprints)):
-        kept = _finished_stage(out, stage, fingerprint) if len(stages) > 1 else None
+        kept = _finished_stage(out, stage, fingerprint) if stage.keeps else None
         if kept is not None:
             model.load_state_dict(kept[0], strict=False)
             stage_seconds[stage.name] = float(kept[1].get("seconds", 0.0))
+            reused.append(stage.name)
             console.print(f"stage {stage.name}: done ({_stage_file(out, stage)})")
             continue
         resume_here = checkpoint_position is not None and checkpoint_position.get("stage", stages[0].name) == stage.name
+        data_start = time.monotonic()  # a stage's data (reflow pairs) counts in its time
         stage_data = data if stage.make_data is None else stage.make_data(data, dev, out / CHECKPOINT.parent, console)
+        data_seconds = time.monotonic() - data_start if stage.make_data is not None else 0.0
         position = _train_stage(model, config, index, stage, stage_data, textures if stage.synthetic else [],
                                 synth if stage.synthetic else None, out, resume_here, dev, console)
-        stage_seconds[stage.name] = position["seconds"]
+        stage_seconds[stage.name] = position["seconds"] + data_seconds
         history.extend(position["history"])
-        if len(stages) > 1:
-            _save_stage(out, model, stage, fingerprint, position["seconds"])
-    return {"seconds": sum(stage_seconds.values()), "stage_seconds": stage_seconds, "history": history}
+        if stage.keeps:
+            _save_stage(out, model, stage, fingerprint, stage_seconds[stage.name])
+    return {"seconds": sum(stage_seconds.values()), "stage_seconds": stage_seconds, "history": history, "reused": reused}
 
 
 def _train_stage(model, config, stage_index: int, stage: Stage, data, textures: list, synth, out: Path, resume: bool,
@@ -355,7 +358,7 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
         if stages_from is not None:
             _copy_stages(Path(stages_from), out, stages, fingerprints, console)
         position = _run_stages(model, config, data, textures, synth, stages, fingerprints, out, dev, console)
-        if len(stages) > 1:
+        if any(stage.keeps for stage in stages):
             extra = {"stage_seconds": {k: round(v, 1) for k, v in position["stage_seconds"].items()}}
 
     counts: dict[str, int] = {}
@@ -368,5 +371,7 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
     model.eval()
     write_bundle(out, model, config, meta)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
-    console.print(f"model written to {out} ({position['seconds'] / 60:.1f} min)")
+    reused = position.get("reused")
+    note = f"; stages {', '.join(reused)} finished earlier" if reused else ""
+    console.print(f"model written to {out} ({position['seconds'] / 60:.1f} min of training{note})")
     return out

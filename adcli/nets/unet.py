@@ -61,7 +61,8 @@ class ResBlock(nn.Module):
         h = self.in_conv(self._resample(h))
         x = self._resample(x)
         if emb.ndim == 4:
-            e = self.emb(F.silu(emb).movedim(1, -1)).movedim(-1, 1)  # Linear over channels: (B, D, h, w) -> (B, C, h, w)
+            # The Linear as a 1×1 conv over the channels: (B, D, h, w) -> (B, C, h, w), no layout copies.
+            e = F.conv2d(F.silu(emb), self.emb.weight[:, :, None, None], self.emb.bias)
             if e.shape[-2:] != h.shape[-2:]:
                 e = F.adaptive_avg_pool2d(e, h.shape[-2:]) if e.shape[-1] > h.shape[-1] \
                     else F.interpolate(e, size=h.shape[-2:], mode="nearest")
@@ -192,9 +193,15 @@ class UNet(nn.Module):
         whose input has that side. return_features: also return {side: decoder features (B, C, side, side)}."""
         emb = self.embed(t, y)
 
+        combined: dict[int, torch.Tensor] = {}  # side -> embedding + map, built once per side
+
         def emb_at(h: torch.Tensor) -> torch.Tensor:
-            extra = emb_maps.get(h.shape[-1]) if emb_maps else None
-            return emb if extra is None else emb[:, :, None, None] + extra
+            side = h.shape[-1]
+            if not emb_maps or side not in emb_maps:
+                return emb
+            if side not in combined:
+                combined[side] = emb[:, :, None, None] + emb_maps[side]
+            return combined[side]
 
         skips = []
         h = x

@@ -91,6 +91,10 @@ def test_ablations_reuse_the_stages_they_share(run, prepared, backbone_weights, 
     assert sorted(p.name for p in (no_reflow / "stages").iterdir()) == ["flow.safetensors", "tpn.safetensors"]
     flow = load_file(run / "stages" / "flow.safetensors")
     assert all(torch.equal(_weights(no_reflow)[k], v) for k, v in flow.items())  # v_0, not v_1
+    flow_only = train(prepared, tmp_path / "flow_only", _recipe(backbone_weights, ["reflow.rounds=0", "tpn.enabled=false"]),
+                      device="cpu", stages_from=run)  # a single kept stage is reused too: nothing trains
+    assert json.loads((flow_only / "meta.json").read_text())["stage_seconds"] == {"flow": seconds["flow"]}
+    assert not (flow_only / "results.csv").exists() or "flow" not in (flow_only / "results.csv").read_text()
     other_seed = train(prepared, tmp_path / "seed1", _recipe(backbone_weights, ["seed=1", "tpn.enabled=false"]),
                        device="cpu", stages_from=run)  # nothing matches: every stage is trained
     assert not torch.equal(_weights(other_seed)["denoiser.out.2.weight"], flow["denoiser.out.2.weight"])
