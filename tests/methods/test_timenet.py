@@ -159,3 +159,13 @@ def test_without_tpn_one_step_is_the_rectified_flow_update(backbone_weights):
     x_t, t, y = torch.zeros(2, 3, 8, 8), torch.full((2,), 0.75), torch.tensor([0, 1])
     x_hat = model.reconstruct(x_t, t, y)
     assert torch.allclose(x_hat[0], torch.full((3, 8, 8), -0.25)) and torch.allclose(x_hat[1], torch.full((3, 8, 8), 0.5))
+
+
+def test_same_weights_other_inference_settings_is_another_model(run, prepared, backbone_weights, tmp_path):
+    from adcli.weights_id import bundle_id
+
+    a = train(prepared, tmp_path / "one", _recipe(backbone_weights, ["tpn.enabled=false"]), device="cpu", stages_from=run)
+    b = train(prepared, tmp_path / "three", _recipe(backbone_weights, ["tpn.enabled=false", "inference.steps=3"]),
+              device="cpu", stages_from=run)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert bundle_id(a) != bundle_id(b)  # inspect and report must not reuse one's results for the other
