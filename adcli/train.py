@@ -174,8 +174,6 @@ def _save_stage(run: Path, model, stage: Stage, fingerprint: str, seconds: float
 
 def _copy_stages(source: Path, out: Path, stages: list[Stage], fingerprints: list[str], console: Console) -> None:
     """--stages-from: copy the leading stage outputs of another run that this recipe would reproduce."""
-    if not (source / STAGES).is_dir():
-        raise BundleError(f"--stages-from {source}: no {STAGES}/ folder there (only multi-stage runs keep stage outputs)")
     for stage, fingerprint in zip(stages, fingerprints):
         if _finished_stage(source, stage, fingerprint) is None:
             break
@@ -343,6 +341,8 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
     stages = model.training_stages() if hasattr(model, "training_stages") else None
     if stages_from is not None and not stages:
         raise BundleError(f"--stages-from: {config.method} trains in one stage; there is nothing to reuse")
+    if stages_from is not None and not (Path(stages_from) / STAGES).is_dir():
+        raise BundleError(f"--stages-from {stages_from}: no {STAGES}/ folder there (only multi-stage runs keep stage outputs)")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("loading images", total=len(samples))

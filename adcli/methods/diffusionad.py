@@ -23,7 +23,7 @@ from adcli.diffusion.schedules import NoiseSchedule
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
 from adcli.methods.base import AnomalyOutput, TrainBatch
 from adcli.nets.segnet import SegNet, SegNetConfig
-from adcli.nets.unet import UNet, UNetConfig
+from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
 from adcli.scoring import top_k_mean
 
@@ -74,6 +74,7 @@ class DiffusionADConfig:
             raise ValueError(f"train.t_split must be in (0, {t})")
         if not 0 <= self.inference.t_s < self.inference.t_b < t:
             raise ValueError(f"need 0 <= inference.t_s < inference.t_b < {t}")
+        check_image_size(self.unet, self.data.image_size)
 
 
 @register("diffusionad", DiffusionADConfig)

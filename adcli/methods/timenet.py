@@ -36,7 +36,7 @@ from adcli.methods.base import AnomalyOutput, Stage, TrainBatch
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
 from adcli.nets.tpn import TimestepPerceptiveNet
-from adcli.nets.unet import UNet, UNetConfig
+from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
 from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, pooled_max, upsample_sum
 
@@ -122,6 +122,8 @@ class TimeNetConfig:
             raise ValueError("inference.steps must be 1 with the TPN (>= 1 with tpn.enabled: false)")
         if not 0 < self.train.t_min < 1:
             raise ValueError("train.t_min must be in (0, 1)")
+        check_image_size(self.unet, self.data.image_size, "unet")
+        check_image_size(self.tpn.unet, self.data.image_size, "tpn.unet")
 
 
 @dataclasses.dataclass

@@ -34,6 +34,14 @@ class UNetConfig:
     scale_shift_norm: bool = True  # ADM: the embedding scales and shifts the normalised features
 
 
+def check_image_size(config: UNetConfig, image_size: int, name: str = "unet") -> None:
+    """Each level halves the feature map: the image side must divide by 2^(levels − 1)."""
+    levels = len(config.channel_mults)
+    if image_size % 2 ** (levels - 1):
+        raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1} for the {levels} levels of "
+                         f"{name}.channel_mults; change data.image_size or {name}.channel_mults")
+
+
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, resample: str | None = None,
                  scale_shift: bool = True):
@@ -137,9 +145,9 @@ class UNet(nn.Module):
             raise ValueError("a UNet without time input needs classes to condition on")
         self.time_embed = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) if time_input else None
         self.class_embed = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None
+        check_image_size(config, image_size)
+
         levels = len(config.channel_mults)
-        if image_size % 2 ** (levels - 1):
-            raise ValueError(f"image size {image_size} is not divisible by 2^{levels - 1} for {levels} UNet levels")
 
         def with_attention(layers: list, channels: int, size: int) -> Sequence:
             if size in config.attention_resolutions:

@@ -59,6 +59,18 @@ def test_bad_settings_are_named():
         load_recipe("timenet", "test", ["tpn.train_t=[0.9, 0.5]"])
     with pytest.raises(RecipeError, match="unknown key 'tpn.depth'"):
         load_recipe("timenet", "test", ["tpn.depth=3"])
+    with pytest.raises(RecipeError, match="not divisible by 2\\^3 for the 4 levels of tpn.unet.channel_mults"):
+        load_recipe("timenet", "test", ["tpn.unet.channel_mults=[1, 2, 2, 2]", "data.image_size=36"])
+    with pytest.raises(RecipeError, match="levels of unet.channel_mults"):
+        load_recipe("diffusionad", "test", ["data.image_size=31"])
+
+
+def test_stages_from_a_folder_without_stages_writes_nothing(prepared, backbone_weights, tmp_path):
+    from adcli.errors import BundleError
+
+    with pytest.raises(BundleError, match="no stages/ folder"):
+        train(prepared, tmp_path / "new", _recipe(backbone_weights), device="cpu", stages_from=tmp_path / "missing")
+    assert not (tmp_path / "new").exists()
 
 
 def test_three_stages_kept_and_bundle_predicts(run, prepared):
