@@ -63,13 +63,18 @@ def save_checkpoint(run: Path, model, optimizer, position: dict) -> None:
     save_tensors(run / CHECKPOINT, tensors, metadata={"position": json.dumps(position), "optimizer": json.dumps(rest)})
 
 
-def load_checkpoint(run: Path, model, optimizer) -> dict:
+def _file_metadata(path: Path) -> dict:
+    """A safetensors file's string metadata, without reading its tensors."""
     from safetensors import safe_open
 
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def load_checkpoint(run: Path, model, optimizer) -> dict:
     path = run / CHECKPOINT
     tensors = load_tensors(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = _file_metadata(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _restore_optimizer(optimizer, tensors, json.loads(meta["optimizer"]))
     return json.loads(meta["position"])
@@ -122,7 +127,7 @@ def _fit(model, data: TrainImages, dev: torch.device, console: Console) -> dict:
     with Progress(TextColumn("fit"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("fit", total=len(data))
         model.fit(by_cat, dev, progress=lambda n: bar.advance(task, n))
-    return {"seconds": time.monotonic() - start, "history": []}
+    return {"seconds": time.monotonic() - start}
 
 
 def _single_stage(model, config, synth) -> Stage:
@@ -150,21 +155,13 @@ def _stage_file(run: Path, stage: Stage) -> Path:
     return run / STAGES / f"{stage.name}.safetensors"
 
 
-def _read_stage(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
-    tensors = load_tensors(path)
-    with safe_open(str(path), framework="pt") as f:
-        return tensors, f.metadata() or {}
-
-
-def _finished_stage(run: Path, stage: Stage, fingerprint: str) -> tuple[dict, dict] | None:
-    """(weights, metadata) of a kept stage output with this fingerprint, else None."""
+def _finished_stage(run: Path, stage: Stage, fingerprint: str) -> dict | None:
+    """The metadata of a kept stage output with this fingerprint, else None."""
     path = _stage_file(run, stage)
     if not path.is_file():
         return None
-    tensors, meta = _read_stage(path)
-    return (tensors, meta) if meta.get("fingerprint") == fingerprint else None
+    meta = _file_metadata(path)
+    return meta if meta.get("fingerprint") == fingerprint else None
 
 
 def _save_stage(run: Path, model, stage: Stage, fingerprint: str, seconds: float) -> None:
@@ -174,6 +171,7 @@ def _save_stage(run: Path, model, stage: Stage, fingerprint: str, seconds: float
 
 def _copy_stages(source: Path, out: Path, stages: list[Stage], fingerprints: list[str], console: Console) -> None:
     """--stages-from: copy the leading stage outputs of another run that this recipe would reproduce."""
+    copied = 0
     for stage, fingerprint in zip(stages, fingerprints):
         if _finished_stage(source, stage, fingerprint) is None:
             break
@@ -182,28 +180,24 @@ def _copy_stages(source: Path, out: Path, stages: list[Stage], fingerprints: lis
         shutil.copyfile(_stage_file(source, stage), tmp)
         tmp.replace(_stage_file(out, stage))
         console.print(f"stage {stage.name}: reusing {_stage_file(source, stage)}")
-    else:
-        return
-    if not (out / STAGES).is_dir():
+        copied += 1
+    if not copied:
         console.print(f"[yellow]warning:[/] --stages-from {source}: its first stage ({stages[0].name}) was trained with "
                       "other settings or data; training every stage")
 
 
 def _run_stages(model, config, data: TrainImages, textures: list, synth, stages: list[Stage], fingerprints: list[str],
                 out: Path, dev: torch.device, console: Console) -> dict:
-    """Run each stage not already kept in RUN/stages/; -> {"seconds", "stage_seconds", "history"}."""
+    """Run each stage not already kept in RUN/stages/; -> {"seconds", "stage_seconds", "reused"}."""
     checkpoint_position = None
     if (out / CHECKPOINT).is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(out / CHECKPOINT), framework="pt") as f:
-            checkpoint_position = json.loads((f.metadata() or {})["position"])
-    stage_seconds, history, reused = {}, [], []
+        checkpoint_position = json.loads(_file_metadata(out / CHECKPOINT)["position"])
+    stage_seconds, reused = {}, []
     for index, (stage, fingerprint) in enumerate(zip(stages, fingerprints)):
         kept = _finished_stage(out, stage, fingerprint) if stage.keeps else None
         if kept is not None:
-            model.load_state_dict(kept[0], strict=False)
-            stage_seconds[stage.name] = float(kept[1].get("seconds", 0.0))
+            model.load_state_dict(load_tensors(_stage_file(out, stage)), strict=False)
+            stage_seconds[stage.name] = float(kept.get("seconds", 0.0))
             reused.append(stage.name)
             console.print(f"stage {stage.name}: done ({_stage_file(out, stage)})")
             continue
@@ -214,10 +208,9 @@ def _run_stages(model, config, data: TrainImages, textures: list, synth, stages:
         position = _train_stage(model, config, index, stage, stage_data, textures if stage.synthetic else [],
                                 synth if stage.synthetic else None, out, resume_here, dev, console)
         stage_seconds[stage.name] = position["seconds"] + data_seconds
-        history.extend(position["history"])
         if stage.keeps:
             _save_stage(out, model, stage, fingerprint, stage_seconds[stage.name])
-    return {"seconds": sum(stage_seconds.values()), "stage_seconds": stage_seconds, "history": history, "reused": reused}
+    return {"seconds": sum(stage_seconds.values()), "stage_seconds": stage_seconds, "reused": reused}
 
 
 def _train_stage(model, config, stage_index: int, stage: Stage, data, textures: list, synth, out: Path, resume: bool,
