@@ -225,35 +225,35 @@ class TimeNet(nn.Module):
 
     @torch.no_grad()
     def _reflow_pairs(self, round_k: int, data, dev: torch.device, folder: Path, console: Console) -> ReflowPairs:
-        """Pairs (X_0, ODE[v_{k−1}](X_0 | c)) per category, RK45. Saved chunk by chunk under `folder`, so an
-        interrupted generation resumes where it stopped; each chunk's noise comes from (seed, round, chunk)."""
+        """Pairs (X_0, ODE[v_{k−1}](X_0 | c)) per category, RK45, in chunks of `reflow.solve_batch`. Each
+        chunk is saved to its own file under `folder`, so an interrupted generation resumes where it
+        stopped; each chunk's noise comes from (seed, round, chunk number)."""
         rc = self.config.reflow
         size = self.config.data.image_size
-        path = folder / f"reflow{round_k}_pairs.safetensors"
-        done = load_tensors(path) if path.is_file() else {}
-        x0s, x1s, ys = ([done[k]] if done else [] for k in ("x0", "x1", "y"))
-        have = len(done["y"]) if done else 0
-        chunks = [(c, i) for c in range(len(self.categories)) for i in range(0, rc.pairs_per_category, rc.solve_batch)]
+        chunk_dir = folder / f"reflow{round_k}_pairs"
+        chunks = [(c, min(rc.solve_batch, rc.pairs_per_category - start)) for c in range(len(self.categories))
+                  for start in range(0, rc.pairs_per_category, rc.solve_batch)]
+        parts = []
         self.denoiser.eval()
-        with Progress(TextColumn(f"reflow {round_k}: RK45 pairs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[nfe]} evaluations"),
-                      TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task("pairs", total=len(self.categories) * rc.pairs_per_category, completed=have, nfe=0)
-            seen = 0
-            for number, (cat, start) in enumerate(chunks):
-                n = min(rc.solve_batch, rc.pairs_per_category - start)
-                seen += n
-                if seen <= have:
+        with Progress(TextColumn(f"reflow {round_k}: RK45 pairs"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[nfe]} evaluations"), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("pairs", total=sum(n for _, n in chunks), nfe=0)
+            for number, (cat, n) in enumerate(chunks):
+                path = chunk_dir / f"{number:05d}.safetensors"
+                if path.is_file():
+                    parts.append(load_tensors(path))
+                    bar.update(task, advance=n)
                     continue
                 g = torch.Generator().manual_seed(int(np.random.default_rng([self.config.seed, round_k, number]).integers(2**62)))
                 x0 = torch.randn((n, 3, size, size), generator=g)
                 y = torch.full((n,), cat, dtype=torch.long)
                 x1, nfe = rf.rk45(self.denoiser, x0.to(dev), rtol=rc.rtol, atol=rc.atol, y=y.to(dev))
-                x0s.append(x0), x1s.append(x1.cpu()), ys.append(y)
-                folder.mkdir(parents=True, exist_ok=True)
-                save_tensors(path, {"x0": torch.cat(x0s), "x1": torch.cat(x1s), "y": torch.cat(ys)})
+                parts.append({"x0": x0, "x1": x1.cpu(), "y": y})
+                chunk_dir.mkdir(parents=True, exist_ok=True)
+                save_tensors(path, parts[-1])
                 bar.update(task, advance=n, nfe=nfe)
         self.denoiser.train()
-        return ReflowPairs(torch.cat(x0s), torch.cat(x1s), torch.cat(ys), self.categories)
+        return ReflowPairs(*(torch.cat([part[k] for part in parts]) for k in ("x0", "x1", "y")), self.categories)
 
     # ---- inference ------------------------------------------------------------------------------
     def reconstruct(self, x_t: torch.Tensor, t: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
