@@ -21,6 +21,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise AdcliError(f"unknown device '{name}' (use auto, cpu or cuda)") from None
 
 
+def fixed_noise(seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Gaussian noise drawn on the CPU from `seed` alone, so inference noise is the same for every image,
+    batch and device: a score never depends on what came before."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=g).to(device)
+
+
 @contextlib.contextmanager
 def seeded(seed: int):
     """Run a block (e.g. network construction) under a fixed torch seed without touching the caller's RNG."""

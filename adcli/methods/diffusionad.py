@@ -25,6 +25,7 @@ from adcli.methods.base import AnomalyOutput, TrainBatch
 from adcli.nets.segnet import SegNet, SegNetConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
+from adcli.runtime import fixed_noise
 from adcli.scoring import top_k_mean
 
 
@@ -120,12 +121,8 @@ class DiffusionAD(nn.Module):
         return {"loss": loss, "noise": noise_loss.detach(), "focal": focal.detach(), "smooth_l1": smooth.detach()}
 
     def _inference_noise(self, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        # One fixed draw from the recipe seed, the same for every image: scores do not depend on
-        # batch composition or on how many images came before.
-        g = torch.Generator(device="cpu").manual_seed(self.config.seed)
-        c, h, w = shape
-        noise = torch.randn((2, c, h, w), generator=g)
-        return noise[0:1].to(device), noise[1:2].to(device)
+        noise = fixed_noise(self.config.seed, (2, *shape), device)  # one draw for both noise levels
+        return noise[0:1], noise[1:2]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor | None = None) -> AnomalyOutput:

@@ -38,6 +38,7 @@ from adcli.nets.perceptual import perceptual_loss
 from adcli.nets.tpn import TimestepPerceptiveNet
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
+from adcli.runtime import fixed_noise
 from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, pooled_max, upsample_sum
 
 
@@ -98,7 +99,6 @@ class ScoringConfig:
 class InferenceConfig:
     t: float = 0.83
     steps: int = 1  # Euler steps from t to 1; more than 1 only without the TPN (Table 3's rows)
-    batch_size: int = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +147,6 @@ class ReflowPairs:
         return PairBatch(self.x0[idx], self.x1[idx], self.category_ids[idx])
 
 
-def _settings(section) -> dict:
-    return dataclasses.asdict(section)
-
-
 @register("timenet", TimeNetConfig)
 class TimeNet(nn.Module):
     map_range = None  # S has no fixed scale: heatmaps are scaled per image until calibrated
@@ -176,10 +172,10 @@ class TimeNet(nn.Module):
     # ---- training -------------------------------------------------------------------------------
     def training_stages(self) -> list[Stage]:
         c = self.config
-        flow = {k: v for k, v in _settings(c.train).items() if k != "checkpoint_minutes"}
+        flow = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}
         stages = [Stage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
-                        self._flow_losses, keeps=("denoiser.",), settings={"unet": _settings(c.unet), "train": flow})]
-        reflow = {k: v for k, v in _settings(c.reflow).items() if k != "rounds"}
+                        self._flow_losses, keeps=("denoiser.",), settings={"unet": dataclasses.asdict(c.unet), "train": flow})]
+        reflow = {k: v for k, v in dataclasses.asdict(c.reflow).items() if k != "rounds"}
         for k in range(1, c.reflow.rounds + 1):
             stages.append(Stage(f"reflow{k}", c.reflow.epochs, c.reflow.batch_size, self._groups(self.denoiser, c.reflow.lr),
                                 self._pair_losses, keeps=("denoiser.",), settings={"reflow": reflow},
@@ -188,7 +184,7 @@ class TimeNet(nn.Module):
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
             stages.append(Stage("tpn", c.tpn.epochs, c.tpn.batch_size, self._groups(self.tpn, c.tpn.lr), self._tpn_losses,
                                 keeps=("tpn.",), synthetic=True,
-                                settings={"tpn": _settings(c.tpn), "synth": _settings(c.synth),
+                                settings={"tpn": dataclasses.asdict(c.tpn), "synth": dataclasses.asdict(c.synth),
                                           "perceptual": self._perceptual[0].description}))
         return stages
 
@@ -201,16 +197,18 @@ class TimeNet(nn.Module):
         loss = perceptual_loss(tc.perceptual, tc.perceptual_weights, fallback=self.config.backbone if tc.perceptual_fallback else None)
         return loss.to(next(self.denoiser.parameters()).device)
 
+    def _flow_t(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """t ~ U[t_min, 1], one per row of `like`."""
+        t_min = self.config.train.t_min
+        return t_min + (1 - t_min) * torch.rand(like.shape[0], generator=generator, device=like.device)
+
     def _flow_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x1 = batch.originals * 2 - 1
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-        t = self.config.train.t_min + (1 - self.config.train.t_min) * torch.rand(x1.shape[0], generator=generator, device=x1.device)
-        loss = rf.flow_loss(self.denoiser, x1, x0, t, y=batch.category_ids)
-        return {"loss": loss}
+        return {"loss": rf.flow_loss(self.denoiser, x1, x0, self._flow_t(x1, generator), y=batch.category_ids)}
 
     def _pair_losses(self, batch: PairBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        t = self.config.train.t_min + (1 - self.config.train.t_min) * torch.rand(batch.x0.shape[0], generator=generator, device=batch.x0.device)
-        return {"loss": rf.flow_loss(self.denoiser, batch.x1, batch.x0, t, y=batch.category_ids)}
+        return {"loss": rf.flow_loss(self.denoiser, batch.x1, batch.x0, self._flow_t(batch.x0, generator), y=batch.category_ids)}
 
     def _tpn_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         a, b = self.config.tpn.train_t
@@ -266,11 +264,6 @@ class TimeNet(nn.Module):
         t_map, emb_maps = self.tpn(x_t, category_ids)
         return x_t + (1 - t_map) * self.denoiser(x_t, t_scaled, category_ids, emb_maps=emb_maps)
 
-    def _inference_noise(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        # One fixed draw from the recipe seed for every image: a score never depends on the batch.
-        g = torch.Generator(device="cpu").manual_seed(self.config.seed)
-        return torch.randn((1, *shape), generator=g).to(device)
-
     def anomaly_maps(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         """S = F(S_p, S_f, λ), smoothed. images, reconstruction (B, 3, H, W) in [0, 1] -> (B, H, W)."""
         sc = self.config.scoring
@@ -287,7 +280,8 @@ class TimeNet(nn.Module):
         ic, sc = self.config.inference, self.config.scoring
         x1 = images * 2 - 1
         t = torch.full((images.shape[0],), ic.t, device=images.device)
-        x_t = rf.interpolate(self._inference_noise(tuple(images.shape[1:]), images.device).expand_as(x1), x1, t)
+        noise = fixed_noise(self.config.seed, (1, *images.shape[1:]), images.device).expand_as(x1)
+        x_t = rf.interpolate(noise, x1, t)
         reconstruction = ((self.reconstruct(x_t, t, category_ids) + 1) / 2).clamp(0, 1)
         anomaly_map = self.anomaly_maps(images, reconstruction)
         return AnomalyOutput(anomaly_map, pooled_max(anomaly_map, sc.pool_kernel, sc.pool_rounds), reconstruction)
