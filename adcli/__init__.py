@@ -1,3 +1,15 @@
-"""adcli: diffusion-based visual anomaly detection trained on good images only."""
+"""adcli: diffusion-based visual anomaly detection trained on good images only.
+
+    import adcli
+    det = adcli.load("runs/knn")          # a trained run folder
+    result = det.predict("part.png")      # .score, .verdict, .threshold, .anomaly_map, .category
+"""
 
 __version__ = "0.1.0"
+
+
+def load(run, device: str = "auto", batch_size: int | None = None):
+    """A trained run folder -> adcli.detector.Detector (imported here, so `import adcli` stays light)."""
+    from adcli.detector import Detector
+
+    return Detector.load(run, device, batch_size)

@@ -118,6 +118,8 @@ def inspect(
     lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run on the same --out.")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON summary on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per model call "
+                                                      "(default: the recipe's inference.batch_size).")] = None,
 ):
     import json
 
@@ -125,7 +127,7 @@ def inspect(
 
     quiet = Console(stderr=True, quiet=True) if as_json else console
     summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
-                             settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet)
+                             settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size)
     if as_json:
         print(json.dumps(json.loads((out / "summary.json").read_text())))
     else:

@@ -14,11 +14,21 @@ class DataConfig:
 class SynthConfig:
     """Anomaly synthesis (see adcli/data/synth.py)."""
 
-    texture_dir: str | None = None  # folder of source textures (DTD); null = self-augmentation only
-    object_categories: tuple[str, ...] = ()  # categories whose masks are limited to the object foreground
+    # Folder of source textures (DTD-style); null = `procedural_textures` textures made in code.
+    texture_dir: str | None = None
+    procedural_textures: int = 64  # with texture_dir null; 0 = self-augmentation (shuffled strips) only
+    # Categories whose masks are limited to the object foreground; null = decided per category from
+    # its training images (adcli/data/synth.py: is_object_category).
+    object_categories: tuple[str, ...] | None = None
     max_perlin_scale_log2: int = 5
     beta_min: float = 0.2
     beta_max: float = 0.8
+
+    def __post_init__(self):
+        if self.procedural_textures < 0:
+            raise ValueError("synth.procedural_textures must be >= 0")
+        if not 0 <= self.beta_min <= self.beta_max <= 1:
+            raise ValueError("synth: need 0 <= beta_min <= beta_max <= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,3 +42,14 @@ class LoopConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("train.epochs must be >= 1 and train.batch_size >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceLoopConfig:
+    """What the shared inference path (adcli/detector.py) needs; methods add their own keys."""
+
+    batch_size: int = 8  # images per model call in inspect, calibrate, report and the Python API
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError("inference.batch_size must be >= 1")

@@ -6,8 +6,8 @@ import torch
 
 
 def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128,
-                   generator: torch.Generator | None = None, start: int = 0) -> torch.Tensor:
-    """Indices of `count` rows of `features` (N, D), each the farthest from those already chosen.
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of `count` rows of `features` (N, D): row 0, then each the farthest from those already chosen.
 
     Distances are measured after a random Gaussian projection to `projection_dim` dimensions
     (Johnson–Lindenstrauss; None or ≥ D keeps the full space). Deterministic given the generator.
@@ -19,14 +19,14 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
         proj = torch.randn(x.shape[1], projection_dim, generator=generator) / projection_dim**0.5
         x = x @ proj.to(x.device)  # (N, D) -> (N, projection_dim)
     chosen = torch.empty(count, dtype=torch.long)
-    chosen[0] = start
+    chosen[0] = 0
     sq_norms = x.pow(2).sum(dim=1)  # (N,)
 
     def sq_dist_to(i: int) -> torch.Tensor:
         # ‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖²: one matrix-vector product instead of an (N, D) temporary
         return (sq_norms - 2 * (x @ x[i]) + sq_norms[i]).clamp_min(0)
 
-    min_dist = sq_dist_to(start)  # squared distance to the nearest chosen row
+    min_dist = sq_dist_to(0)  # squared distance to the nearest chosen row
     for i in range(1, count):
         nxt = int(torch.argmax(min_dist))
         chosen[i] = nxt

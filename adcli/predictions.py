@@ -1,7 +1,7 @@
-"""Model outputs on a prepared split, cached next to the report.
+"""A detector's outputs on a prepared split, cached next to the report (or in the run, for calibrate).
 
-The cache key is the bundle's weights hash plus every image's path, size and modification time,
-so a second report of the same bundle on the same files reuses the outputs.
+The cache key is the model id plus every image's path, size and modification time, so a second
+report of the same model on the same files reuses the outputs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adcli.data.batches import load_model_input
+from adcli.data.batches import resized
 from adcli.data.manifest import Sample
-from adcli.io import load_tensors, read_mask, save_tensors
-from adcli.weights_id import bundle_id
+from adcli.detector import Detector, ModelInput
+from adcli.io import load_tensors, read_image, read_mask, save_tensors
+from adcli.run import file_metadata
 
 CACHE_NAME = "outputs.safetensors"
 
@@ -35,8 +36,8 @@ class SplitOutputs:
     device: str
 
 
-def _cache_key(model_dir: Path, samples: list[Sample]) -> str:
-    h = hashlib.sha256(bundle_id(model_dir).encode())
+def _cache_key(model_id: str, samples: list[Sample]) -> str:
+    h = hashlib.sha256(model_id.encode())
     for s in samples:
         st = os.stat(s.path)
         h.update(f"{s.path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -51,31 +52,30 @@ def ground_truth(sample: Sample, size: int) -> np.ndarray:
     return np.asarray(mask) > 0.5
 
 
-def predict_samples(model, categories: list[str], samples: list[Sample], size: int, device: torch.device,
-                    model_dir: Path, cache_dir: Path, progress: Callable[[], None] | None = None) -> SplitOutputs:
-    key = _cache_key(model_dir, samples)
+def predict_samples(detector: Detector, samples: list[Sample], cache_dir: Path,
+                    progress: Callable[[], None] | None = None) -> SplitOutputs:
+    key = _cache_key(detector.model_id, samples)
     cache = cache_dir / CACHE_NAME
     if cache.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(cache), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = file_metadata(cache)
         if meta.get("key") == key:
             t = load_tensors(cache)
             return SplitOutputs(samples, t["scores"].numpy(), t["maps"].float().numpy(), float(meta["ms_per_image"]),
                                 meta["device"] + " (cached)")
+    size = detector.image_size
     scores = np.zeros(len(samples), np.float32)
     maps = np.zeros((len(samples), size, size), np.float32)
     start = time.perf_counter()
-    for i, s in enumerate(samples):
-        _, x = load_model_input(s.path, size)
-        out = model.predict(x.to(device), torch.tensor([categories.index(s.category)], device=device))
-        scores[i] = float(out.score[0])
-        maps[i] = out.anomaly_map[0].float().cpu().numpy()
+
+    def load(i: int) -> ModelInput:
+        return ModelInput(resized(read_image(samples[i].path), size), samples[i].category)
+
+    for r in detector.stream(range(len(samples)), load):
+        scores[r.item], maps[r.item] = r.score, r.anomaly_map
         if progress:
             progress()
     ms = (time.perf_counter() - start) * 1e3 / max(len(samples), 1)
     save_tensors(cache, {"scores": torch.from_numpy(scores), "maps": torch.from_numpy(maps)},
-                 metadata={"key": key, "ms_per_image": f"{ms:.3f}", "device": str(device),
+                 metadata={"key": key, "ms_per_image": f"{ms:.3f}", "device": str(detector.device),
                            "paths": json.dumps([s.path for s in samples])[:100_000]})
-    return SplitOutputs(samples, scores, maps, ms, str(device))
+    return SplitOutputs(samples, scores, maps, ms, str(detector.device))

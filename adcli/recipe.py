@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import types
 import typing
 from pathlib import Path
@@ -19,20 +20,30 @@ import yaml
 
 from adcli.errors import RecipeError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+def recipes_dir() -> Path:
+    """The built-in recipes: the top-level `recipes/` folder, installed as the package `adcli.recipes`."""
+    try:
+        return Path(str(importlib.resources.files("adcli.recipes")))
+    except ModuleNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    folder = recipes_dir()
+    return sorted(q.stem for q in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def recipe_path(name_or_path: str) -> Path:
-    """A recipe name (`diffusionad`) maps to `recipes/<name>.yaml`; anything else is a path."""
+    """A recipe name (`diffusionad`) maps to the built-in `recipes/<name>.yaml`; anything else is a path."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise RecipeError(f"recipe file not found: {p}")
         return p
-    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    candidate = recipes_dir() / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        known = sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
-        raise RecipeError(f"unknown recipe '{name_or_path}' (known: {', '.join(known) or 'none'}; or give a .yaml path)")
+        raise RecipeError(f"unknown recipe '{name_or_path}' (known: {', '.join(recipe_names()) or 'none'}; "
+                          "or give a .yaml path)")
     return candidate
 
 
@@ -168,10 +179,6 @@ class LoadedRecipe:
     config: Any  # the method's frozen config dataclass
     path: Path
     profile: str | None
-
-    @property
-    def method(self) -> str:
-        return self.config.method
 
 
 def load_recipe(name_or_path: str, profile: str | None = None, overrides: typing.Sequence[str] = ()) -> LoadedRecipe:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 
 from adcli.errors import RecipeError
 
@@ -21,9 +22,20 @@ _BUILTIN_MODULES = ("adcli.methods.diffusionad", "adcli.methods.knn", "adcli.met
 
 
 def register(name: str, config_cls: type):
+    """Class decorator: the method is a Method subclass, its config a dataclass with an `inference`
+    section that has the shared inference loop's keys (adcli/config.py: InferenceLoopConfig)."""
+
     def wrap(method_cls: type) -> type:
+        from adcli.config import InferenceLoopConfig
+        from adcli.methods.base import Method
+
         if name in _METHODS and _METHODS[name].method_cls is not method_cls:
             raise ValueError(f"method '{name}' registered twice")
+        inference = {f.name: f for f in dataclasses.fields(config_cls)}.get("inference")
+        if not issubclass(method_cls, Method) or inference is None or \
+                not issubclass(typing.get_type_hints(config_cls)["inference"], InferenceLoopConfig):
+            raise TypeError(f"method '{name}': must subclass adcli.methods.base.Method, and its config must have an "
+                            "`inference` section derived from adcli.config.InferenceLoopConfig")
         _METHODS[name] = MethodSpec(name, config_cls, method_cls)
         method_cls.name = name
         return method_cls

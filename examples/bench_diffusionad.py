@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from adcli.methods.base import TrainBatch
+from adcli.data.batches import TrainBatch
 from adcli.recipe import load_recipe
 from adcli.registry import get_method
 from adcli.runtime import resolve_device, seeded

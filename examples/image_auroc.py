@@ -1,7 +1,8 @@
 """Image-level AUROC per category from `adcli inspect` results, with scikit-learn.
 
-Stop-gap until `adcli report` exists. A row's label comes from its path: a `good` folder is normal,
-any other folder under `test/` is defective (MVTec layout).
+For folders inspected without `adcli prepare` (`adcli report` needs a prepared dataset). A row's
+label comes from its path: a `good` folder is normal, any other folder under `test/` is defective
+(MVTec layout).
 
     python examples/image_auroc.py inspect/bottle/results.csv inspect/metal_plate/results.csv
 """

@@ -165,14 +165,14 @@ def test_concurrent_runs_do_not_corrupt(model, tmp_path):
 
 
 def test_lock_timeout_is_a_clear_error(model, tmp_path):
-    import fcntl
+    from filelock import FileLock
 
     from adcli.errors import AdcliError
+    from adcli.inspect.intake import LOCK_NAME
 
     out = tmp_path / "out"
     out.mkdir()
     _good_png(tmp_path / "in" / "a.png")
-    with open(out / ".adcli-inspect.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with FileLock(str(out / LOCK_NAME)):
         with pytest.raises(AdcliError, match="another adcli inspect is writing"):
             inspect_folder(tmp_path / "in", model, out, category="disc", device="cpu", lock_wait=0.3)

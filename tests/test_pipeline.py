@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adcli.bundle import load_bundle
+from adcli.run import RunFolder
 from adcli.errors import BundleError
 from adcli.inspect import inspect_folder
 from adcli.methods.diffusionad import DiffusionAD
@@ -36,7 +36,7 @@ def test_bundle_contents(run):
     meta = json.loads((run / "meta.json").read_text())
     assert meta["categories"] == ["disc", "weave"] and meta["image_size"] == 32 and meta["format_version"] == 1
     assert meta["train_images"] == {"disc": 6, "weave": 6}  # calib images are held out
-    model, _ = load_bundle(run)
+    model, _ = RunFolder(run).load_model()
     assert isinstance(model, DiffusionAD) and not model.training
 
 
@@ -84,7 +84,7 @@ def test_resume_continues_exactly(prepared, tmp_path, monkeypatch):
         _train(prepared, tmp_path / "killed", ["train.epochs=2"])
     monkeypatch.setattr(DiffusionAD, "training_losses", original)
     with pytest.raises(BundleError, match="not a finished adcli model.*--resume"):
-        load_bundle(tmp_path / "killed")
+        RunFolder(tmp_path / "killed").load_model()
     with pytest.raises(BundleError, match="unfinished run"):
         _train(prepared, tmp_path / "killed", ["train.epochs=2"])
     train(prepared, tmp_path / "killed", None, resume=True, device="cpu")
@@ -100,8 +100,8 @@ def test_bundle_format_errors(run, prepared, tmp_path):
     meta = json.loads((newer / "meta.json").read_text())
     (newer / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(BundleError, match="format v99 is newer"):
-        load_bundle(newer)
+        RunFolder(newer).load_model()
     with pytest.raises(BundleError, match="not found"):
-        load_bundle(tmp_path / "nope")
+        RunFolder(tmp_path / "nope").load_model()
     with pytest.raises(BundleError, match="already holds a finished model"):
         _train(prepared, run)

@@ -1,7 +1,7 @@
 import pytest
 
 from adcli.errors import RecipeError
-from adcli.recipe import load_recipe
+from adcli.recipe import load_recipe, recipes_dir
 
 
 def test_paper_settings_load_as_frozen_dataclasses():
@@ -52,7 +52,7 @@ def test_bad_files_name_the_file(tmp_path):
     with pytest.raises(RecipeError, match="missing.yaml.*missing key 'data'"):
         load_recipe(str(missing))
     extra = tmp_path / "extra.yaml"
-    extra.write_text((load_recipe.__globals__["RECIPES_DIR"] / "diffusionad.yaml").read_text() + "\nbogus: 1\n")
+    extra.write_text((recipes_dir() / "diffusionad.yaml").read_text() + "\nbogus: 1\n")
     with pytest.raises(RecipeError, match="extra.yaml.*unknown key 'bogus'"):
         load_recipe(str(extra))
     unknown_method = tmp_path / "m.yaml"

@@ -83,7 +83,7 @@ def test_calibrated_report_shows_threshold_rates(run, prepared, tmp_path):
     cal = calibrate(calibrated, prepared, 0.05, device="cpu")
     rows = make_report(calibrated, prepared, tmp_path / "r", device="cpu")
     disc = rows[0]
-    assert disc["threshold"] == cal["categories"]["disc"]["threshold"]
+    assert disc["threshold"] == cal.categories["disc"].threshold
     assert 0 <= disc["observed_fpr"] <= 1 and 0 <= disc["detection_rate"] <= 1
     assert rows[-1]["threshold"] is None
     assert "At the calibrated thresholds" in (tmp_path / "r" / "report.html").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,9 +11,20 @@ from PIL import Image
 
 from adcli.config import SynthConfig
 from adcli.data.manifest import Sample
-from adcli.data.synth import synthesize
+from adcli.data.synth import is_object_category, load_textures, synthesize
+from adcli.data.textures import procedural_textures
 from adcli.io import read_image
-from adcli.methods.base import TrainBatch
+
+
+@dataclasses.dataclass
+class TrainBatch:
+    """One training batch. The first `num_normal` rows are normal; the rest carry synthetic anomalies."""
+
+    images: torch.Tensor  # (B, 3, H, W) in [0, 1]: the network input (normal or synthetic anomaly)
+    masks: torch.Tensor  # (B, 1, H, W) in {0, 1}: synthetic anomaly masks (zeros for normal rows)
+    category_ids: torch.Tensor  # (B,) int64
+    is_anomaly: torch.Tensor  # (B,) bool
+    originals: torch.Tensor  # (B, 3, H, W) in [0, 1]: the images before synthesis (= images for normal rows)
 
 
 def resized(image: Image.Image, size: int) -> np.ndarray:
@@ -23,17 +35,6 @@ def resized(image: Image.Image, size: int) -> np.ndarray:
 def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.array(images_u8, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def model_input(image: Image.Image, size: int) -> torch.Tensor:
-    """(1, 3, size, size) in [0, 1]."""
-    return to_tensor(resized(image, size)[None])
-
-
-def load_model_input(path: str, size: int) -> tuple[Image.Image, torch.Tensor]:
-    """Decode an image (checked) and make the model's input."""
-    image = read_image(path)
-    return image, model_input(image, size)
 
 
 class TrainImages:
@@ -53,19 +54,20 @@ class TrainImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, indices: np.ndarray, rng: np.random.Generator, textures: list[np.ndarray],
-              synth: SynthConfig | None) -> TrainBatch:
-        """Rows [0, B/2) stay normal; rows [B/2, B) get a synthetic anomaly (when `synth` is given)."""
+    def of_category(self, index: int) -> np.ndarray:
+        """uint8 (N_c, H, W, 3): the images of category `index`."""
+        return self.images[self.category_ids == index]
+
+    def batch(self, indices: np.ndarray, rng: np.random.Generator, synthesizer: Synthesizer | None) -> TrainBatch:
+        """Rows [0, B/2) stay normal; rows [B/2, B) get a synthetic anomaly (when a synthesizer is given)."""
         images = self.images[indices].astype(np.float32) / 255.0  # (B, H, W, 3)
         originals = torch.from_numpy(images.copy()).permute(0, 3, 1, 2).contiguous()
         b, h, w, _ = images.shape
         masks = np.zeros((b, h, w), np.float32)
         is_anomaly = np.zeros(b, bool)
-        if synth is not None:
+        if synthesizer is not None:
             for row in range(b // 2, b):
-                cat = self.categories[self.category_ids[indices[row]]]
-                images[row], masks[row] = synthesize(images[row], rng, textures, cat in synth.object_categories,
-                                                     synth.max_perlin_scale_log2, (synth.beta_min, synth.beta_max))
+                images[row], masks[row] = synthesizer(images[row], int(self.category_ids[indices[row]]), rng)
                 is_anomaly[row] = True
         return TrainBatch(
             images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),  # (B, H, W, 3) -> (B, 3, H, W)
@@ -74,3 +76,29 @@ class TrainImages:
             is_anomaly=torch.from_numpy(is_anomaly),
             originals=originals,
         )
+
+
+class Synthesizer:
+    """Synthetic anomalies for one run: the texture sources and which categories are objects."""
+
+    def __init__(self, synth: SynthConfig, textures: list[np.ndarray], object_ids: set[int]):
+        self.synth, self.textures, self.object_ids = synth, textures, object_ids
+
+    @classmethod
+    def textures_for(cls, synth: SynthConfig, size: int, seed: int) -> list[np.ndarray]:
+        """The anomaly sources: the texture folder's images, else textures made in code from the seed."""
+        if synth.texture_dir is not None:
+            return load_textures(synth.texture_dir, size)
+        return procedural_textures(synth.procedural_textures, size, seed)
+
+    @staticmethod
+    def object_categories(synth: SynthConfig, data: TrainImages) -> set[str]:
+        """The recipe's list, or (null) the categories whose training images look like objects."""
+        if synth.object_categories is not None:
+            return set(synth.object_categories)
+        return {cat for i, cat in enumerate(data.categories) if is_object_category(data.of_category(i))}
+
+    def __call__(self, image: np.ndarray, category_id: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        s = self.synth
+        return synthesize(image, rng, self.textures, category_id in self.object_ids, s.max_perlin_scale_log2,
+                          (s.beta_min, s.beta_max))

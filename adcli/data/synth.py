@@ -61,11 +61,30 @@ def perlin_mask(size: tuple[int, int], rng: np.random.Generator, max_scale_log2:
     return rotated[:h, :w] > threshold
 
 
+def _border(image: np.ndarray) -> np.ndarray:
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])  # (4·side, 3)
+
+
 def foreground_mask(image: np.ndarray, threshold: float = 0.1) -> np.ndarray:
     """Object foreground (H, W): pixels whose colour differs from the border's median colour."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    background = np.median(border, axis=0)
+    background = np.median(_border(image), axis=0)
     return np.abs(image - background).max(axis=-1) > threshold
+
+
+def looks_like_object(image: np.ndarray, threshold: float = 0.1) -> bool:
+    """An object on a plain background: 90 % of the border within `threshold` of its median colour,
+    and a foreground that covers between 2 % and 90 % of the image. Textures fail the first test."""
+    border = _border(image)
+    spread = np.abs(border - np.median(border, axis=0)).max(axis=-1)
+    covered = float(foreground_mask(image, threshold).mean())
+    return bool(np.quantile(spread, 0.9) < threshold and 0.02 < covered < 0.9)
+
+
+def is_object_category(images: np.ndarray) -> bool:
+    """Whether a category's anomalies belong on the object only: most of its training images (N, H, W, 3)
+    uint8 look like an object on a plain background."""
+    votes = [looks_like_object(im.astype(np.float32) / 255.0) for im in images]
+    return sum(votes) > len(votes) / 2
 
 
 def _random_ops(img: Image.Image, rng: np.random.Generator, count: int = 3) -> Image.Image:
@@ -95,13 +114,11 @@ def shuffled_strips(image: np.ndarray, rng: np.random.Generator, pieces: int = 8
     return np.concatenate([strips[i] for i in order], axis=axis)
 
 
-def load_textures(folder: str | Path | None, size: int) -> list[np.ndarray]:
+def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
     """All images under `folder` (recursively), resized to size×size, as uint8 (H, W, 3)."""
-    if folder is None:
-        return []
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"texture folder not found: {folder} (set synth.texture_dir, or null to use self-augmentation only)")
+        raise DataError(f"texture folder not found: {folder} (set synth.texture_dir to a folder of images, or null for textures made in code)")
     textures = []
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:

@@ -44,11 +44,6 @@ def euler(model, x_t: torch.Tensor, t_start: float, steps: int, **model_kwargs) 
     return x
 
 
-def one_step(model, x_t: torch.Tensor, t: float, **model_kwargs) -> torch.Tensor:
-    """X̂_1 = X_t + (1 − t)·v(X_t, t)."""
-    return euler(model, x_t, t, 1, **model_kwargs)
-
-
 def rk45(model, x0: torch.Tensor, t0: float = 0.0, t1: float = 1.0, rtol: float = 1e-5, atol: float = 1e-5,
          **model_kwargs) -> tuple[torch.Tensor, int]:
     """Solve dX/dt = v(X, t) from t0 to t1 with adaptive RK45 (scipy's solve_ivp), for reflow pairs.

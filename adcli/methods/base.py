@@ -1,22 +1,29 @@
-"""What every method shares: the batch it trains on and the output it predicts."""
+"""The method contract: what every method declares, and the one output type it predicts.
+
+A method is an `nn.Module` subclass of `Method`, registered by name (adcli/registry.py). It declares
+
+- `stages()`: how it is trained, as a list of stages that adcli/train.py runs in order:
+  `GradientStage` (an optimizer loop over batches) or `FitStage` (one pass over the training images,
+  e.g. a memory bank). Nothing else about training is guessed from the model;
+- `predict(images, category_ids)`: a batch in, one `AnomalyOutput` out;
+- `map_range`: the fixed value range of its anomaly maps (None = no fixed scale).
+
+Stages receive a `StageContext` (device, a scratch folder that survives a resume, a progress
+reporter, a log function), never a console or a run folder.
+"""
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import dataclasses
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
+from torch import nn
 
-
-@dataclasses.dataclass
-class TrainBatch:
-    """One training batch. The first `num_normal` rows are normal; the rest carry synthetic anomalies."""
-
-    images: torch.Tensor  # (B, 3, H, W) in [0, 1]: the network input (normal or synthetic anomaly)
-    masks: torch.Tensor  # (B, 1, H, W) in {0, 1}: synthetic anomaly masks (zeros for normal rows)
-    category_ids: torch.Tensor  # (B,) int64
-    is_anomaly: torch.Tensor  # (B,) bool
-    originals: torch.Tensor  # (B, 3, H, W) in [0, 1]: the images before synthesis (= images for normal rows)
+from adcli.config import SynthConfig
 
 
 @dataclasses.dataclass
@@ -28,19 +35,85 @@ class AnomalyOutput:
     reconstruction: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], where the method has one
 
 
+class ProgressTask(Protocol):
+    def advance(self, n: int = 1, **fields: Any) -> None: ...
+
+
 @dataclasses.dataclass
-class Stage:
-    """One stage of a multi-stage method (TimeNet: flow, reflow rounds, TPN). Each stage has its own
-    optimizer, data and epochs; when it ends, the weights it trained are kept in RUN/stages/NAME.safetensors."""
+class StageContext:
+    """What a stage may use besides the model and the data."""
+
+    device: torch.device
+    scratch: Path  # kept until training ends and across --resume (reflow pairs live here)
+    progress: Callable[..., Any]  # progress(description, total) -> context manager yielding a ProgressTask
+    log: Callable[[str], None]  # one line for the user
+
+    @classmethod
+    def silent(cls, device: torch.device | str, scratch: Path) -> StageContext:
+        """A context that reports nothing (tests, library use)."""
+        return cls(torch.device(device), Path(scratch), _silent_progress, lambda line: None)
+
+
+class _SilentTask:
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _silent_progress(description: str, total: int):
+    yield _SilentTask()
+
+
+@dataclasses.dataclass
+class GradientStage:
+    """A stage trained by the shared optimizer loop: epochs of batches, checkpoints, exact resume."""
 
     name: str
     epochs: int
     batch_size: int
     param_groups: Callable[[int], tuple[list[dict], list]]  # total steps -> (optimizer groups, lr factor per group)
     losses: Callable[[Any, torch.Generator], dict[str, torch.Tensor]]  # (batch, generator) -> {"loss": ..., ...}
-    keeps: tuple[str, ...]  # state-dict key prefixes this stage trains: its output
-    settings: dict  # the recipe values the stage depends on (with the previous stages: its fingerprint)
-    synthetic: bool = False  # half of each batch of training images gets a synthetic anomaly
-    # (training images, device, checkpoint folder, console) -> the stage's data: len() and
-    # batch(indices, rng, textures, synth). None = the training images themselves.
-    make_data: Callable | None = None
+    keeps: tuple[str, ...] = ()  # state-dict key prefixes kept in RUN/stages/NAME.safetensors when it ends
+    settings: dict = dataclasses.field(default_factory=dict)  # recipe values it depends on (its fingerprint)
+    synth: SynthConfig | None = None  # given: half of each batch of training images gets a synthetic anomaly
+    # (training images, context) -> the stage's data: len() and batch(indices, rng, synthesizer).
+    # None = the training images themselves.
+    make_data: Callable[[Any, StageContext], Any] | None = None
+
+
+@dataclasses.dataclass
+class FitStage:
+    """A stage without an optimizer: one call that sees every training image (memory banks)."""
+
+    name: str
+    fit: Callable[[Any, StageContext], None]  # (TrainImages, context) -> None; fills the model's buffers
+    keeps: tuple[str, ...] = ()
+    settings: dict = dataclasses.field(default_factory=dict)
+
+
+Stage = GradientStage | FitStage
+
+
+class Method(nn.Module, abc.ABC):
+    """Base class of every registered method. `name` is set by `@register`."""
+
+    name: ClassVar[str] = ""
+    map_range: ClassVar[tuple[float, float] | None] = None  # None: heatmaps scale per image until calibrated
+
+    def __init__(self, config: Any, categories: list[str], *, load_pretrained: bool = True):
+        """load_pretrained: False when a bundle will supply every weight (no pretrained file is read)."""
+        super().__init__()
+        self.config = config
+        self.categories = list(categories)
+
+    @abc.abstractmethod
+    def stages(self) -> list[Stage]:
+        """The training stages, in order."""
+
+    @abc.abstractmethod
+    def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
+        """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) int64 -> AnomalyOutput."""
+
+    @property
+    def inference_batch_size(self) -> int:
+        return self.config.inference.batch_size

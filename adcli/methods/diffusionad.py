@@ -17,11 +17,12 @@ import math
 import torch
 from torch import nn
 
-from adcli.config import DataConfig, LoopConfig, SynthConfig
+from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
 from adcli.diffusion.norm_guided import norm_guided_x0
 from adcli.diffusion.schedules import NoiseSchedule
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
-from adcli.methods.base import AnomalyOutput, TrainBatch
+from adcli.data.batches import TrainBatch
+from adcli.methods.base import AnomalyOutput, GradientStage, Method
 from adcli.nets.segnet import SegNet, SegNetConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
@@ -41,7 +42,9 @@ class ScheduleConfig:
 class TrainConfig(LoopConfig):
     lr_unet: float = 1e-4
     lr_seg: float = 1e-5
-    seg_cosine: bool = True  # cosine annealing of the segmentation net's lr over the whole run (authors' code)
+    # One half-cosine of the segmentation net's lr over the whole run. (The authors' code anneals it
+    # with CosineAnnealingLR(T_max=10) stepped per iteration, a 20-step cycle; not reproduced yet.)
+    seg_cosine: bool = True
     t_split: int = 300  # t_s in [0, t_split), t_b in [t_split, T)
     focal_weight: float = 5.0
     focal_alpha: float = 0.5
@@ -49,12 +52,11 @@ class TrainConfig(LoopConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(InferenceLoopConfig):
     t_s: int = 200
     t_b: int = 400
     guidance_w: float = 1.0
     top_k: int = 50
-    batch_size: int = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,18 +81,20 @@ class DiffusionADConfig:
 
 
 @register("diffusionad", DiffusionADConfig)
-class DiffusionAD(nn.Module):
-    needs_synthetic_anomalies = True
+class DiffusionAD(Method):
     map_range = (0.0, 1.0)  # the map is a probability: heatmaps are drawn on an absolute scale
 
-    def __init__(self, config: DiffusionADConfig, categories: list[str], load_pretrained: bool = True):
-        super().__init__()  # load_pretrained: nothing pretrained here; accepted like every method
-        self.config = config
-        self.categories = list(categories)
+    def __init__(self, config: DiffusionADConfig, categories: list[str], *, load_pretrained: bool = True):
+        super().__init__(config, categories, load_pretrained=load_pretrained)  # nothing pretrained: trained from scratch
         self.unet = UNet(config.unet, config.data.image_size)
         self.segnet = SegNet(config.segnet, in_channels=6)
         s = config.schedule
         self.schedule = NoiseSchedule.make(s.kind, s.num_timesteps, s.beta_start, s.beta_end)
+
+    def stages(self) -> list[GradientStage]:
+        tc = self.config.train
+        return [GradientStage("train", tc.epochs, tc.batch_size, self.param_groups, self.training_losses,
+                              synth=self.config.synth)]
 
     def param_groups(self, total_steps: int) -> tuple[list[dict], list]:
         """Optimizer groups and, per group, an lr multiplier function of the step."""

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcli.config import DataConfig
+from adcli.config import DataConfig, InferenceLoopConfig
 from adcli.coreset import greedy_coreset
-from adcli.methods.base import AnomalyOutput
+from adcli.data.batches import TrainImages, to_tensor
+from adcli.methods.base import AnomalyOutput, FitStage, Method, StageContext
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.registry import register
 from adcli.scoring import gaussian_blur
@@ -28,7 +29,7 @@ class KnnSettings:
     coreset_ratio: float = 0.1
     projection_dim: int = 128
     gaussian_sigma: float = 4.0
-    batch_size: int = 16
+    batch_size: int = 16  # images per backbone call while building the banks
 
     def __post_init__(self):
         if not 0 < self.coreset_ratio <= 1:
@@ -42,17 +43,15 @@ class KnnConfig:
     data: DataConfig
     backbone: BackboneConfig
     knn: KnnSettings
+    inference: InferenceLoopConfig = InferenceLoopConfig()
 
 
 @register("knn", KnnConfig)
-class Knn(nn.Module):
-    needs_synthetic_anomalies = False
+class Knn(Method):
     map_range = None  # distances have no fixed scale: heatmaps are scaled per image until calibrated
 
-    def __init__(self, config: KnnConfig, categories: list[str], load_pretrained: bool = True):
-        super().__init__()
-        self.config = config
-        self.categories = list(categories)
+    def __init__(self, config: KnnConfig, categories: list[str], *, load_pretrained: bool = True):
+        super().__init__(config, categories, load_pretrained=load_pretrained)
         # Without pretrained weights the extractor is built empty; a bundle then supplies its weights.
         state = None if load_pretrained else random_backbone_state(config.backbone)
         self.backbone = FeatureExtractor(config.backbone, state=state)
@@ -67,24 +66,28 @@ class Knn(nn.Module):
         return torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else m
                           for m in pooled], dim=1)
 
+    def stages(self) -> list[FitStage]:
+        return [FitStage("banks", self.fit)]
+
     @torch.no_grad()
-    def fit(self, images_by_category: dict[str, torch.Tensor], device: torch.device, progress=None) -> None:
-        """Build each category's bank from its uint8-derived float images (N, 3, H, W) in [0, 1]."""
+    def fit(self, data: TrainImages, ctx: StageContext) -> None:
+        """Build each category's bank from its training images."""
         kc = self.config.knn
-        for cat in self.categories:
-            feats = []
-            imgs = images_by_category[cat]
-            for i in range(0, len(imgs), kc.batch_size):
-                f = self.patch_features(imgs[i:i + kc.batch_size].to(device))
-                feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())  # (B, D, h, w) -> (B*h*w, D)
-                if progress:
-                    progress(len(imgs[i:i + kc.batch_size]))
-            bank = torch.cat(feats)
-            count = max(1, int(round(kc.coreset_ratio * len(bank))))
-            if count < len(bank):
-                g = torch.Generator().manual_seed(self.config.seed)
-                bank = bank[greedy_coreset(bank.to(device), count, kc.projection_dim, g).cpu()]
-            self.banks[cat] = nn.Parameter(bank.to(device), requires_grad=False)
+        ctx.log(f"building {self.name} banks on {len(data)} images of {len(self.categories)} categories, device {ctx.device}")
+        with ctx.progress("fit", len(data)) as task:
+            for index, cat in enumerate(self.categories):
+                feats = []
+                imgs = to_tensor(data.of_category(index))  # (N, 3, H, W) in [0, 1]
+                for i in range(0, len(imgs), kc.batch_size):
+                    f = self.patch_features(imgs[i:i + kc.batch_size].to(ctx.device))
+                    feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())  # (B, D, h, w) -> (B*h*w, D)
+                    task.advance(len(imgs[i:i + kc.batch_size]))
+                bank = torch.cat(feats)
+                count = max(1, int(round(kc.coreset_ratio * len(bank))))
+                if count < len(bank):
+                    g = torch.Generator().manual_seed(self.config.seed)
+                    bank = bank[greedy_coreset(bank.to(ctx.device), count, kc.projection_dim, g).cpu()]
+                self.banks[cat] = nn.Parameter(bank.to(ctx.device), requires_grad=False)
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         for key, value in state.items():  # bank sizes are known only from the saved weights

@@ -21,18 +21,16 @@ Images are [0, 1] outside this module and [−1, 1] inside the flow (X_0 ~ N(0, 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from adcli.config import DataConfig, LoopConfig, SynthConfig
+from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
+from adcli.data.batches import TrainBatch
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
-from adcli.methods.base import AnomalyOutput, Stage, TrainBatch
+from adcli.methods.base import AnomalyOutput, GradientStage, Method, StageContext
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
 from adcli.nets.tpn import TimestepPerceptiveNet
@@ -96,7 +94,7 @@ class ScoringConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(InferenceLoopConfig):
     t: float = 0.83
     steps: int = 1  # Euler steps from t to 1; more than 1 only without the TPN (Table 3's rows)
 
@@ -142,23 +140,17 @@ class ReflowPairs:
     def __len__(self) -> int:
         return len(self.x0)
 
-    def batch(self, indices: np.ndarray, rng, textures, synth) -> PairBatch:
+    def batch(self, indices: np.ndarray, rng, synthesizer) -> PairBatch:
         idx = torch.from_numpy(np.asarray(indices))
         return PairBatch(self.x0[idx], self.x1[idx], self.category_ids[idx])
 
 
 @register("timenet", TimeNetConfig)
-class TimeNet(nn.Module):
+class TimeNet(Method):
     map_range = None  # S has no fixed scale: heatmaps are scaled per image until calibrated
 
-    @staticmethod
-    def needs_synthetic_anomalies(config: TimeNetConfig) -> bool:
-        return config.tpn.enabled
-
-    def __init__(self, config: TimeNetConfig, categories: list[str], load_pretrained: bool = True):
-        super().__init__()
-        self.config = config
-        self.categories = list(categories)
+    def __init__(self, config: TimeNetConfig, categories: list[str], *, load_pretrained: bool = True):
+        super().__init__(config, categories, load_pretrained=load_pretrained)
         size = config.data.image_size
         self.denoiser = UNet(config.unet, size, num_classes=len(categories))
         self.tpn = None
@@ -170,21 +162,22 @@ class TimeNet(nn.Module):
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
 
     # ---- training -------------------------------------------------------------------------------
-    def training_stages(self) -> list[Stage]:
+    def stages(self) -> list[GradientStage]:
         c = self.config
         flow = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}
-        stages = [Stage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
+        stages = [GradientStage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
                         self._flow_losses, keeps=("denoiser.",), settings={"unet": dataclasses.asdict(c.unet), "train": flow})]
         reflow = {k: v for k, v in dataclasses.asdict(c.reflow).items() if k != "rounds"}
         for k in range(1, c.reflow.rounds + 1):
-            stages.append(Stage(f"reflow{k}", c.reflow.epochs, c.reflow.batch_size, self._groups(self.denoiser, c.reflow.lr),
-                                self._pair_losses, keeps=("denoiser.",), settings={"reflow": reflow},
-                                make_data=lambda data, dev, folder, console, k=k: self._reflow_pairs(k, data, dev, folder, console)))
+            stages.append(GradientStage(f"reflow{k}", c.reflow.epochs, c.reflow.batch_size,
+                                        self._groups(self.denoiser, c.reflow.lr), self._pair_losses, keeps=("denoiser.",),
+                                        settings={"reflow": reflow},
+                                        make_data=lambda data, ctx, k=k: self._reflow_pairs(k, ctx)))
         if self.tpn is not None:
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
-            stages.append(Stage("tpn", c.tpn.epochs, c.tpn.batch_size, self._groups(self.tpn, c.tpn.lr), self._tpn_losses,
-                                keeps=("tpn.",), synthetic=True,
-                                settings={"tpn": dataclasses.asdict(c.tpn), "synth": dataclasses.asdict(c.synth),
+            stages.append(GradientStage("tpn", c.tpn.epochs, c.tpn.batch_size, self._groups(self.tpn, c.tpn.lr),
+                                        self._tpn_losses, keeps=("tpn.",), synth=c.synth,
+                                        settings={"tpn": dataclasses.asdict(c.tpn), "synth": dataclasses.asdict(c.synth),
                                           "perceptual": self._perceptual[0].description}))
         return stages
 
@@ -222,34 +215,32 @@ class TimeNet(nn.Module):
         return {"loss": mse + self.config.tpn.perceptual_weight * perceptual, "mse": mse.detach(), "perceptual": perceptual.detach()}
 
     @torch.no_grad()
-    def _reflow_pairs(self, round_k: int, data, dev: torch.device, folder: Path, console: Console) -> ReflowPairs:
+    def _reflow_pairs(self, round_k: int, ctx: StageContext) -> ReflowPairs:
         """Pairs (X_0, ODE[v_{k−1}](X_0 | c)) per category, RK45, in chunks of `reflow.solve_batch`. Each
-        chunk is saved to its own file under `folder`, so an interrupted generation resumes where it
-        stopped; each chunk's noise comes from (seed, round, chunk number)."""
+        chunk is saved to its own file in the scratch folder, so an interrupted generation resumes where
+        it stopped; each chunk's noise comes from (seed, round, chunk number)."""
         rc = self.config.reflow
         size = self.config.data.image_size
-        chunk_dir = folder / f"reflow{round_k}_pairs"
+        chunk_dir = ctx.scratch / f"reflow{round_k}_pairs"
         chunks = [(c, min(rc.solve_batch, rc.pairs_per_category - start)) for c in range(len(self.categories))
                   for start in range(0, rc.pairs_per_category, rc.solve_batch)]
         parts = []
         self.denoiser.eval()
-        with Progress(TextColumn(f"reflow {round_k}: RK45 pairs"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[nfe]} evaluations"), TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task("pairs", total=sum(n for _, n in chunks), nfe=0)
+        with ctx.progress(f"reflow {round_k}: RK45 pairs", sum(n for _, n in chunks)) as task:
             for number, (cat, n) in enumerate(chunks):
                 path = chunk_dir / f"{number:05d}.safetensors"
                 if path.is_file():
                     parts.append(load_tensors(path))
-                    bar.update(task, advance=n)
+                    task.advance(n)
                     continue
                 g = torch.Generator().manual_seed(int(np.random.default_rng([self.config.seed, round_k, number]).integers(2**62)))
                 x0 = torch.randn((n, 3, size, size), generator=g)
                 y = torch.full((n,), cat, dtype=torch.long)
-                x1, nfe = rf.rk45(self.denoiser, x0.to(dev), rtol=rc.rtol, atol=rc.atol, y=y.to(dev))
+                x1, nfe = rf.rk45(self.denoiser, x0.to(ctx.device), rtol=rc.rtol, atol=rc.atol, y=y.to(ctx.device))
                 parts.append({"x0": x0, "x1": x1.cpu(), "y": y})
                 chunk_dir.mkdir(parents=True, exist_ok=True)
                 save_tensors(path, parts[-1])
-                bar.update(task, advance=n, nfe=nfe)
+                task.advance(n, evaluations=nfe)
         self.denoiser.train()
         return ReflowPairs(*(torch.cat([part[k] for part in parts]) for k in ("x0", "x1", "y")), self.categories)
 

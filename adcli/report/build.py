@@ -12,16 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from adcli.bundle import load_bundle
-from adcli.calibrate import load_calibration
+from adcli.calibration import Calibration
 from adcli.data.manifest import SPLITS, load_manifest
+from adcli.detector import Detector
 from adcli.errors import DataError
 from adcli.io import atomic_write_json, atomic_write_text, read_image
 from adcli.metrics import METRIC_NAMES, category_metrics
 from adcli.report.html import histogram_plot, render, roc_plot, triptych
 from adcli.predictions import ground_truth, predict_samples
-from adcli.runtime import resolve_device
-from adcli.weights_id import bundle_id
 
 GALLERY_SIZE = 3
 
@@ -48,14 +46,14 @@ def _gallery(outputs, idx: np.ndarray, labels: np.ndarray, masks: np.ndarray, va
 CALIBRATED_FIELDS = ("threshold", "target_fpr", "expected_fpr", "fpr_upper_95", "observed_fpr", "detection_rate")
 
 
-def _at_threshold(calibration: dict | None, cat: str, scores: np.ndarray, labels: np.ndarray) -> dict:
+def _at_threshold(calibration: Calibration | None, cat: str, scores: np.ndarray, labels: np.ndarray) -> dict:
     """With a calibration: its threshold and bound, and the false-alarm and detection rates seen on this split."""
-    cal = (calibration or {}).get("categories", {}).get(cat)
+    cal = calibration.categories.get(cat) if calibration else None
     if cal is None:
         return {k: None for k in CALIBRATED_FIELDS}
-    flagged = scores >= cal["threshold"]
-    return {"threshold": cal["threshold"], "target_fpr": cal["target_fpr"], "expected_fpr": cal["expected_fpr"],
-            "fpr_upper_95": cal["fpr_upper_95"],
+    flagged = cal.is_defect(scores)
+    return {"threshold": cal.threshold, "target_fpr": cal.target_fpr, "expected_fpr": cal.expected_fpr,
+            "fpr_upper_95": cal.fpr_upper_95,
             "observed_fpr": float(flagged[~labels].mean()) if (~labels).any() else None,
             "detection_rate": float(flagged[labels].mean()) if labels.any() else None}
 
@@ -79,9 +77,8 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
     model_dir, out = Path(model_dir), Path(out)
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}' (choose {', '.join(SPLITS)})")
-    dev = resolve_device(device)
-    model, meta = load_bundle(model_dir, dev)
-    categories, size = meta["categories"], meta["image_size"]
+    detector = Detector.load(model_dir, device)
+    meta, categories, size = detector.meta, detector.categories, detector.image_size
     samples = [s for s in load_manifest(prepared) if s.split == split and s.category in categories]
     if not samples:
         raise DataError(f"no '{split}' images of this model's categories ({', '.join(categories)}) in {prepared}")
@@ -89,9 +86,9 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
     with Progress(TextColumn("report"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("report", total=len(samples))
-        outputs = predict_samples(model, categories, samples, size, dev, model_dir, out, lambda: bar.advance(task))
+        outputs = predict_samples(detector, samples, out, lambda: bar.advance(task))
 
-    calibration = load_calibration(model_dir)
+    calibration = detector.calibration
     rows, sections = [], []
     for cat in sorted({s.category for s in samples}):
         idx = np.array([i for i, s in enumerate(samples) if s.category == cat])
@@ -114,8 +111,8 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
             "ms_per_image": round(outputs.ms_per_image, 1), "device": outputs.device}
     rows.append(mean)
 
-    model_name = f"{meta['method']} ({meta.get('profile') or 'paper'}) {bundle_id(model_dir)}"
-    atomic_write_json(out / "metrics.json", {"model": str(model_dir), "model_id": bundle_id(model_dir),
+    model_name = f"{meta['method']} ({meta.get('profile') or 'paper'}) {detector.model_id}"
+    atomic_write_json(out / "metrics.json", {"model": str(model_dir), "model_id": detector.model_id,
                                              "method": meta["method"], "profile": meta.get("profile"),
                                              "split": split, "categories": rows})
     atomic_write_text(out / "metrics.csv", _csv(rows))

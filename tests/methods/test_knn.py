@@ -3,7 +3,7 @@ import csv
 import torch
 import torchvision
 
-from adcli.bundle import load_bundle
+from adcli.run import RunFolder
 from adcli.inspect import inspect_folder
 from adcli.recipe import load_recipe
 from adcli.train import train
@@ -16,7 +16,7 @@ def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path):
         torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
     recipe = load_recipe("knn", "test", [f"backbone.weights={weights}"])
     run = train(prepared, tmp_path / "run", recipe, device="cpu")
-    model, meta = load_bundle(run)
+    model, meta = RunFolder(run).load_model()
     assert meta["method"] == "knn" and set(model.banks) == {"disc", "weave"}
     # 6 train images × 8×8 patches, half kept by the coreset
     assert model.banks["disc"].shape == (192, 24 + 32)

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from adcli.bundle import load_bundle
+from adcli.run import RunFolder
 from adcli.errors import RecipeError
 from adcli.methods.timenet import TimeNet
 from adcli.nets.unet import UNet
@@ -83,7 +83,7 @@ def test_three_stages_kept_and_bundle_predicts(run, prepared):
     final, reflow, tpn = _weights(run), load_file(run / "stages" / "reflow1.safetensors"), load_file(run / "stages" / "tpn.safetensors")
     assert all(torch.equal(final[k], v) for k, v in {**reflow, **tpn}.items())
     assert set(reflow) == {k for k in final if k.startswith("denoiser.")}
-    model, _ = load_bundle(run)
+    model, _ = RunFolder(run).load_model()
     images = torch.rand(2, 3, 32, 32)
     out = model.predict(images, torch.tensor([0, 1]))
     assert out.anomaly_map.shape == (2, 32, 32) and out.score.shape == (2,) and out.reconstruction.shape == (2, 3, 32, 32)
@@ -144,14 +144,14 @@ class ConstantField(torch.nn.Module):
 
 
 def test_reflow_pairs_follow_a_known_field_and_resume(backbone_weights, tmp_path):
-    from rich.console import Console
+    from adcli.methods.base import StageContext
 
     config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "reflow.pairs_per_category=3",
                                               "reflow.solve_batch=2"]).config
     model = TimeNet(config, ["a", "b"])
     model.denoiser = ConstantField()
-    quiet = Console(quiet=True)
-    pairs = model._reflow_pairs(1, None, torch.device("cpu"), tmp_path / "ck", quiet)
+    ctx = StageContext.silent("cpu", tmp_path / "ck")
+    pairs = model._reflow_pairs(1, ctx)
     assert len(pairs) == 6 and pairs.category_ids.tolist() == [0, 0, 0, 1, 1, 1]
     expected = pairs.x0 + torch.tensor([-1.0, 2.0])[pairs.category_ids].reshape(-1, 1, 1, 1)
     assert torch.allclose(pairs.x1, expected, atol=1e-4)
@@ -160,7 +160,7 @@ def test_reflow_pairs_follow_a_known_field_and_resume(backbone_weights, tmp_path
     assert len(chunks) == 4  # 3 pairs per category in chunks of at most 2
     for chunk in chunks[2:]:
         chunk.unlink()
-    resumed = model._reflow_pairs(1, None, torch.device("cpu"), tmp_path / "ck", quiet)
+    resumed = model._reflow_pairs(1, ctx)
     assert torch.equal(resumed.x0, pairs.x0) and torch.allclose(resumed.x1, pairs.x1)
 
 
@@ -174,10 +174,10 @@ def test_without_tpn_one_step_is_the_rectified_flow_update(backbone_weights):
 
 
 def test_same_weights_other_inference_settings_is_another_model(run, prepared, backbone_weights, tmp_path):
-    from adcli.weights_id import bundle_id
+    from adcli.run import RunFolder
 
     a = train(prepared, tmp_path / "one", _recipe(backbone_weights, ["tpn.enabled=false"]), device="cpu", stages_from=run)
     b = train(prepared, tmp_path / "three", _recipe(backbone_weights, ["tpn.enabled=false", "inference.steps=3"]),
               device="cpu", stages_from=run)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert bundle_id(a) != bundle_id(b)  # inspect and report must not reuse one's results for the other
+    assert RunFolder(a).model_id() != RunFolder(b).model_id()  # inspect and report must not reuse one's results for the other

@@ -1,0 +1,189 @@
+"""A trained model ready to judge images: the one inference path of inspect, calibrate, report and
+the Python API.
+
+    import adcli
+    det = adcli.load("runs/knn")                 # a run folder (model bundle)
+    r = det.predict("part.png")                  # a path, PIL image or H×W×3 uint8 array, or a list
+    r.score, r.verdict, r.threshold, r.anomaly_map.shape   # map at the image's own size
+
+Images go through the model `inference.batch_size` at a time; while one batch is in the model, a
+small thread pool decodes and resizes the next (`Detector.stream`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from adcli.calibration import Calibration, CategoryCalibration
+from adcli.data.batches import resized, to_tensor
+from adcli.errors import AdcliError
+from adcli.io import read_image
+from adcli.routing import CategoryRouter
+from adcli.run import RunFolder
+from adcli.runtime import resolve_device
+
+LOAD_WORKERS = 2  # decoding threads; a shop-floor PC has few cores and the model uses them too
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One image's result from `Detector.predict`."""
+
+    category: str | None  # None: the image resembles no trained category
+    score: float | None  # raw image score (larger = more anomalous)
+    anomaly_map: np.ndarray | None  # (H, W) float32 at the image's own size
+    verdict: str  # OK | DEFECT | UNKNOWN_CATEGORY | uncalibrated
+    threshold: float | None  # the category's calibrated threshold
+
+
+@dataclasses.dataclass
+class ModelInput:
+    """What a loader hands to `Detector.stream` for an image to be scored."""
+
+    pixels: np.ndarray  # (S, S, 3) uint8: the image resized to the model's size
+    category: str
+    payload: Any = None  # anything the caller wants back with the result (e.g. the decoded image)
+
+
+@dataclasses.dataclass
+class Scored:
+    """One item out of `Detector.stream`: what the loader returned and, if that was a ModelInput, its result."""
+
+    item: Any
+    loaded: Any
+    score: float | None = None
+    anomaly_map: np.ndarray | None = None  # (S, S) float32 at the model's resolution
+    infer_ms: float = 0.0  # this image's share of its batch's model time
+
+
+class Detector:
+    def __init__(self, run: RunFolder, model, meta: dict, calibration: Calibration | None, device: torch.device,
+                 batch_size: int):
+        self.run, self.model, self.meta, self.calibration = run, model, meta, calibration
+        self.device, self.batch_size = device, batch_size
+        self.categories: list[str] = list(meta["categories"])
+        self.image_size: int = int(meta["image_size"])
+        self.model_id = run.model_id()
+        self.router = CategoryRouter(self.categories, calibration)
+
+    @classmethod
+    def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None) -> Detector:
+        """A finished run folder -> Detector. batch_size: None = the recipe's `inference.batch_size`."""
+        run = run if isinstance(run, RunFolder) else RunFolder(run)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        model, meta = run.load_model(dev)
+        calibration = run.read_calibration()
+        if batch_size is not None and batch_size < 1:
+            raise AdcliError(f"batch size must be >= 1, got {batch_size}")
+        return cls(run, model, meta, calibration, dev, batch_size or model.inference_batch_size)
+
+    # ---- categories and thresholds -------------------------------------------------------------
+    @property
+    def map_range(self) -> tuple[float, float] | None:
+        return self.model.map_range
+
+    def category_calibration(self, category: str) -> CategoryCalibration | None:
+        return self.calibration.categories.get(category) if self.calibration else None
+
+    def check_category(self, category: str) -> str:
+        if category not in self.categories:
+            raise AdcliError(f"category '{category}' is not in this model ({', '.join(self.categories)})")
+        return category
+
+    def category_chooser(self, category: str | None = None) -> Callable[[Image.Image], str | None]:
+        """image -> category: the given one (checked now), the only one, or the nearest calibrated one
+        (None: the image resembles no trained category)."""
+        if category not in (None, "auto"):
+            chosen = self.check_category(category)
+            return lambda image: chosen
+        if len(self.categories) > 1 and self.calibration is None:
+            raise AdcliError("choosing the category automatically needs a calibrated model (adcli calibrate); "
+                             f"or give the category ({', '.join(self.categories)})")
+        return self.router
+
+    # ---- batches ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score_pixels(self, pixels: np.ndarray, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """pixels uint8 (B, S, S, 3), one category name per row -> (scores (B,), maps (B, S, S)) float32."""
+        ids = torch.tensor([self.categories.index(c) for c in categories], device=self.device)
+        out = self.model.predict(to_tensor(pixels).to(self.device), ids)
+        return out.score.float().cpu().numpy(), out.anomaly_map.float().cpu().numpy()
+
+    def stream(self, items: Iterable[Any], load: Callable[[Any], Any]) -> Iterator[Scored]:
+        """Score items in order, `batch_size` at a time. `load(item)` runs in worker threads while the
+        model works on the previous batch; items it returns a ModelInput for are scored, anything
+        else (an error, a skip) passes through unscored."""
+        items = iter(items)
+        with ThreadPoolExecutor(LOAD_WORKERS) as pool:
+            pending: collections.deque = collections.deque()
+
+            def refill():
+                while len(pending) < 2 * self.batch_size:
+                    item = next(items, _END)
+                    if item is _END:
+                        return
+                    pending.append((item, pool.submit(load, item)))
+
+            refill()
+            while pending:
+                batch = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
+                results = [Scored(item, future.result()) for item, future in batch]
+                refill()  # the next batch decodes while this one is in the model
+                to_score = [r for r in results if isinstance(r.loaded, ModelInput)]
+                if to_score:
+                    start = time.perf_counter()
+                    scores, maps = self.score_pixels(np.stack([r.loaded.pixels for r in to_score]),
+                                                     [r.loaded.category for r in to_score])
+                    share = (time.perf_counter() - start) * 1e3 / len(to_score)
+                    for r, score, anomaly_map in zip(to_score, scores, maps):
+                        r.score, r.anomaly_map, r.infer_ms = float(score), anomaly_map, share
+                yield from results
+
+    # ---- the Python API ---------------------------------------------------------------------------
+    def predict(self, images, category: str | None = None):
+        """A path, PIL image or H×W(×3) uint8 array -> Prediction; a list of them -> list of Predictions.
+        category: None = the only category, or the nearest calibrated one."""
+        single = not isinstance(images, (list, tuple))
+        decoded = [_as_image(x) for x in ([images] if single else images)]
+        choose = self.category_chooser(category)
+
+        def load(image: Image.Image):
+            cat = choose(image)
+            return None if cat is None else ModelInput(resized(image, self.image_size), cat)
+
+        results = [self._prediction(r) for r in self.stream(decoded, load)]
+        return results[0] if single else results
+
+    def _prediction(self, r: Scored) -> Prediction:
+        if r.loaded is None:
+            return Prediction(None, None, None, "UNKNOWN_CATEGORY", None)
+        cat = r.loaded.category
+        full = np.asarray(Image.fromarray(r.anomaly_map, mode="F").resize(r.item.size, Image.BILINEAR))
+        cal = self.category_calibration(cat)
+        return Prediction(cat, r.score, full, cal.verdict(r.score) if cal else "uncalibrated",
+                          cal.threshold if cal else None)
+
+
+_END = object()
+
+
+def _as_image(x) -> Image.Image:
+    if isinstance(x, Image.Image):
+        return x.convert("RGB")
+    if isinstance(x, (str, Path)):
+        return read_image(x)
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] not in (1, 3)):
+            raise AdcliError(f"an image array must be uint8 H×W or H×W×3, got {x.dtype} {x.shape}")
+        return Image.fromarray(x[..., 0] if x.ndim == 3 and x.shape[2] == 1 else x).convert("RGB")
+    raise AdcliError(f"cannot read an image from {type(x).__name__} (give a path, PIL image or uint8 array)")
+

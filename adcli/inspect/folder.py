@@ -1,0 +1,211 @@
+"""`adcli inspect`: score every image in a folder, safely enough to run from cron every minute.
+
+Per file: a heatmap overlay (with the calibrated defect contour) and one row in `results.jsonl`
+and `results.csv`. Files already inspected with the same model and unchanged content are skipped
+(`force` redoes them). Writes are atomic, a lock keeps two runs from interleaving, and a run killed
+at any moment and started again ends with exactly one row per file. Unreadable files become
+ERROR rows with a one-line reason; the rest of the folder is processed.
+
+This module is the orchestration; intake.py reads files, render.py draws heatmaps, adcli/routing.py
+chooses categories and adcli/detector.py scores batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from adcli.calibration import Calibration
+from adcli.data.batches import resized
+from adcli.detector import Detector, ModelInput, Scored
+from adcli.errors import DataError, ImageError
+from adcli.inspect.intake import OutputLock, display_path, list_files, read_settled
+from adcli.inspect.render import heatmap_name, render_heatmap
+from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
+from adcli.journal import JournalWriter, compact, latest_by_path, read_journal
+from adcli.thresholds import drift_z
+
+RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
+VERDICTS = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
+DRIFT_WINDOW = 50  # most recent OK images per category
+DRIFT_MIN = 20
+DRIFT_Z = 4.0
+_ALREADY_DONE = object()
+
+
+@dataclasses.dataclass
+class InspectSummary:
+    rows: list[dict]  # this run's rows
+    counts: dict[str, int]
+    skipped: int
+    load_ms: float
+    infer_ms: float
+    write_ms: float
+    drift: dict
+
+    @property
+    def errors(self) -> int:
+        return self.counts.get("ERROR", 0)
+
+    @property
+    def exit_code(self) -> int:
+        """1 = defects found (first: it is what a line supervisor must see); 3 = files that could not
+        be read or resemble no category; else 0."""
+        if self.counts.get("DEFECT", 0):
+            return 1
+        return 3 if self.errors or self.counts.get("UNKNOWN_CATEGORY", 0) else 0
+
+
+def _drift(rows: list[dict], calibration: Calibration | None) -> dict:
+    if calibration is None:
+        return {}
+    report = {}
+    for cat, cal in calibration.categories.items():
+        recent = [float(r["score"]) for r in rows if r["category"] == cat and r["verdict"] == "OK"][-DRIFT_WINDOW:]
+        if cal.scores["n"] < DRIFT_MIN:  # a spread estimated from a handful of normals is noise
+            report[cat] = {"n": len(recent), "z": None, "drift": False, "note": "too few calibration normals"}
+            continue
+        if len(recent) < DRIFT_MIN:
+            report[cat] = {"n": len(recent), "z": None, "drift": False}
+            continue
+        z = drift_z(np.array(recent), cal.scores)
+        report[cat] = {"n": len(recent), "z": round(z, 2), "drift": abs(z) > DRIFT_Z}
+    return report
+
+
+def _write_tables(out: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A file that loaded as an image: its row so far, the image, and its load time."""
+
+    row: dict
+    image: object
+    load_ms: float
+
+
+class _FolderInspection:
+    """One run over one folder: turns each file into a row (and a heatmap)."""
+
+    def __init__(self, detector: Detector, folder: Path, out: Path, category: str | None, settle_seconds: float,
+                 previous: dict, force: bool):
+        self.detector, self.folder, self.out = detector, folder, out
+        self.choose = detector.category_chooser(category)
+        self.settle_seconds, self.previous, self.force = settle_seconds, previous, force
+
+    def load(self, path: Path):
+        """Runs in a worker thread: -> ModelInput, a finished row (ERROR, UNKNOWN_CATEGORY), or _ALREADY_DONE."""
+        shown = display_path(path)
+        row = {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
+               "model_id": self.detector.model_id, "heatmap": "", "error": ""}
+        t0 = time.perf_counter()
+        try:
+            data = read_settled(path, self.settle_seconds)
+            row["sha256"] = hashlib.sha256(data).hexdigest()
+            done = self.previous.get(shown)
+            if not self.force and done and done["sha256"] == row["sha256"] and done["model_id"] == self.detector.model_id:
+                return _ALREADY_DONE
+            image = decode_image(data, shown)
+        except ImageError as exc:
+            row["error"] = str(exc)
+            return row
+        cat = self.choose(image)
+        if cat is None:
+            row.update(verdict="UNKNOWN_CATEGORY", error="resembles none of the model's categories",
+                       ms=f"{(time.perf_counter() - t0) * 1e3:.1f}")
+            return row
+        row["category"] = cat
+        pixels = resized(image, self.detector.image_size)
+        return ModelInput(pixels, cat, _Pending(row, image, (time.perf_counter() - t0) * 1e3))
+
+    def finish(self, path: Path, result: Scored) -> tuple[dict, np.ndarray | None]:
+        """A scored file -> its row, after its heatmap is on disk; and its (load, infer, write) ms."""
+        pending: _Pending = result.loaded.payload
+        row, cat = pending.row, pending.row["category"]
+        t0 = time.perf_counter()
+        cal = self.detector.category_calibration(cat)
+        shown_range = cal.display_range if cal else self.detector.map_range
+        name = heatmap_name(path, self.folder)
+        picture = render_heatmap(pending.image, result.anomaly_map, shown_range, cal.pixel_threshold if cal else None)
+        atomic_write_bytes(self.out / "heatmaps" / name, picture)
+        write_ms = (time.perf_counter() - t0) * 1e3
+        row.update(score=f"{result.score:.6g}", threshold=f"{cal.threshold:.6g}" if cal else "",
+                   verdict=cal.verdict(result.score) if cal else "uncalibrated",
+                   ms=f"{pending.load_ms + result.infer_ms + write_ms:.1f}", heatmap=f"heatmaps/{name}")
+        return row, np.array([pending.load_ms, result.infer_ms, write_ms])
+
+
+def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, category: str | None = None,
+                   device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
+                   console: Console | None = None, batch_size: int | None = None) -> InspectSummary:
+    console = console or Console(stderr=True)
+    folder, out, model_dir = Path(folder), Path(out), Path(model_dir)
+    if not folder.is_dir():
+        raise DataError(f"folder not found: {folder}")
+    detector = Detector.load(model_dir, device, batch_size)
+    detector.category_chooser(category)  # a bad --category fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heatmaps").mkdir(exist_ok=True)
+    journal_path = out / "results.jsonl"
+    with OutputLock(out, lock_wait):
+        previous = latest_by_path(read_journal(journal_path))
+        files = list_files(folder, exclude=out.resolve())
+        inspection = _FolderInspection(detector, folder, out, category, settle_seconds, previous, force)
+        writer = JournalWriter(journal_path)
+        run_rows: list[dict] = []
+        skipped = 0
+        timing = np.zeros(3)
+        n_scored = 0
+        try:
+            columns = (TextColumn("inspect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task("inspect", total=len(files))
+                for result in detector.stream(files, inspection.load):
+                    bar.advance(task)
+                    if result.loaded is _ALREADY_DONE:
+                        skipped += 1
+                        continue
+                    if isinstance(result.loaded, ModelInput):
+                        row, times = inspection.finish(result.item, result)
+                        timing += times
+                        n_scored += 1
+                    else:
+                        row = result.loaded
+                    writer.append(row)
+                    previous[row["path"]] = row
+                    run_rows.append(row)
+                    if row["verdict"] == "ERROR":
+                        console.print(f"[yellow]error:[/] {row['error']}", highlight=False)
+                    if len(run_rows) % 25 == 0:
+                        _write_tables(out, list(previous.values()))
+        finally:
+            writer.close()
+        all_rows = list(previous.values())
+        compact(journal_path, all_rows)
+        _write_tables(out, all_rows)
+        counts = {v: sum(r["verdict"] == v for r in run_rows) for v in VERDICTS}
+        ms = timing / max(n_scored, 1)
+        drift = _drift(all_rows, detector.calibration)
+        summary = InspectSummary(run_rows, counts, skipped, *ms.tolist(), drift)
+        atomic_write_json(out / "summary.json", {
+            "folder": display_path(folder), "model": str(model_dir), "model_id": detector.model_id,
+            "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "counts": counts, "skipped_already_inspected": skipped, "exit_code": summary.exit_code,
+            "batch_size": detector.batch_size,
+            "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
+            "drift": drift})
+    return summary

@@ -1,0 +1,290 @@
+"""The run folder: every path of a run and every read and write of it, in one place. No pickle.
+
+    RUN/recipe.yaml                 the fully resolved recipe (written first)
+    RUN/run.json                    the recipe file and profile the run started from
+    RUN/results.csv                 loss per epoch (per stage and epoch for multi-stage methods)
+    RUN/checkpoint/last.safetensors resumable training state: weights, optimizer, position
+    RUN/checkpoint/...              stage scratch (reflow pairs); removed when training ends
+    RUN/stages/NAME.safetensors     weights a finished stage trained, with its fingerprint
+    RUN/model.safetensors           the trained weights
+    RUN/meta.json                   format version, method, categories, image size, seed, training
+                                    summary (written last: its presence marks a finished model)
+    RUN/calibration.json            per-category thresholds (adcli calibrate; previous one kept as
+                                    calibration.prev.json), with its outputs cache in .calibration-cache/
+
+A run's identity (`model_id`) is the SHA-256 prefix of its weights and its recipe: inference and
+scoring settings change the scores of the same weights, so inspect's "already inspected" check and
+report's output cache must not mistake one model for another.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from adcli import __version__
+from adcli.errors import BundleError
+from adcli.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+
+FORMAT = "adcli-bundle"
+FORMAT_VERSION = 1
+
+
+def file_metadata(path: Path) -> dict:
+    """A safetensors file's string metadata, without reading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        raise BundleError(f"cannot read {path}: {exc}") from None
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Flatten an optimizer state into tensors + JSON-able rest (for safetensors, no pickle)."""
+    state = optimizer.state_dict()
+    tensors = {}
+    for idx, slots in state["state"].items():
+        for name, value in slots.items():
+            tensors[f"optim.{idx}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], rest: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+def _history_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # stages log different losses
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class RunFolder:
+    WEIGHTS = "model.safetensors"
+    RECIPE = "recipe.yaml"
+    META = "meta.json"
+    RUN_INFO = "run.json"
+    HISTORY = "results.csv"
+    CHECKPOINT = Path("checkpoint") / "last.safetensors"
+    STAGES = "stages"
+    CALIBRATION = "calibration.json"
+    CALIBRATION_BACKUP = "calibration.prev.json"
+    CALIBRATION_CACHE = ".calibration-cache"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---- state ---------------------------------------------------------------------------------
+    @property
+    def is_finished(self) -> bool:
+        return (self.path / self.META).is_file()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def scratch(self) -> Path:
+        """Where stages keep data that must survive a resume (removed when training ends)."""
+        return self.checkpoint_path.parent
+
+    def check_new(self) -> None:
+        """Refuse to write into a folder that already holds something."""
+        if self.path.exists() and any(self.path.iterdir()):
+            what = "a finished model" if self.is_finished else "an unfinished run (continue it with --resume)"
+            raise BundleError(f"{self.path} already holds {what}; choose another --out")
+
+    def check_resumable(self) -> None:
+        if self.is_finished:
+            raise BundleError(f"{self.path} holds a finished model; nothing to resume")
+        if not self.checkpoint_path.is_file() and not (self.path / self.STAGES).is_dir():
+            raise BundleError(f"nothing to resume in {self.path}: no {self.CHECKPOINT}")
+
+    # ---- recipe ----------------------------------------------------------------------------------
+    def start(self, config: Any, recipe_file: Path, profile: str | None) -> None:
+        """The run's first files; written only once everything that can fail early has passed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_recipe(config)
+        atomic_write_json(self.path / self.RUN_INFO, {"recipe_file": str(recipe_file), "profile": profile})
+
+    def write_recipe(self, config: Any) -> None:
+        from adcli.recipe import to_dict
+
+        atomic_write_text(self.path / self.RECIPE, yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    def read_config(self) -> Any:
+        from adcli.recipe import config_from_dict
+
+        path = self.path / self.RECIPE
+        if not path.is_file():
+            raise BundleError(f"{self.path} is not an adcli run folder (no {self.RECIPE})")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise BundleError(f"{path}: invalid YAML ({exc})") from None
+        return config_from_dict(tree, str(path))
+
+    def profile(self) -> str | None:
+        path = self.path / self.RUN_INFO
+        return json.loads(path.read_text(encoding="utf-8")).get("profile") if path.is_file() else None
+
+    # ---- checkpoint --------------------------------------------------------------------------------
+    def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, position: dict) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        optim_tensors, rest = _optimizer_tensors(optimizer)
+        tensors.update(optim_tensors)
+        # Position and optimizer settings live in the same file's metadata, so they can never disagree.
+        save_tensors(self.checkpoint_path, tensors, metadata={"position": json.dumps(position), "optimizer": json.dumps(rest)})
+
+    def checkpoint_position(self) -> dict | None:
+        if not self.checkpoint_path.is_file():
+            return None
+        return json.loads(file_metadata(self.checkpoint_path)["position"])
+
+    def load_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        tensors = load_tensors(self.checkpoint_path)
+        meta = file_metadata(self.checkpoint_path)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _restore_optimizer(optimizer, tensors, json.loads(meta["optimizer"]))
+        return json.loads(meta["position"])
+
+    # ---- stage outputs -----------------------------------------------------------------------------
+    def stage_file(self, name: str) -> Path:
+        return self.path / self.STAGES / f"{name}.safetensors"
+
+    @property
+    def has_stages(self) -> bool:
+        return (self.path / self.STAGES).is_dir()
+
+    def finished_stage(self, name: str, fingerprint: str) -> dict | None:
+        """The metadata of a kept stage output with this fingerprint, else None."""
+        path = self.stage_file(name)
+        if not path.is_file():
+            return None
+        meta = file_metadata(path)
+        return meta if meta.get("fingerprint") == fingerprint else None
+
+    def save_stage(self, model: torch.nn.Module, name: str, keeps: tuple[str, ...], fingerprint: str, seconds: float) -> None:
+        kept = {k: v for k, v in model.state_dict().items() if k.startswith(keeps)}
+        save_tensors(self.stage_file(name), kept, metadata={"fingerprint": fingerprint, "seconds": str(round(seconds, 1))})
+
+    def load_stage(self, model: torch.nn.Module, name: str) -> None:
+        model.load_state_dict(load_tensors(self.stage_file(name)), strict=False)
+
+    def copy_stage_from(self, source: RunFolder, name: str) -> None:
+        target = self.stage_file(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(source.stage_file(name), tmp)
+        tmp.replace(target)
+
+    # ---- history -----------------------------------------------------------------------------------
+    def write_history(self, stage_rows: list[dict]) -> None:
+        """results.csv: the rows of earlier stages (kept in the file) followed by this stage's rows."""
+        path = self.path / self.HISTORY
+        stage = stage_rows[0].get("stage") if stage_rows else None
+        earlier = []
+        if stage is not None and path.is_file():
+            with open(path, newline="") as f:
+                earlier = [r for r in csv.DictReader(f) if r.get("stage") != stage]
+        atomic_write_text(path, _history_csv(earlier + stage_rows))
+
+    # ---- the finished model ----------------------------------------------------------------------------
+    def write_model(self, model: torch.nn.Module, config: Any, meta: dict) -> None:
+        save_tensors(self.path / self.WEIGHTS, model.state_dict())
+        self.write_recipe(config)
+        full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "adcli_version": __version__,
+                     "method": config.method, "image_size": config.data.image_size, "seed": config.seed, **meta}
+        atomic_write_json(self.path / self.META, full_meta)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def read_meta(self) -> dict:
+        path = self.path / self.META
+        if not self.path.is_dir():
+            raise BundleError(f"model folder not found: {self.path}")
+        if not path.is_file():
+            hint = " (training not finished: `adcli train --resume`)" if self.scratch.is_dir() else ""
+            raise BundleError(f"{self.path} is not a finished adcli model: {self.META} missing{hint}")
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path}: unreadable ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise BundleError(f"{path}: not an adcli bundle")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise BundleError(f"{self.path}: bundle format v{version} is newer than this adcli ({__version__}) reads "
+                              f"(v{FORMAT_VERSION}); upgrade adcli")
+        return meta
+
+    def load_model(self, device: torch.device | str = "cpu"):
+        """-> (model in eval mode on `device`, meta dict). No pickle, no network."""
+        from adcli.registry import get_method
+
+        meta = self.read_meta()
+        config = self.read_config()
+        spec = get_method(config.method, source=str(self.path / self.RECIPE))
+        model = spec.method_cls(config, meta["categories"], load_pretrained=False)  # the bundle holds every weight
+        state = load_tensors(self.path / self.WEIGHTS)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise BundleError(f"{self.path / self.WEIGHTS} does not match its recipe: {first}") from None
+        return model.to(device).eval(), meta
+
+    def model_id(self) -> str:
+        digest = hashlib.sha256()
+        for name in (self.WEIGHTS, self.RECIPE):
+            with open(self.path / name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        return digest.hexdigest()[:12]
+
+    # ---- calibration -------------------------------------------------------------------------------
+    @property
+    def calibration_cache(self) -> Path:
+        return self.path / self.CALIBRATION_CACHE
+
+    def read_calibration(self):
+        """-> Calibration or None when the model is not calibrated."""
+        from adcli.calibration import Calibration
+
+        path = self.path / self.CALIBRATION
+        if not path.is_file():
+            return None
+        try:
+            tree = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path}: unreadable ({exc}); run `adcli calibrate` again") from None
+        return Calibration.from_dict(tree, str(path))
+
+    def write_calibration(self, calibration) -> None:
+        """Atomically, keeping the previous calibration as calibration.prev.json."""
+        if (self.path / self.CALIBRATION).is_file():
+            shutil.copy2(self.path / self.CALIBRATION, self.path / self.CALIBRATION_BACKUP)
+        atomic_write_json(self.path / self.CALIBRATION, dataclasses.asdict(calibration))
