@@ -36,3 +36,25 @@ def save_png(path, array, mode=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(array), mode=mode).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights(tmp_path_factory):
+    """A random MobileNetV2 state dict on disk: backbone recipes load it without any real weights."""
+    import torch
+    import torchvision
+
+    path = tmp_path_factory.mktemp("weights") / "mnv2.pth"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.mobilenet_v2().state_dict(), path)
+    return path
+
+
+def recipe_with_weights(name, weights, overrides=()):
+    """The `test` profile of a built-in recipe, pointed at local backbone weights where it has a backbone."""
+    from adcli.recipe import load_recipe, recipes_dir, resolve_tree
+
+    tree = resolve_tree(recipes_dir() / f"{name}.yaml", "test")
+    extra = [f"backbone.weights={weights}"] if "backbone" in tree else []
+    return load_recipe(name, "test", [*extra, *overrides])

@@ -81,6 +81,14 @@ def _drift(rows: list[dict], calibration: Calibration | None) -> dict:
     return report
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of an atomic write that a killed run left behind (.NAME.XXXX.tmp). Called under
+    the lock, so no other run is writing them."""
+    for folder in (out, out / "heatmaps"):
+        for path in folder.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+
 def _write_tables(out: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, extrasaction="ignore")
@@ -162,6 +170,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     (out / "heatmaps").mkdir(exist_ok=True)
     journal_path = out / "results.jsonl"
     with OutputLock(out, lock_wait):
+        _remove_stale_temporaries(out)
         previous = latest_by_path(read_journal(journal_path))
         files = list_files(folder, exclude=out.resolve())
         inspection = _FolderInspection(detector, folder, out, category, settle_seconds, previous, force)
