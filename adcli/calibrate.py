@@ -31,11 +31,11 @@ PIXEL_QUANTILE = 0.999  # of all calibration-normal pixels: the contour level on
 
 
 def calibrate(run: str | Path, prepared: str | Path, target_fpr: float = 0.01, device: str = "auto",
-              console: Console | None = None) -> Calibration:
+              console: Console | None = None, batch_size: int | None = None) -> Calibration:
     console = console or Console(stderr=True)
     if not 0 < target_fpr < 1:
         raise AdcliError(f"--target-fpr must be between 0 and 1, got {target_fpr}")
-    detector = Detector.load(run, device)
+    detector = Detector.load(run, device, batch_size)
     categories = detector.categories
     manifest = load_manifest(prepared)
     calib = [s for s in manifest if s.split == "calib" and s.category in categories]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,11 +13,16 @@ from rich.console import Console
 from rich.table import Table
 
 from adcli import __version__
-from adcli.errors import AdcliError
+from adcli.errors import AdcliError, OutputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find defects in product images with models trained on good images only.")
 console = Console(stderr=True, soft_wrap=True)  # one message = one line, whatever the width
+
+
+# Shared by the commands that score images.
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call "
+                                                  "(default: the recipe's inference.batch_size).")]
 
 
 def _version(value: bool):
@@ -38,6 +45,8 @@ def prepare(
     calib_fraction: Annotated[float, typer.Option(help="Fraction of each category's train/good held out for calibration.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the calibration hold-out.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Stop on the first problem instead of listing it.")] = False,
+    follow_links: Annotated[bool, typer.Option("--follow-links", help="Accept images whose links lead out of the "
+                                               "dataset folder (skipped by default).")] = False,
 ):
     """Scan a dataset, decode every image once, and write a manifest of samples."""
     from rich.progress import Progress
@@ -47,7 +56,8 @@ def prepare(
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("checking images", total=None)
-        result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=lambda: bar.advance(task))
+        result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=lambda: bar.advance(task),
+                                 follow_links=follow_links)
     for problem in result.problems:
         console.print(f"[yellow]warning:[/] {problem}", highlight=False)
     write_prepared(result, out)
@@ -91,11 +101,12 @@ def calibrate(
     data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder (its calib split is used).")],
     target_fpr: Annotated[float, typer.Option(help="Target false-alarm rate per category.")] = 0.01,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: BatchSize = None,
 ):
     """Choose per-category thresholds from the held-out calibration normals."""
     from adcli.calibrate import calibrate as run_calibration
 
-    run_calibration(model, data, target_fpr, device=device, console=console)
+    run_calibration(model, data, target_fpr, device=device, console=console, batch_size=batch_size)
 
 
 INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.jsonl and summary.json.
@@ -118,8 +129,7 @@ def inspect(
     lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run on the same --out.")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON summary on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per model call "
-                                                      "(default: the recipe's inference.batch_size).")] = None,
+    batch_size: BatchSize = None,
 ):
     import json
 
@@ -149,11 +159,12 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="Folder for metrics.json, metrics.csv, report.html.")],
     split: Annotated[str, typer.Option(help="Split to evaluate: test (default), calib or train.")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: BatchSize = None,
 ):
     """Evaluate a model on a labelled split: seven metrics per category, ROC, histograms, gallery."""
     from adcli.report import make_report
 
-    make_report(model, data, out, split=split, device=device, console=console)
+    make_report(model, data, out, split=split, device=device, console=console, batch_size=batch_size)
 
 
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.")
@@ -201,3 +212,33 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            _crash(exc)
+        where = f": {exc.filename}" if exc.filename else ""
+        console.print(f"[red]error:[/] {exc.strerror or exc}{where}", highlight=False)
+        sys.exit(OutputError.exit_code)
+    except Exception as exc:  # a bug: never exit 1, which means "defects found"
+        _crash(exc)
+
+
+# Failures to write results that a user fixes on the machine, not in adcli.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+CRASH_EXIT_CODE = 4
+
+
+def _crash(exc: BaseException) -> None:
+    """One line on stderr, the traceback in a log file, exit 4."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(os.environ.get("ADCLI_LOG_DIR") or tempfile.gettempdir())
+    log = folder / f"adcli-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        log.write_text(f"adcli {__version__}: {' '.join(sys.argv)}\n" + "".join(traceback.format_exception(exc)))
+        where = f"traceback in {log}"
+    except OSError:
+        where = "traceback: " + "".join(traceback.format_exception(exc)).replace("\n", " | ")
+    console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} ({where}); please report it", highlight=False)
+    sys.exit(CRASH_EXIT_CODE)

@@ -5,9 +5,16 @@ from __future__ import annotations
 import dataclasses
 
 
+MAX_IMAGE_SIZE = 2048  # a model input side; 2048² × batch already needs tens of GiB in a UNet
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     image_size: int = 256  # square side the images are resized to (bilinear), as in METHODS.md
+
+    def __post_init__(self):
+        if not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"data.image_size must be between 16 and {MAX_IMAGE_SIZE}, got {self.image_size}")
 
 
 @dataclasses.dataclass(frozen=True)

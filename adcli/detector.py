@@ -25,7 +25,7 @@ from PIL import Image
 
 from adcli.calibration import Calibration, CategoryCalibration
 from adcli.data.batches import resized, to_tensor
-from adcli.errors import AdcliError
+from adcli.errors import AdcliError, BundleError
 from adcli.io import read_image
 from adcli.routing import CategoryRouter
 from adcli.run import RunFolder
@@ -66,13 +66,12 @@ class Scored:
 
 
 class Detector:
-    def __init__(self, run: RunFolder, model, meta: dict, calibration: Calibration | None, device: torch.device,
-                 batch_size: int):
-        self.run, self.model, self.meta, self.calibration = run, model, meta, calibration
+    def __init__(self, run: RunFolder, model, meta: dict, model_id: str, calibration: Calibration | None,
+                 device: torch.device, batch_size: int):
+        self.run, self.model, self.meta, self.model_id, self.calibration = run, model, meta, model_id, calibration
         self.device, self.batch_size = device, batch_size
         self.categories: list[str] = list(meta["categories"])
         self.image_size: int = int(meta["image_size"])
-        self.model_id = run.model_id()
         self.router = CategoryRouter(self.categories, calibration)
 
     @classmethod
@@ -80,11 +79,18 @@ class Detector:
         """A finished run folder -> Detector. batch_size: None = the recipe's `inference.batch_size`."""
         run = run if isinstance(run, RunFolder) else RunFolder(run)
         dev = device if isinstance(device, torch.device) else resolve_device(device)
-        model, meta = run.load_model(dev)
-        calibration = run.read_calibration()
         if batch_size is not None and batch_size < 1:
             raise AdcliError(f"batch size must be >= 1, got {batch_size}")
-        return cls(run, model, meta, calibration, dev, batch_size or model.inference_batch_size)
+        model, meta = run.load_model(dev)
+        model_id = run.model_id()
+        calibration = run.read_calibration()
+        if calibration is not None and calibration.model_id != model_id:
+            raise BundleError(f"{run.path / run.CALIBRATION} was made for another model ({calibration.model_id}; this one "
+                              f"is {model_id}); run `adcli calibrate {run.path}` again")
+        missing = [c for c in meta["categories"] if calibration is not None and c not in calibration.categories]
+        if missing:
+            raise BundleError(f"{run.path / run.CALIBRATION} has no threshold for {', '.join(missing)}; run `adcli calibrate` again")
+        return cls(run, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size)
 
     # ---- categories and thresholds -------------------------------------------------------------
     @property

@@ -2,7 +2,13 @@
 
 
 class AdcliError(Exception):
-    """Base class: the CLI prints `error: <message>` and exits with `exit_code`."""
+    """Base class: the CLI prints `error: <message>` and exits with `exit_code`.
+
+    Exit codes of every command: 0 done (inspect: no defects), 1 inspect found defects, 2 usage,
+    configuration, data or model error, 3 inspect ran but some files could not be judged, 4 an
+    unexpected error (a bug: the traceback goes to a log file), 5 results could not be written
+    (disk full, read-only, not a folder).
+    """
 
     exit_code = 2
 
@@ -21,3 +27,9 @@ class ImageError(AdcliError):
 
 class BundleError(AdcliError):
     """A model bundle is missing, incomplete or of an incompatible format."""
+
+
+class OutputError(AdcliError):
+    """Results cannot be written: disk full, read-only or missing permission, --out is a file."""
+
+    exit_code = 5

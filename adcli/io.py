@@ -22,6 +22,9 @@ from adcli.errors import BundleError, ImageError
 
 # Larger than any industrial camera frame we expect; bigger files are refused as decompression bombs.
 MAX_IMAGE_PIXELS = 100_000_000
+# Camera and archive formats. Pillow opens many more (DDS, PSD, ICNS, ...), whose rarely used
+# decoders are where damaged files crash; those are refused as "not an image file".
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 
 
 def _umask_mode() -> int:
@@ -90,17 +93,18 @@ def read_image(path: str | Path, mode: str = "RGB") -> Image.Image:
 
 
 def decode_image(data: bytes, name: str, mode: str = "RGB") -> Image.Image:
-    """Decode image bytes fully and convert them to `mode`.
+    """Decode image bytes fully and convert them to `mode` (a GIF or multi-page TIFF: its first frame).
 
     Grayscale, palette, RGBA and 16-bit images are converted, not rejected. Raises ImageError with a
-    one-line reason for empty, truncated, corrupt, non-image or oversized (decompression bomb) data.
+    one-line reason for empty, truncated, corrupt, non-image, other-format or oversized (decompression
+    bomb) data, and for any other exception a decoder raises on damaged data.
     """
     if not data:
         raise ImageError(f"empty file (0 bytes): {name}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 w, h = im.size
                 if w * h > MAX_IMAGE_PIXELS:
                     raise ImageError(f"image too large ({w}x{h} pixels > {MAX_IMAGE_PIXELS}): {name}")
@@ -116,6 +120,8 @@ def decode_image(data: bytes, name: str, mode: str = "RGB") -> Image.Image:
         raise ImageError(f"corrupt or truncated image: {name} ({exc})") from None
     except (ValueError, SyntaxError) as exc:
         raise ImageError(f"corrupt image: {name} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file must cost one ERROR row, never the run
+        raise ImageError(f"cannot decode {name} ({type(exc).__name__}: {exc})") from None
 
 
 def _convert(im: Image.Image, mode: str) -> Image.Image:

@@ -1,13 +1,16 @@
 """The inspection journal: `results.jsonl`, one JSON line per inspected file, append-only.
 
 A line is appended (and fsynced) only after the image's heatmap is safely on disk, so a run killed
-at any moment leaves complete lines plus at most one partial last line, which the next run drops.
-Rows are keyed by path: a later row for the same path replaces the earlier one when the journal is
-compacted (atomically) at the end of a run.
+at any moment leaves complete lines plus at most one partial last line. A damaged line (a partial
+write, a full disk, a hand edit) is skipped and reported, never a reason to drop the lines after
+it; the journal is then rewritten, atomically, from every valid row. Rows are keyed by path: a later
+row for the same path replaces the earlier one when the journal is compacted at the end of a run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -15,23 +18,36 @@ from pathlib import Path
 from adcli.io import atomic_write_text
 
 
-def read_journal(path: Path) -> list[dict]:
-    """All complete rows; a partial trailing line (a killed write) is removed from the file."""
+@dataclasses.dataclass
+class JournalContents:
+    rows: list[dict]
+    damaged_lines: list[int]  # 1-based numbers of the lines that were skipped
+
+
+def _row(line: bytes) -> dict | None:
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("path"), str) else None
+
+
+def read_journal(path: Path) -> JournalContents:
+    """All valid rows. Damaged lines are skipped, and the file is rewritten without them."""
     if not path.is_file():
-        return []
-    data = path.read_bytes()
-    rows, good_bytes = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-        good_bytes += len(line)
-    if good_bytes != len(data):
-        atomic_write_text(path, data[:good_bytes].decode("utf-8"))
-    return rows
+        return JournalContents([], [])
+    rows, damaged = [], []
+    for number, line in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        row = _row(line)
+        if row is None:
+            damaged.append(number)
+        else:
+            rows.append(row)
+    if damaged:
+        compact(path, rows)
+    return JournalContents(rows, damaged)
 
 
 def latest_by_path(rows: list[dict]) -> dict[str, dict]:
@@ -44,10 +60,17 @@ def latest_by_path(rows: list[dict]) -> dict[str, dict]:
 class JournalWriter:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
 
     def append(self, row: dict) -> None:
-        os.write(self.fd, (json.dumps(row, sort_keys=True) + "\n").encode("utf-8"))
+        """One line, all of it on disk, or OSError (a short write is retried, a write of nothing is ENOSPC)."""
+        data = (json.dumps(row, sort_keys=True) + "\n").encode("utf-8")
+        while data:
+            written = os.write(self.fd, data)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+            data = data[written:]
         os.fsync(self.fd)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 from adcli.data.batches import resized
 from adcli.data.manifest import Sample
 from adcli.detector import Detector, ModelInput
+from adcli.errors import BundleError
 from adcli.io import load_tensors, read_image, read_mask, save_tensors
 from adcli.run import file_metadata
 
@@ -52,16 +53,30 @@ def ground_truth(sample: Sample, size: int) -> np.ndarray:
     return np.asarray(mask) > 0.5
 
 
+def _cached(cache: Path, key: str, samples: list[Sample]) -> SplitOutputs | None:
+    """The cached outputs if the cache is for these images and this model; a damaged cache is a miss."""
+    if not cache.is_file():
+        return None
+    try:
+        meta = file_metadata(cache)
+        if meta.get("key") != key:
+            return None
+        t = load_tensors(cache)
+        scores, maps = t["scores"].numpy(), t["maps"].float().numpy()
+        ms = float(meta["ms_per_image"])
+    except (BundleError, KeyError, ValueError):
+        return None
+    if scores.shape != (len(samples),) or maps.shape[0] != len(samples):
+        return None
+    return SplitOutputs(samples, scores, maps, ms, meta.get("device", "?") + " (cached)")
+
+
 def predict_samples(detector: Detector, samples: list[Sample], cache_dir: Path,
                     progress: Callable[[], None] | None = None) -> SplitOutputs:
     key = _cache_key(detector.model_id, samples)
-    cache = cache_dir / CACHE_NAME
-    if cache.is_file():
-        meta = file_metadata(cache)
-        if meta.get("key") == key:
-            t = load_tensors(cache)
-            return SplitOutputs(samples, t["scores"].numpy(), t["maps"].float().numpy(), float(meta["ms_per_image"]),
-                                meta["device"] + " (cached)")
+    cached = _cached(cache_dir / CACHE_NAME, key, samples)
+    if cached is not None:
+        return cached
     size = detector.image_size
     scores = np.zeros(len(samples), np.float32)
     maps = np.zeros((len(samples), size, size), np.float32)
@@ -75,7 +90,7 @@ def predict_samples(detector: Detector, samples: list[Sample], cache_dir: Path,
         if progress:
             progress()
     ms = (time.perf_counter() - start) * 1e3 / max(len(samples), 1)
-    save_tensors(cache, {"scores": torch.from_numpy(scores), "maps": torch.from_numpy(maps)},
+    save_tensors(cache_dir / CACHE_NAME, {"scores": torch.from_numpy(scores), "maps": torch.from_numpy(maps)},
                  metadata={"key": key, "ms_per_image": f"{ms:.3f}", "device": str(detector.device),
                            "paths": json.dumps([s.path for s in samples])[:100_000]})
     return SplitOutputs(samples, scores, maps, ms, str(detector.device))

@@ -112,17 +112,29 @@ class RunFolder:
         """Where stages keep data that must survive a resume (removed when training ends)."""
         return self.checkpoint_path.parent
 
+    @property
+    def is_started(self) -> bool:
+        return (self.path / self.RECIPE).is_file()
+
     def check_new(self) -> None:
         """Refuse to write into a folder that already holds something."""
+        if self.path.exists() and not self.path.is_dir():
+            raise BundleError(f"--out {self.path} is a file; choose a folder")
         if self.path.exists() and any(self.path.iterdir()):
-            what = "a finished model" if self.is_finished else "an unfinished run (continue it with --resume)"
-            raise BundleError(f"{self.path} already holds {what}; choose another --out")
+            if self.is_finished:
+                what = "already holds a finished model"
+            elif self.is_started:
+                what = "already holds an unfinished run (continue it with --resume)"
+            else:
+                what = f"is not empty (it holds {next(self.path.iterdir()).name}, ...) and is not an adcli run"
+            raise BundleError(f"{self.path} {what}; choose another --out")
 
     def check_resumable(self) -> None:
+        """A run can resume from its checkpoint, its kept stages, or (killed before either) its recipe."""
         if self.is_finished:
             raise BundleError(f"{self.path} holds a finished model; nothing to resume")
-        if not self.checkpoint_path.is_file() and not (self.path / self.STAGES).is_dir():
-            raise BundleError(f"nothing to resume in {self.path}: no {self.CHECKPOINT}")
+        if not self.is_started:
+            raise BundleError(f"nothing to resume in {self.path}: no {self.RECIPE} (it is not an adcli run)")
 
     # ---- recipe ----------------------------------------------------------------------------------
     def start(self, config: Any, recipe_file: Path, profile: str | None) -> None:
@@ -239,6 +251,11 @@ class RunFolder:
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise BundleError(f"{self.path}: bundle format v{version} is newer than this adcli ({__version__}) reads "
                               f"(v{FORMAT_VERSION}); upgrade adcli")
+        categories, size = meta.get("categories"), meta.get("image_size")
+        if not isinstance(categories, list) or not categories or not all(isinstance(c, str) and c for c in categories):
+            raise BundleError(f"{path}: 'categories' must be a list of category names; the file is damaged, train again")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or not isinstance(meta.get("method"), str):
+            raise BundleError(f"{path}: 'image_size' and 'method' are missing or wrong; the file is damaged, train again")
         return meta
 
     def load_model(self, device: torch.device | str = "cpu"):

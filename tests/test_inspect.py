@@ -68,7 +68,7 @@ def test_file_being_written_is_retried_later(model, tmp_path):
     assert first.rows[0]["verdict"] == "ERROR" and "still being written" in first.rows[0]["error"]
     second = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
     assert second.rows[0]["verdict"] in ("OK", "DEFECT")
-    assert len(read_journal(tmp_path / "out" / "results.jsonl")) == 1
+    assert len(read_journal(tmp_path / "out" / "results.jsonl").rows) == 1
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -87,7 +87,7 @@ def test_idempotent_and_force(model, demo_root, tmp_path):
     assert len(a.rows) == 5 and b.rows == [] and b.skipped == 5
     c = inspect_folder(folder, model, tmp_path / "out", category="weave", device="cpu", settle_seconds=0, force=True)
     assert len(c.rows) == 5
-    assert len(read_journal(tmp_path / "out" / "results.jsonl")) == 5  # compacted: one row per file
+    assert len(read_journal(tmp_path / "out" / "results.jsonl").rows) == 5  # compacted: one row per file
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["calibrated"] and set(summary["counts"]) >= {"OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY"}
 
@@ -145,7 +145,7 @@ def test_kill_and_rerun_leaves_one_row_per_image(model, tmp_path):
     assert 5 <= partial < n, "the run was not killed mid-way"
     rerun = subprocess.run(_inspect_cmd(folder, model, out), capture_output=True, text=True)
     assert rerun.returncode in (0, 1), rerun.stderr
-    rows = read_journal(journal)
+    rows = read_journal(journal).rows
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in folder.iterdir())
     csv_lines = (out / "results.csv").read_text().strip().splitlines()
     assert len(csv_lines) == n + 1
@@ -159,7 +159,7 @@ def test_concurrent_runs_do_not_corrupt(model, tmp_path):
              for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode in (0, 1) for p in procs), results
-    rows = read_journal(out / "results.jsonl")
+    rows = read_journal(out / "results.jsonl").rows
     assert len(rows) == 15 and len({r["path"] for r in rows}) == 15
     assert any("15 already inspected" in err for _, err in results)  # the second waited, then skipped all
 

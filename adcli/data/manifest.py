@@ -179,8 +179,23 @@ def _split_calibration(samples: list[Sample], fraction: float, seed: int) -> lis
     return sorted(out, key=lambda s: (s.category, SPLITS.index(s.split), s.path))
 
 
+def _inside(root: Path, samples: list[Sample], problems: list[str]) -> list[Sample]:
+    """Drop samples whose image (or mask) resolves outside `root`: a link that leads into another
+    category or dataset would silently train on the wrong images."""
+    kept = []
+    for s in samples:
+        outside = [p for p in (s.path, s.mask) if p is not None and not Path(p).is_relative_to(root)]
+        if outside:
+            problems.append(f"skipped a link out of the dataset folder: {outside[0]} (use --follow-links to allow)")
+            continue
+        kept.append(s)
+    return kept
+
+
 def prepare(root: str | Path, fmt: str = "mvtec", calib_fraction: float = 0.1, seed: int = 0,
-            strict: bool = False, progress: Callable[[], None] | None = None) -> PrepareResult:
+            strict: bool = False, progress: Callable[[], None] | None = None, follow_links: bool = False) -> PrepareResult:
+    """Scan a dataset into samples. Image paths are stored resolved; without `follow_links`, files whose
+    real location is outside `root` (symlinks out of it) are skipped with a problem line."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
@@ -190,6 +205,8 @@ def prepare(root: str | Path, fmt: str = "mvtec", calib_fraction: float = 0.1, s
         raise DataError(f"--calib-fraction must be in [0, 1), got {calib_fraction}")
     problems: list[str] = []
     found = SCANNERS[fmt](root, problems)
+    if not follow_links:
+        found = _inside(root.resolve(), found, problems)
     samples = _verify(found, problems, progress)
     cats_found = {s.category for s in found}
     cats_train = {s.category for s in samples if s.split == "train"}

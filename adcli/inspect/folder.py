@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import os
 import time
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adcli.calibration import Calibration
 from adcli.data.batches import resized
 from adcli.detector import Detector, ModelInput, Scored
-from adcli.errors import DataError, ImageError
-from adcli.inspect.intake import OutputLock, display_path, list_files, read_settled
+from adcli.errors import DataError, ImageError, OutputError
+from adcli.inspect.intake import OutputLock, display_path, file_identity, list_files, read_settled
 from adcli.inspect.render import heatmap_name, render_heatmap
 from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
 from adcli.journal import JournalWriter, compact, latest_by_path, read_journal
@@ -81,6 +82,13 @@ def _drift(rows: list[dict], calibration: Calibration | None) -> dict:
     return report
 
 
+def _identity_now(path: Path) -> list[int] | None:
+    try:
+        return file_identity(os.stat(path))
+    except OSError:
+        return None
+
+
 def _remove_stale_temporaries(out: Path) -> None:
     """Temporary files of an atomic write that a killed run left behind (.NAME.XXXX.tmp). Called under
     the lock, so no other run is writing them."""
@@ -121,11 +129,15 @@ class _FolderInspection:
         row = {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
                "model_id": self.detector.model_id, "heatmap": "", "error": ""}
         t0 = time.perf_counter()
+        done = self.previous.get(shown) if not self.force else None
+        if done is not None and done.get("model_id") != self.detector.model_id:
+            done = None
+        if done is not None and done.get("file") is not None and done["file"] == _identity_now(path):
+            return _ALREADY_DONE  # unchanged since it was inspected: not even read again
         try:
-            data = read_settled(path, self.settle_seconds)
-            row["sha256"] = hashlib.sha256(data).hexdigest()
-            done = self.previous.get(shown)
-            if not self.force and done and done["sha256"] == row["sha256"] and done["model_id"] == self.detector.model_id:
+            data, st = read_settled(path, self.settle_seconds)
+            row["sha256"], row["file"] = hashlib.sha256(data).hexdigest(), file_identity(st)
+            if done is not None and done["sha256"] == row["sha256"]:
                 return _ALREADY_DONE
             image = decode_image(data, shown)
         except ImageError as exc:
@@ -162,8 +174,16 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
                    console: Console | None = None, batch_size: int | None = None) -> InspectSummary:
     console = console or Console(stderr=True)
     folder, out, model_dir = Path(folder), Path(out), Path(model_dir)
+    if folder.is_file():
+        raise DataError(f"{folder} is a file; inspect takes a folder (put the image in one)")
     if not folder.is_dir():
         raise DataError(f"folder not found: {folder}")
+    # One spelling per file: `in`, `./in/../in` and `/abs/in` must key the same journal rows.
+    folder, out_real = folder.resolve(), out.resolve()
+    if out_real == folder:
+        raise DataError(f"--out {out} is the folder being inspected; choose another (a folder inside it is fine)")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
     detector = Detector.load(model_dir, device, batch_size)
     detector.category_chooser(category)  # a bad --category fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -171,8 +191,13 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     journal_path = out / "results.jsonl"
     with OutputLock(out, lock_wait):
         _remove_stale_temporaries(out)
-        previous = latest_by_path(read_journal(journal_path))
-        files = list_files(folder, exclude=out.resolve())
+        journal = read_journal(journal_path)
+        if journal.damaged_lines:
+            console.print(f"[yellow]warning:[/] {journal_path}: skipped {len(journal.damaged_lines)} damaged line(s) "
+                          f"(line {', '.join(map(str, journal.damaged_lines[:5]))}); their files are inspected again",
+                          highlight=False)
+        previous = latest_by_path(journal.rows)
+        files = list_files(folder, exclude=out_real)
         inspection = _FolderInspection(detector, folder, out, category, settle_seconds, previous, force)
         writer = JournalWriter(journal_path)
         run_rows: list[dict] = []
