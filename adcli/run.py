@@ -149,16 +149,12 @@ class RunFolder:
         atomic_write_text(self.path / self.RECIPE, yaml.safe_dump(to_dict(config), sort_keys=False))
 
     def read_config(self) -> Any:
-        from adcli.recipe import config_from_dict
+        from adcli.recipe import config_from_dict, read_yaml
 
         path = self.path / self.RECIPE
         if not path.is_file():
             raise BundleError(f"{self.path} is not an adcli run folder (no {self.RECIPE})")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise BundleError(f"{path}: invalid YAML ({exc})") from None
-        return config_from_dict(tree, str(path))
+        return config_from_dict(read_yaml(path), str(path))
 
     def profile(self) -> str | None:
         path = self.path / self.RUN_INFO
