@@ -87,3 +87,25 @@ def test_calibrated_report_shows_threshold_rates(run, prepared, tmp_path):
     assert 0 <= disc["observed_fpr"] <= 1 and 0 <= disc["detection_rate"] <= 1
     assert rows[-1]["threshold"] is None
     assert "At the calibrated thresholds" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_a_defect_without_mask_is_left_out_of_the_pixel_metrics(run, prepared, tmp_path):
+    import dataclasses
+
+    from adcli.data.manifest import MANIFEST_NAME
+
+    samples = load_manifest(prepared)
+    dropped = next(s for s in samples if s.category == "disc" and s.label == 1)
+
+    def write(folder, rows):
+        folder.mkdir()
+        (folder / MANIFEST_NAME).write_text("".join(json.dumps(dataclasses.asdict(s)) + "\n" for s in rows))
+        return folder
+
+    no_mask = write(tmp_path / "no_mask", [dataclasses.replace(s, mask=None) if s == dropped else s for s in samples])
+    without = write(tmp_path / "without", [s for s in samples if s != dropped])
+    row = make_report(run, no_mask, tmp_path / "a", device="cpu")[0]
+    reference = make_report(run, without, tmp_path / "b", device="cpu")[0]
+    assert row["defects_without_mask"] == 1 and row["images"] == reference["images"] + 1
+    for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
+        assert row[key] == pytest.approx(reference[key])  # not counted as an all-normal mask

@@ -37,5 +37,5 @@ def render_heatmap(image: Image.Image, anomaly_map: np.ndarray, value_range, pix
         arr[contour(anomaly_map >= pixel_threshold, picture.size)] = (255, 255, 255)
         picture = Image.fromarray(arr)
     buf = io.BytesIO()
-    picture.save(buf, format="PNG")
+    picture.save(buf, format="PNG", compress_level=1)  # a few % larger, a third less time than the default 6
     return buf.getvalue()

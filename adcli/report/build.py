@@ -60,7 +60,8 @@ def _at_threshold(calibration: Calibration | None, cat: str, scores: np.ndarray,
 
 def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["category", "images", *METRIC_NAMES, *CALIBRATED_FIELDS, "ms_per_image", "device"])
+    writer = csv.DictWriter(buf, fieldnames=["category", "images", "defects_without_mask", *METRIC_NAMES, *CALIBRATED_FIELDS,
+                                             "ms_per_image", "device"])
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -96,16 +97,25 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         masks = np.stack([ground_truth(samples[i], size) for i in idx])
         # One colour scale per category (its maps' range): pictures compare, and weak contrast shows.
         category_range = (float(outputs.maps[idx].min()), float(outputs.maps[idx].max()))
-        has_masks = all(samples[i].mask is not None for i in idx if samples[i].label == 1)
-        m = category_metrics(outputs.scores[idx], labels, outputs.maps[idx] if has_masks else None,
-                             masks if has_masks else None)
-        row = {"category": cat, "images": len(idx), **m, "ms_per_image": round(outputs.ms_per_image, 1),
+        # Pixel metrics on the images whose truth is known: a defective image without a mask (missing
+        # or dropped by prepare) is left out, not counted as all-normal pixels.
+        known = np.array([samples[i].label == 0 or samples[i].mask is not None for i in idx])
+        unmasked = int((~known).sum())
+        pixels = labels[known].any()
+        m = category_metrics(outputs.scores[idx], labels, outputs.maps[idx][known] if pixels else None,
+                             masks[known] if pixels else None)
+        if unmasked:
+            console.print(f"[yellow]note:[/] {cat}: {unmasked} defective image(s) without a mask left out of the pixel "
+                          "metrics", highlight=False)
+        row = {"category": cat, "images": len(idx), "defects_without_mask": unmasked, **m,
+               "ms_per_image": round(outputs.ms_per_image, 1),
                "device": outputs.device, **_at_threshold(calibration, cat, outputs.scores[idx], labels)}
         rows.append(row)
         sections.append({"category": cat, "roc": roc_plot(outputs.scores[idx], labels, cat),
                          "hist": histogram_plot(outputs.scores[idx], labels, cat, row["threshold"]),
                          "gallery": _gallery(outputs, idx, labels, masks, category_range)})
-    mean = {"category": "mean", "images": len(samples), **{k: None for k in CALIBRATED_FIELDS},
+    mean = {"category": "mean", "images": len(samples), "defects_without_mask": sum(r["defects_without_mask"] for r in rows),
+            **{k: None for k in CALIBRATED_FIELDS},
             **{k: float(np.nanmean([r[k] for r in rows])) if any(r[k] == r[k] for r in rows) else math.nan
                for k in METRIC_NAMES},
             "ms_per_image": round(outputs.ms_per_image, 1), "device": outputs.device}
