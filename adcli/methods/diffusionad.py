@@ -15,7 +15,6 @@ import dataclasses
 import math
 
 import torch
-from torch import nn
 
 from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
 from adcli.diffusion.norm_guided import norm_guided_x0

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from adcli.config import SynthConfig
 from adcli.data.batches import Synthesizer
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
 from adcli.registry import get_method, method_names

@@ -1,7 +1,6 @@
 import csv
 
 import torch
-import torchvision
 
 from adcli.run import RunFolder
 from adcli.inspect import inspect_folder
@@ -9,12 +8,8 @@ from adcli.recipe import load_recipe
 from adcli.train import train
 
 
-def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path):
-    weights = tmp_path / "mnv2.pth"
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        torch.save(torchvision.models.mobilenet_v2().state_dict(), weights)
-    recipe = load_recipe("knn", "test", [f"backbone.weights={weights}"])
+def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path, mobilenet_weights):
+    recipe = load_recipe("knn", "test", [f"backbone.weights={mobilenet_weights}"])
     run = train(prepared, tmp_path / "run", recipe, device="cpu")
     model, meta = RunFolder(run).load_model()
     assert meta["method"] == "knn" and set(model.banks) == {"disc", "weave"}

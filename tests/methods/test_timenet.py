@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torchvision
 from safetensors.torch import load_file
 
 from adcli.run import RunFolder
@@ -17,12 +16,8 @@ from adcli.train import train
 
 
 @pytest.fixture(scope="module")
-def backbone_weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "mnv2.pth"
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        torch.save(torchvision.models.mobilenet_v2().state_dict(), path)
-    return path
+def backbone_weights(mobilenet_weights):
+    return mobilenet_weights
 
 
 def _recipe(weights, overrides=()):
