@@ -103,6 +103,7 @@ def decode_image(data: bytes, name: str, mode: str = "RGB") -> Image.Image:
         raise ImageError(f"empty file (0 bytes): {name}")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged file's metadata warnings: the row says enough
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
                 w, h = im.size
