@@ -84,8 +84,8 @@ class Synthesizer:
     def __init__(self, synth: SynthConfig, textures: list[np.ndarray], object_ids: set[int]):
         self.synth, self.textures, self.object_ids = synth, textures, object_ids
 
-    @classmethod
-    def textures_for(cls, synth: SynthConfig, size: int, seed: int) -> list[np.ndarray]:
+    @staticmethod
+    def textures_for(synth: SynthConfig, size: int, seed: int) -> list[np.ndarray]:
         """The anomaly sources: the texture folder's images, else textures made in code from the seed."""
         if synth.texture_dir is not None:
             return load_textures(synth.texture_dir, size)
