@@ -1,14 +1,20 @@
-"""`adcli calibrate`: per-category thresholds from the held-out calibration normals.
+"""`adcli calibrate`: per-category thresholds from held-out normal images, or set by hand.
 
-Reads only the `calib` split (never training images' scores, never test labels). Stores in the run
-folder, atomically, `calibration.json` (adcli/calibration.py; the previous one kept as
-`calibration.prev.json`): per category the image threshold (adcli/thresholds.py), a pixel threshold
-for defect contours, the normal-score summary for drift detection, and exemplar thumbnails for
-`--category auto` (adcli/routing.py).
+Normals come from a prepared dataset's `calib` split (the dataset's validation/good where it has one,
+else the held-out part of train/good), or from a folder of fresh good images of one category
+(`--normals`). Never from training images' scores, never from test labels. Below `min_normals`
+normals per category calibration refuses (unless `allow_few`): a threshold from three normals
+promises a false-alarm rate it cannot keep. `--threshold CATEGORY=VALUE` replaces a category's
+threshold by hand (source "manual"), keeping the normals' statistics to show what it costs.
+
+Writes, atomically, the category router (RUN/routing.safetensors, adcli/routing.py) and then
+RUN/calibration.json (adcli/calibration.py; the previous one kept as calibration.prev.json).
+Categories not calibrated in this call keep their previous calibration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,71 +25,197 @@ from rich.table import Table
 
 from adcli import __version__
 from adcli.calibration import FORMAT_VERSION, Calibration, CategoryCalibration
-from adcli.data.manifest import load_manifest
+from adcli.data.manifest import Sample, load_manifest
 from adcli.detector import Detector
-from adcli.errors import AdcliError, DataError
+from adcli.errors import AdcliError, DataError, ImageError
 from adcli.io import read_image
+from adcli.nets.weights import WeightsNotFound
 from adcli.predictions import predict_samples
-from adcli.routing import EXEMPLARS, exemplar_radius, thumbnail
-from adcli.thresholds import fit_threshold, score_summary
+from adcli.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
+from adcli.thresholds import fit_threshold, normals_needed, score_summary
 
 PIXEL_QUANTILE = 0.999  # of all calibration-normal pixels: the contour level on heatmaps
+MIN_NORMALS = 20
 
 
-def calibrate(run: str | Path, prepared: str | Path, target_fpr: float = 0.01, device: str = "auto",
-              console: Console | None = None, batch_size: int | None = None) -> Calibration:
+@dataclasses.dataclass
+class NormalSet:
+    """One category's calibration normals and the good images its router bank is built from."""
+
+    source: str  # prepared | normals
+    source_path: str
+    normals: list[Sample]
+    bank: list[str]  # image paths; may overlap nothing in `normals`
+
+
+def parse_thresholds(items: list[str]) -> dict[str, float]:
+    """["bottle=0.42", ...] -> {"bottle": 0.42}."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip() or not np.isfinite(out.get(name.strip(), np.nan)):
+            raise AdcliError(f"--threshold {item!r}: expected CATEGORY=NUMBER, e.g. --threshold bottle=0.42")
+    return out
+
+
+def normals_from_prepared(prepared: str | Path, categories: list[str]) -> dict[str, NormalSet]:
+    manifest = load_manifest(prepared)
+    where = str(Path(prepared).resolve())
+    sets = {}
+    for cat in categories:
+        calib = [s for s in manifest if s.split == "calib" and s.category == cat]
+        train = [s.path for s in manifest if s.split == "train" and s.category == cat]
+        if calib:
+            sets[cat] = NormalSet("prepared", where, calib, train or [s.path for s in calib])
+    missing = sorted(set(categories) - set(sets))
+    if missing:
+        raise DataError(f"no calibration normals for {', '.join(missing)} in {prepared}: prepare with "
+                        "--calib-fraction > 0, add validation/good, or calibrate them with --normals FOLDER --category NAME")
+    return sets
+
+
+def normals_from_folder(folder: str | Path, category: str, console: Console) -> NormalSet:
+    from adcli.inspect.intake import display_path, list_files
+
+    folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"--normals {folder} is a file; give the folder that holds the good images")
+    if not folder.is_dir():
+        raise DataError(f"--normals folder not found: {folder}")
+    samples = []
+    for path in list_files(folder):
+        try:
+            w, h = read_image(path).size
+        except ImageError as exc:
+            console.print(f"[yellow]warning:[/] skipped: {exc}", highlight=False)
+            continue
+        samples.append(Sample(str(path.resolve()), category, "calib", 0, "good", None, w, h))
+    if not samples:
+        raise DataError(f"no readable images in --normals {display_path(folder)}")
+    # The router needs a bank and held-out images of its own: every other image goes to the bank.
+    return NormalSet("normals", str(folder.resolve()), samples, [s.path for s in samples[::2]])
+
+
+def check_enough(sets: dict[str, NormalSet], target_fpr: float, min_normals: int, allow_few: bool) -> None:
+    for cat, normal_set in sets.items():
+        n = len(normal_set.normals)
+        if n < 2:
+            raise DataError(f"{cat}: {n} calibration normal(s); at least 2 are needed even with --allow-few")
+        if n < min_normals and not allow_few:
+            raise DataError(
+                f"{cat}: only {n} calibration normals; at least {min_normals} are needed ({min_normals - n} more), and "
+                f"{normals_needed(target_fpr)} to confirm a {target_fpr:.1%} false-alarm rate at 95% confidence. Add good "
+                f"images (--normals FOLDER --category {cat}) or accept a weaker threshold with --allow-few")
+
+
+def _category_calibration(normal_set: NormalSet, scores: np.ndarray, maps: np.ndarray, target_fpr: float,
+                          console: Console, cat: str) -> CategoryCalibration:
+    th = fit_threshold(scores, target_fpr)
+    if th.too_few:
+        console.print(f"[yellow]note:[/] {cat}: {th.n_normals} normals cannot confirm a {target_fpr:.1%} false-alarm rate; "
+                      f"{th.normals_needed} would (95% confidence). The threshold comes from a fitted distribution; "
+                      "'FPR upper 95%' is what the normals support.", highlight=False)
+    return CategoryCalibration(
+        threshold=th.threshold, target_fpr=target_fpr, expected_fpr=th.expected_fpr, fpr_upper_95=th.fpr_upper_95,
+        n_normals=th.n_normals, n_above=th.n_above, normals_needed=th.normals_needed,
+        pixel_threshold=float(np.quantile(maps, PIXEL_QUANTILE)), pixel_median=float(np.median(maps)),
+        scores=score_summary(scores, th.transform), normal_scores=[float(s) for s in scores],
+        source=normal_set.source, source_path=normal_set.source_path)
+
+
+def _router(detector: Detector, sets: dict[str, NormalSet], console: Console) -> CategoryRouter | None:
+    """The previous router with the newly calibrated categories' profiles replaced; None (and a note)
+    when no pretrained weights can be found for a new one."""
+    previous = detector.router
+    try:
+        embedder = previous.embedder if previous is not None else PatchEmbedder()
+    except WeightsNotFound as exc:
+        console.print(f"[yellow]warning:[/] --category auto will not be available: {exc}", highlight=False)
+        return None
+    profiles = dict(previous.profiles) if previous is not None else {}
+    rng = np.random.default_rng(0)
+    for cat, normal_set in sets.items():
+        chosen = sorted(rng.choice(len(normal_set.bank), min(BANK_IMAGES, len(normal_set.bank)), replace=False))
+        bank_paths = {normal_set.bank[i] for i in chosen}
+        held_out = [s.path for s in normal_set.normals if s.path not in bank_paths] or [s.path for s in normal_set.normals]
+        profiles[cat] = build_profile(embedder, [read_image(p) for p in sorted(bank_paths)],
+                                      [read_image(p) for p in held_out])
+    profiles = {c: profiles[c] for c in detector.categories if c in profiles}
+    return CategoryRouter(embedder, profiles)
+
+
+def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: float = 0.01, device: str = "auto",
+              console: Console | None = None, batch_size: int | None = None, normals: str | Path | None = None,
+              category: str | None = None, thresholds: dict[str, float] | None = None,
+              min_normals: int = MIN_NORMALS, allow_few: bool = False) -> Calibration:
     console = console or Console(stderr=True)
+    thresholds = thresholds or {}
     if not 0 < target_fpr < 1:
         raise AdcliError(f"--target-fpr must be between 0 and 1, got {target_fpr}")
+    if prepared is not None and normals is not None:
+        raise AdcliError("give either --data (a prepared dataset) or --normals (a folder of good images), not both")
+    if prepared is None and normals is None and not thresholds:
+        raise AdcliError("nothing to calibrate from: give --data PREPARED (its calib split), --normals FOLDER "
+                         "[--category NAME], or --threshold CATEGORY=VALUE")
     detector = Detector.load(run, device, batch_size)
     categories = detector.categories
-    manifest = load_manifest(prepared)
-    calib = [s for s in manifest if s.split == "calib" and s.category in categories]
-    missing = sorted(set(categories) - {s.category for s in calib})
-    if missing:
-        raise DataError(f"no calibration images for {', '.join(missing)} in {prepared} "
-                        "(prepare with --calib-fraction > 0)")
-    with Progress(TextColumn("calibrate"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("calibrate", total=len(calib))
-        outputs = predict_samples(detector, calib, detector.run.calibration_cache, lambda: bar.advance(task))
-    train_by_cat: dict[str, list[str]] = {}
-    for s in manifest:
-        if s.split == "train" and s.category in categories:
-            train_by_cat.setdefault(s.category, []).append(s.path)
-    rng = np.random.default_rng(0)
-    exemplars = {}
-    for cat, paths in sorted(train_by_cat.items()):
-        chosen = sorted(rng.choice(len(paths), size=min(EXEMPLARS, len(paths)), replace=False))
-        exemplars[cat] = np.stack([thumbnail(read_image(paths[i])) for i in chosen])
+    for cat in thresholds:
+        detector.check_category(cat)
+    if normals is not None:
+        if category is None and len(categories) > 1:
+            raise AdcliError(f"--normals holds one category's images: add --category ({', '.join(categories)})")
+        sets = {detector.check_category(category or categories[0]): normals_from_folder(normals, category or categories[0], console)}
+    elif prepared is not None:
+        sets = normals_from_prepared(prepared, [detector.check_category(category)] if category else categories)
+    else:
+        sets = {}
+    check_enough(sets, target_fpr, min_normals, allow_few)
 
-    per_category = {}
-    for cat in categories:
-        idx = [i for i, s in enumerate(calib) if s.category == cat]
-        scores = outputs.scores[idx]
-        th = fit_threshold(scores, target_fpr)
-        held_out = np.stack([thumbnail(read_image(calib[i].path)) for i in idx])
-        per_category[cat] = CategoryCalibration(
-            threshold=th.threshold, target_fpr=target_fpr, expected_fpr=th.expected_fpr, fpr_upper_95=th.fpr_upper_95,
-            n_normals=th.n_normals, n_above=th.n_above, normals_needed=th.normals_needed,
-            pixel_threshold=float(np.quantile(outputs.maps[idx], PIXEL_QUANTILE)),
-            pixel_median=float(np.median(outputs.maps[idx])), scores=score_summary(scores, th.transform),
-            exemplars=exemplars[cat].tolist(), exemplar_radius=exemplar_radius(exemplars[cat], held_out))
-        if th.too_few:
-            console.print(f"[yellow]warning:[/] {cat}: {th.n_normals} calibration normals are too few to confirm a "
-                          f"{target_fpr:.1%} false-alarm rate; {th.normals_needed} would be needed (95% confidence). "
-                          f"The threshold comes from a fitted distribution; the bound shown is what the data support.",
-                          highlight=False)
+    per_category = dict(detector.calibration.categories) if detector.calibration else {}
+    if sets:
+        samples = [s for normal_set in sets.values() for s in normal_set.normals]
+        with Progress(TextColumn("calibrate"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("calibrate", total=len(samples))
+            outputs = predict_samples(detector, samples, detector.run.calibration_cache, lambda: bar.advance(task))
+        for cat, normal_set in sets.items():
+            idx = [i for i, s in enumerate(samples) if s.category == cat]
+            per_category[cat] = _category_calibration(normal_set, outputs.scores[idx], outputs.maps[idx], target_fpr,
+                                                       console, cat)
+    for cat, value in thresholds.items():
+        if cat not in per_category:
+            raise AdcliError(f"--threshold {cat}=...: {cat} has no calibration normals yet, so heatmaps would have no colour "
+                             f"scale; calibrate it from normals in the same call (--data or --normals)")
+        per_category[cat] = per_category[cat].with_manual_threshold(value)
+
+    routing = detector.calibration.routing if detector.calibration else ""
+    if sets:
+        router = _router(detector, sets, console)
+        routing = ""
+        if router is not None:
+            detector.run.write_router(router)
+            routing = detector.run.routing_sha256()
     calibration = Calibration(format_version=FORMAT_VERSION, adcli_version=__version__, model_id=detector.model_id,
-                              created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), target_fpr=target_fpr,
-                              prepared=str(Path(prepared).resolve()), categories=per_category)
+                              created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), target_fpr=target_fpr, routing=routing,
+                              categories={c: per_category[c] for c in categories if c in per_category})
     detector.run.write_calibration(calibration)
-
-    table = Table(title=f"calibration at target false-alarm rate {target_fpr:.1%}")
-    for col in ("category", "normals", "threshold", "expected FPR", "FPR upper 95%", "pixel threshold"):
-        table.add_column(col, justify="left" if col == "category" else "right")
-    for cat, c in per_category.items():
-        table.add_row(cat, str(c.n_normals), f"{c.threshold:.5g}", f"{c.expected_fpr:.2%}",
-                      f"{c.fpr_upper_95:.1%}", f"{c.pixel_threshold:.4g}")
-    console.print(table)
+    print_calibration(calibration, console)
+    uncalibrated = [c for c in categories if c not in calibration.categories]
+    if uncalibrated:
+        console.print(f"[yellow]note:[/] not calibrated yet: {', '.join(uncalibrated)} (inspect refuses them)", highlight=False)
     console.print(f"calibration written to {detector.run.path / detector.run.CALIBRATION}")
     return calibration
+
+
+def print_calibration(calibration: Calibration, console: Console) -> None:
+    table = Table(title="calibration")
+    for col in ("category", "source", "normals", "threshold", "target FPR", "expected FPR", "FPR upper 95%",
+                "pixel threshold"):
+        table.add_column(col, justify="left" if col in ("category", "source") else "right")
+    for cat, c in calibration.categories.items():
+        table.add_row(cat, c.source, str(c.n_normals), f"{c.threshold:.5g}", f"{c.target_fpr:.1%}", f"{c.expected_fpr:.2%}",
+                      f"{c.fpr_upper_95:.1%}", f"{c.pixel_threshold:.4g}")
+    console.print(table)

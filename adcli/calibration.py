@@ -2,7 +2,8 @@
 
 `adcli calibrate` (adcli/calibrate.py) makes it; inspect, report and the Python API read it through
 `CategoryCalibration.verdict` and `is_defect`, the one place where a score meets its threshold.
-Stored as RUN/calibration.json (adcli/run.py); a damaged or foreign file is a one-line error.
+Stored as RUN/calibration.json (adcli/run.py) next to the category router RUN/routing.safetensors
+(adcli/routing.py), whose SHA-256 it records; a damaged or foreign file is a one-line error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 
 from adcli.errors import BundleError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: patch-feature routing in routing.safetensors, sources, normal scores
+SOURCES = ("prepared", "normals", "manual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +32,9 @@ class CategoryCalibration:
     pixel_threshold: float  # anomaly-map level of the defect contours (99.9th pct of normal pixels)
     pixel_median: float  # median normal pixel: the bottom of the heatmap colour scale
     scores: dict  # normal-score summary for drift (adcli/thresholds.py: score_summary)
-    exemplars: list  # (E, 768) uint8 thumbnails for --category auto (adcli/routing.py)
-    exemplar_radius: float
+    normal_scores: list  # every calibration normal's raw score: a manual threshold's evidence
+    source: str  # prepared (a prepared dataset's calib split) | normals (a folder) | manual (threshold set by hand)
+    source_path: str  # the prepared dataset or normals folder the normals came from
 
     def is_defect(self, scores):
         """scores: a float or an array -> bool (array)."""
@@ -39,6 +42,21 @@ class CategoryCalibration:
 
     def verdict(self, score: float) -> str:
         return "DEFECT" if self.is_defect(score) else "OK"
+
+    def with_manual_threshold(self, threshold: float) -> CategoryCalibration:
+        """The same calibration with a threshold set by hand: the false-alarm figures are recomputed
+        from the stored normal scores, so the table still says what the hand-set value costs."""
+        from scipy import stats
+
+        from adcli.thresholds import clopper_pearson_upper, transform
+
+        scores = np.asarray(self.normal_scores, dtype=np.float64)
+        n_above = int((scores >= threshold).sum())
+        z = (float(transform(np.array([threshold]), self.scores["transform"])[0]) - self.scores["transformed_mean"]) \
+            / max(self.scores["transformed_std"], 1e-9)
+        return dataclasses.replace(self, threshold=float(threshold), expected_fpr=float(stats.norm.sf(z)),
+                                   fpr_upper_95=clopper_pearson_upper(n_above, scores.size), n_above=n_above,
+                                   source="manual")
 
     @property
     def display_range(self) -> tuple[float, float]:
@@ -55,7 +73,7 @@ class Calibration:
     model_id: str  # the model it was made for (adcli/run.py: RunFolder.model_id)
     created: str
     target_fpr: float
-    prepared: str  # where the calibration normals came from
+    routing: str  # SHA-256 of RUN/routing.safetensors, "" when the model has no router
     categories: dict[str, CategoryCalibration]
 
     @classmethod
@@ -68,6 +86,8 @@ class Calibration:
         categories = tree.get("categories")
         if not isinstance(categories, dict):
             raise BundleError(f"{source}: missing 'categories'; run `adcli calibrate` again")
+        if version < FORMAT_VERSION:
+            raise BundleError(f"{source} was written by an older adcli (format {version}); run `adcli calibrate` again")
         top = {f.name: tree.get(f.name, "") for f in dataclasses.fields(cls) if f.name != "categories"}
         top["format_version"] = version
         return cls(**top, categories={str(c): _category(v, f"{source}: categories.{c}") for c, v in categories.items()})
@@ -86,4 +106,6 @@ def _category(tree: Any, where: str) -> CategoryCalibration:
                 raise BundleError(f"{where}.{f.name}: expected a finite number, got {value!r}")
             value = int(value) if f.type == "int" else float(value)
         values[f.name] = value
+    if values["source"] not in SOURCES:
+        raise BundleError(f"{where}.source: expected one of {', '.join(SOURCES)}, got {values['source']!r}")
     return CategoryCalibration(**values)

@@ -42,7 +42,8 @@ def prepare(
     root: Annotated[Path, typer.Argument(help="Dataset folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for manifest.jsonl, summary.csv, problems.txt.")],
     fmt: Annotated[str, typer.Option("--format", help="mvtec | visa | folder")] = "mvtec",
-    calib_fraction: Annotated[float, typer.Option(help="Fraction of each category's train/good held out for calibration.")] = 0.1,
+    calib_fraction: Annotated[float, typer.Option(help="Fraction of each category's train/good held out for calibration "
+                                                "(categories with validation/good use that instead).")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the calibration hold-out.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Stop on the first problem instead of listing it.")] = False,
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Accept images whose links lead out of the "
@@ -98,21 +99,34 @@ def train(
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
-    data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder (its calib split is used).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder: its calib split (the "
+                                                 "dataset's validation/good, or held-out train/good).")] = None,
+    normals: Annotated[Optional[Path], typer.Option("--normals", help="A folder of fresh good images of one "
+                                                    "category (no prepare needed).")] = None,
+    category: Annotated[Optional[str], typer.Option("--category", help="The category of --normals (or the only "
+                                                    "category of --data to recalibrate).")] = None,
+    threshold: Annotated[Optional[list[str]], typer.Option("--threshold", help="Set a category's threshold by hand: "
+                                                           "CATEGORY=VALUE (stored with source 'manual').")] = None,
     target_fpr: Annotated[float, typer.Option(help="Target false-alarm rate per category.")] = 0.01,
+    min_normals: Annotated[int, typer.Option("--min-normals", min=2, help="Refuse categories with fewer calibration normals.")] = 20,
+    allow_few: Annotated[bool, typer.Option("--allow-few", help="Calibrate even below --min-normals (weaker thresholds).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: BatchSize = None,
 ):
-    """Choose per-category thresholds from the held-out calibration normals."""
+    """Choose per-category thresholds from held-out normal images, or set them by hand."""
     from adcli.calibrate import calibrate as run_calibration
+    from adcli.calibrate import parse_thresholds
 
-    run_calibration(model, data, target_fpr, device=device, console=console, batch_size=batch_size)
+    run_calibration(model, data, target_fpr, device=device, console=console, batch_size=batch_size, normals=normals,
+                    category=category, thresholds=parse_thresholds(threshold or []), min_normals=min_normals,
+                    allow_few=allow_few)
 
 
 INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.jsonl and summary.json.
 
-Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error (nothing done);
-3 = ran, some files could not be read (and no defects). Safe to run from cron: already inspected
+Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, or a model not
+calibrated (nothing done); 3 = ran, some files could not be read or resemble no trained product (and
+no defects); 6 = ran with --scores-only on an uncalibrated model: scores, no verdicts. Safe to run from cron: already inspected
 files are skipped, writes are atomic, and a second run on the same --out waits for the first.
 """
 
@@ -122,14 +136,16 @@ def inspect(
     folder: Annotated[Path, typer.Argument(help="Folder of images to inspect (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", help="Trained model (run folder).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for heatmaps, results and summary.")],
-    category: Annotated[str, typer.Option(help="Category of every image, or auto: the nearest calibrated "
-                                                "category, UNKNOWN_CATEGORY when none is near.")] = "auto",
+    category: Annotated[str, typer.Option(help="Category of every image (skips routing), or auto: the trained product "
+                                                "each image shows; UNKNOWN_CATEGORY only when it resembles none.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Inspect again files already inspected with this model.")] = False,
     settle_seconds: Annotated[float, typer.Option(help="Files modified more recently than this are still being written.")] = 2.0,
     lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run on the same --out.")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON summary on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: BatchSize = None,
+    scores_only: Annotated[bool, typer.Option("--scores-only", help="Allow an uncalibrated model: record scores, "
+                                              "verdict 'uncalibrated', exit code 6.")] = False,
 ):
     import json
 
@@ -137,7 +153,8 @@ def inspect(
 
     quiet = Console(stderr=True, quiet=True) if as_json else console
     summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
-                             settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size)
+                             settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
+                             scores_only=scores_only)
     if as_json:
         print(json.dumps(json.loads((out / "summary.json").read_text())))
     else:

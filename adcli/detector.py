@@ -27,7 +27,6 @@ from adcli.calibration import Calibration, CategoryCalibration
 from adcli.data.batches import resized, to_tensor
 from adcli.errors import AdcliError, BundleError
 from adcli.io import read_image
-from adcli.routing import CategoryRouter
 from adcli.run import RunFolder
 from adcli.runtime import resolve_device
 
@@ -72,7 +71,7 @@ class Detector:
         self.device, self.batch_size = device, batch_size
         self.categories: list[str] = list(meta["categories"])
         self.image_size: int = int(meta["image_size"])
-        self.router = CategoryRouter(self.categories, calibration)
+        self.router = run.read_router(calibration)  # CategoryRouter or None (adcli/routing.py)
 
     @classmethod
     def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None) -> Detector:
@@ -87,9 +86,6 @@ class Detector:
         if calibration is not None and calibration.model_id != model_id:
             raise BundleError(f"{run.path / run.CALIBRATION} was made for another model ({calibration.model_id}; this one "
                               f"is {model_id}); run `adcli calibrate {run.path}` again")
-        missing = [c for c in meta["categories"] if calibration is not None and c not in calibration.categories]
-        if missing:
-            raise BundleError(f"{run.path / run.CALIBRATION} has no threshold for {', '.join(missing)}; run `adcli calibrate` again")
         return cls(run, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size)
 
     # ---- categories and thresholds -------------------------------------------------------------
@@ -105,16 +101,24 @@ class Detector:
             raise AdcliError(f"category '{category}' is not in this model ({', '.join(self.categories)})")
         return category
 
+    def uncalibrated(self, category: str | None = None) -> list[str]:
+        """The categories an inspection could use (the given one, or all for auto) that have no threshold."""
+        wanted = [self.check_category(category)] if category not in (None, "auto") else self.categories
+        return [c for c in wanted if self.category_calibration(c) is None]
+
     def category_chooser(self, category: str | None = None) -> Callable[[Image.Image], str | None]:
-        """image -> category: the given one (checked now), the only one, or the nearest calibrated one
-        (None: the image resembles no trained category)."""
+        """image -> category: the given one (checked now), or the router's choice (None: the image
+        resembles no trained category); without a router, the only category."""
         if category not in (None, "auto"):
             chosen = self.check_category(category)
             return lambda image: chosen
-        if len(self.categories) > 1 and self.calibration is None:
-            raise AdcliError("choosing the category automatically needs a calibrated model (adcli calibrate); "
-                             f"or give the category ({', '.join(self.categories)})")
-        return self.router
+        if self.router is not None:
+            return self.router
+        if len(self.categories) == 1:
+            return lambda image: self.categories[0]
+        raise AdcliError("choosing the category automatically needs the router that `adcli calibrate` builds (with "
+                         f"MobileNetV2 weights available; see `adcli weights list`); or give --category "
+                         f"({', '.join(self.categories)})")
 
     # ---- batches ---------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -7,7 +7,8 @@ class AdcliError(Exception):
     Exit codes of every command: 0 done (inspect: no defects), 1 inspect found defects, 2 usage,
     configuration, data or model error, 3 inspect ran but some files could not be judged, 4 an
     unexpected error (a bug: the traceback goes to a log file), 5 results could not be written
-    (disk full, read-only, not a folder).
+    (disk full, read-only, not a folder), 6 inspect --scores-only scored images of an uncalibrated
+    model (no verdicts).
     """
 
     exit_code = 2

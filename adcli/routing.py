@@ -1,56 +1,168 @@
-"""Which trained category an image belongs to (`--category auto`), from exemplar thumbnails.
+"""Which trained product an image shows (`--category auto`), from pretrained patch features.
 
-Calibration keeps up to EXEMPLARS training thumbnails per category; an image takes the category of
-its nearest exemplar (products with several looks stay one category), or none (UNKNOWN_CATEGORY)
-when that exemplar is farther than the category's radius: RADIUS_MARGIN × the 99th-percentile
-nearest-exemplar distance of that category's held-out normal images.
+An image's signature is a grid of patch features: MobileNetV2 (ImageNet) block 13 at 224² px, one
+96-channel vector per 16×16-pixel patch (14×14 patches). Each category keeps a bank of patches
+sampled from its good images. The distance of an image to a category is the PATCH_QUANTILE (35th
+percentile) of its patches' nearest-bank cosine distances: a defect, even one covering most of the
+frame, leaves a third of the patches looking like the product, while another product, an empty
+fixture, a covered lens or another camera changes them all. Earlier thumbnails (16×16 px of the
+whole image) moved with every defect and sent defective parts to UNKNOWN_CATEGORY.
+
+An image goes to its nearest category. It is UNKNOWN_CATEGORY only when that distance exceeds the
+category's radius: RADIUS_FRACTION of the way from the 99th percentile of its held-out normals'
+distances to the nearest reference that is certainly not that product (another trained category's
+images, uniform grey frames, noise frames). The radius therefore scales with how far "not this
+product" is, not with how tight the normals are (synthetic or very uniform products have normals
+an order of magnitude tighter than their defects).
+
+The router (embedder weights, banks, radii inputs) is saved with the calibration as
+RUN/routing.safetensors, so inspecting needs no pretrained weights on the line PC.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import numpy as np
+import torch
 from PIL import Image
 
-THUMBNAIL_SIZE = 16
-EXEMPLARS = 64
-RADIUS_MARGIN = 3.0
+from adcli.errors import BundleError
+from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
+
+EMBED_SIZE = 224  # px: the resolution MobileNetV2 was trained at
+EMBED_CONFIG = BackboneConfig(name="mobilenet_v2", layers=("features.13",))
+BANK_IMAGES = 256  # good images per category whose patches feed its bank
+BANK_PATCHES = 4096  # patches kept per category
+REFERENCE_IMAGES = 8  # per category: its images that test the other categories' radii
+PATCH_QUANTILE = 0.35
+RADIUS_FRACTION = 0.75
+FORMAT_VERSION = 1
 
 
-def thumbnail(image: Image.Image) -> np.ndarray:
-    """A coarse appearance signature: the image at 16×16 RGB, uint8, flattened (768,)."""
-    return np.asarray(image.convert("RGB").resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BILINEAR), dtype=np.uint8).ravel()
+class PatchEmbedder(torch.nn.Module):
+    """PIL images -> (N, P, C) unit-length patch features (P = 14×14 patches, C = 96). Frozen; thread-safe."""
+
+    def __init__(self, state: dict | None = None):
+        super().__init__()
+        # Without a state: the ImageNet weights from the usual search (adcli/nets/weights.py).
+        self.extractor = FeatureExtractor(EMBED_CONFIG, state)
+
+    @torch.inference_mode()
+    def forward(self, images: list[Image.Image]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), 16):
+            pixels = np.stack([np.asarray(im.convert("RGB").resize((EMBED_SIZE, EMBED_SIZE), Image.BILINEAR))
+                               for im in images[i:i + 16]])
+            x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255  # (B, 3, S, S)
+            (features,) = self.extractor(x)  # (B, C, h, w)
+            patches = features.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
+            out.append(torch.nn.functional.normalize(patches, dim=-1))
+        return torch.cat(out) if out else torch.zeros(0, 0, 0)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> PatchEmbedder:
+        embedder = cls(random_backbone_state(EMBED_CONFIG))
+        embedder.extractor.body.load_state_dict(tensors, strict=True)
+        return embedder
 
 
-def nearest_distances(queries: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
-    """Euclidean distance (in [0, 1] pixel units) from each query (Q, D) to its nearest exemplar (E, D) -> (Q,)."""
-    q = queries.astype(np.float32)[:, None] / 255.0
-    e = exemplars.astype(np.float32)[None] / 255.0
-    return np.sqrt(((q - e) ** 2).sum(-1)).min(axis=1)
+def category_distance(patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """patches (N, P, C) and a bank (M, C), unit length -> (N,): the PATCH_QUANTILE of each image's
+    nearest-bank cosine distances."""
+    nearest = torch.stack([1 - (p @ bank.T).amax(-1) for p in patches.float()]) if len(patches) else torch.zeros(0, 1)
+    return torch.quantile(nearest, PATCH_QUANTILE, dim=1)  # (N, P) -> (N,)
 
 
-def exemplar_radius(exemplars: np.ndarray, held_out: np.ndarray) -> float:
-    """RADIUS_MARGIN × the 99th percentile of held-out nearest-exemplar distances: the held-out images'
-    thumbnails (N, D), and each exemplar against the others (leave one out)."""
-    loo = [nearest_distances(exemplars[i:i + 1], np.delete(exemplars, i, axis=0))[0] for i in range(len(exemplars))] \
-        if len(exemplars) > 1 else []
-    distances = np.concatenate([nearest_distances(held_out, exemplars), np.asarray(loo, np.float32)])
-    return RADIUS_MARGIN * float(np.quantile(distances, 0.99))
+def generic_frames() -> list[Image.Image]:
+    """Frames that are certainly no product: uniform greys (empty fixture, covered lens) and noise."""
+    rng = np.random.default_rng(0)
+    greys = [Image.new("RGB", (EMBED_SIZE, EMBED_SIZE), (g, g, g)) for g in (0, 64, 128, 192, 255)]
+    noise = [Image.fromarray(rng.integers(0, 256, (EMBED_SIZE, EMBED_SIZE, 3), dtype=np.uint8)) for _ in range(5)]
+    return greys + noise
+
+
+@dataclasses.dataclass
+class CategoryProfile:
+    bank: torch.Tensor  # (M, C) float16, unit-length patches of good images
+    references: torch.Tensor  # (R, P, C) float16: a few of its good images, to bound the other categories
+    normal_q99: float  # 99th percentile of held-out normals' distance to the bank
+
+
+def build_profile(embedder: PatchEmbedder, bank_images: list[Image.Image], held_out: list[Image.Image],
+                  seed: int = 0) -> CategoryProfile:
+    """bank_images: good images for the bank (up to BANK_IMAGES are used); held_out: other good images."""
+    if not bank_images or not held_out:
+        raise ValueError("a routing profile needs bank images and held-out images")
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(bank_images), min(BANK_IMAGES, len(bank_images)), replace=False))
+    patches = embedder([bank_images[i] for i in chosen])
+    flat = patches.reshape(-1, patches.shape[-1])  # (N, P, C) -> (N*P, C)
+    bank = flat[torch.from_numpy(np.sort(rng.choice(len(flat), min(BANK_PATCHES, len(flat)), replace=False)))]
+    distances = category_distance(embedder(held_out), bank)
+    refs = patches[:REFERENCE_IMAGES]
+    return CategoryProfile(bank.half(), refs.half(), float(np.quantile(distances.numpy(), 0.99)))
 
 
 class CategoryRouter:
-    """image -> category name, or None when it resembles no category. Thread-safe (read-only)."""
+    """image -> category name, or None when it resembles no trained category."""
 
-    def __init__(self, categories: list[str], calibration=None):
-        self.categories = categories
-        self.exemplars = {}
-        if calibration is not None:
-            self.exemplars = {c: (np.asarray(cal.exemplars, np.uint8), cal.exemplar_radius)
-                              for c, cal in calibration.categories.items() if c in categories}
+    def __init__(self, embedder: PatchEmbedder, profiles: dict[str, CategoryProfile]):
+        self.embedder, self.profiles = embedder, profiles
+        self.categories = list(profiles)
+        self.banks = [p.bank.float() for p in profiles.values()]
+        generic = embedder(generic_frames())
+        self.radius = {}
+        for c, profile in profiles.items():
+            others = [p.references.float() for o, p in profiles.items() if o != c]
+            bank = profile.bank.float()
+            nearest_other = min(float(category_distance(refs, bank).min()) for refs in [generic, *others])
+            q99 = profile.normal_q99
+            self.radius[c] = q99 + RADIUS_FRACTION * max(nearest_other - q99, 0.0)
+
+    def distances(self, images: list[Image.Image]) -> np.ndarray:
+        """(N, K): each image's distance to each category."""
+        patches = self.embedder(images)
+        return torch.stack([category_distance(patches, bank) for bank in self.banks], 1).numpy()
+
+    def route(self, images: list[Image.Image]) -> list[str | None]:
+        routed = []
+        for row in self.distances(images):
+            best = self.categories[int(row.argmin())]
+            routed.append(best if row.min() <= self.radius[best] else None)
+        return routed
 
     def __call__(self, image: Image.Image) -> str | None:
-        if not self.exemplars:
-            return self.categories[0]
-        feats = thumbnail(image)[None]
-        dist = {c: float(nearest_distances(feats, ex)[0]) for c, (ex, _) in self.exemplars.items()}
-        best = min(dist, key=dist.get)
-        return best if dist[best] <= self.exemplars[best][1] else None
+        return self.route([image])[0]
+
+    # ---- RUN/routing.safetensors ---------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        from adcli.io import save_tensors
+
+        tensors = {f"embedder.{k}": v for k, v in self.embedder.extractor.body.state_dict().items()}
+        for i, p in enumerate(self.profiles.values()):
+            tensors[f"bank.{i}"], tensors[f"references.{i}"] = p.bank, p.references
+        meta = {"format_version": str(FORMAT_VERSION), "categories": json.dumps(self.categories),
+                "normal_q99": json.dumps([p.normal_q99 for p in self.profiles.values()])}
+        save_tensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: Path) -> CategoryRouter:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if int(meta.get("format_version", 0)) != FORMAT_VERSION:
+                raise ValueError(f"format {meta.get('format_version')} (expected {FORMAT_VERSION})")
+            categories, q99 = json.loads(meta["categories"]), json.loads(meta["normal_q99"])
+            profiles = {c: CategoryProfile(tensors[f"bank.{i}"], tensors[f"references.{i}"], float(q99[i]))
+                        for i, c in enumerate(categories)}
+            embedder = PatchEmbedder.from_tensors({k[9:]: v for k, v in tensors.items() if k.startswith("embedder.")})
+        except Exception as exc:  # damaged or foreign file: one line, and what to do
+            raise BundleError(f"{path}: unreadable routing data ({str(exc).splitlines()[0]}); "
+                              "run `adcli calibrate` again") from None
+        return cls(embedder, profiles)

@@ -11,6 +11,7 @@
                                     summary (written last: its presence marks a finished model)
     RUN/calibration.json            per-category thresholds (adcli calibrate; previous one kept as
                                     calibration.prev.json), with its outputs cache in .calibration-cache/
+    RUN/routing.safetensors         the category router for --category auto (adcli/routing.py)
 
 A run's identity (`model_id`) is the SHA-256 prefix of its weights and its recipe: inference and
 scoring settings change the scores of the same weights, so inspect's "already inspected" check and
@@ -91,6 +92,7 @@ class RunFolder:
     CALIBRATION = "calibration.json"
     CALIBRATION_BACKUP = "calibration.prev.json"
     CALIBRATION_CACHE = ".calibration-cache"
+    ROUTING = "routing.safetensors"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -295,6 +297,24 @@ class RunFolder:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{path}: unreadable ({exc}); run `adcli calibrate` again") from None
         return Calibration.from_dict(tree, str(path))
+
+    def routing_sha256(self) -> str:
+        path = self.path / self.ROUTING
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+    def read_router(self, calibration):
+        """-> the CategoryRouter the calibration was made with, or None when it has none."""
+        from adcli.routing import CategoryRouter
+
+        if calibration is None or not calibration.routing:
+            return None
+        if self.routing_sha256() != calibration.routing:
+            raise BundleError(f"{self.path / self.ROUTING} is missing or does not belong to {self.path / self.CALIBRATION}; "
+                              f"run `adcli calibrate {self.path}` again")
+        return CategoryRouter.load(self.path / self.ROUTING)
+
+    def write_router(self, router) -> None:
+        router.save(self.path / self.ROUTING)
 
     def write_calibration(self, calibration) -> None:
         """Atomically, keeping the previous calibration as calibration.prev.json."""

@@ -9,13 +9,13 @@ from adcli.errors import BundleError
 from adcli.run import RunFolder
 
 GOOD = {"threshold": 0.5, "target_fpr": 0.05, "expected_fpr": 0.05, "fpr_upper_95": 0.2, "n_normals": 20, "n_above": 1,
-        "normals_needed": 59, "pixel_threshold": 0.4, "pixel_median": 0.1, "scores": {"n": 20}, "exemplars": [[0] * 768],
-        "exemplar_radius": 1.0}
+        "normals_needed": 59, "pixel_threshold": 0.4, "pixel_median": 0.1, "scores": {"n": 20, "transform": "identity", "transformed_mean": 0.3, "transformed_std": 0.1},
+        "normal_scores": [0.2, 0.3, 0.4, 0.55], "source": "prepared", "source_path": "p"}
 
 
 def _tree(**category):
-    return {"format_version": 1, "adcli_version": "0", "model_id": "abc", "created": "", "target_fpr": 0.05,
-            "prepared": "p", "categories": {"disc": {**GOOD, **category}}}
+    return {"format_version": 2, "adcli_version": "0", "model_id": "abc", "created": "", "target_fpr": 0.05,
+            "routing": "", "categories": {"disc": {**GOOD, **category}}}
 
 
 def test_verdict_is_score_at_or_above_threshold():
@@ -28,7 +28,9 @@ def test_verdict_is_score_at_or_above_threshold():
 
 @pytest.mark.parametrize("bad, message", [
     ([], "expected a JSON object"),
-    ({"format_version": 1}, "missing 'categories'"),
+    ({"format_version": 2}, "missing 'categories'"),
+    ({**_tree(), "format_version": 1}, "older adcli"),
+    (_tree(source="guess"), "source: expected one of"),
     (_tree(threshold="0.5"), "threshold: expected a finite number"),
     (_tree(threshold=float("nan")), "threshold: expected a finite number"),
     (_tree(pixel_threshold=float("inf")), "pixel_threshold: expected a finite number"),
@@ -48,3 +50,12 @@ def test_round_trip_through_the_run_folder(tmp_path):
     RunFolder(tmp_path).write_calibration(cal)
     assert (tmp_path / "calibration.prev.json").is_file()
     assert isinstance(cal.categories["disc"], CategoryCalibration)
+
+
+def test_manual_threshold_recomputes_what_it_costs_from_the_normal_scores():
+    cal = Calibration.from_dict(_tree(), "c.json").categories["disc"]
+    manual = cal.with_manual_threshold(0.35)
+    assert manual.source == "manual" and manual.threshold == 0.35
+    assert manual.n_above == 2  # 0.4 and 0.55 of the four stored normal scores
+    assert math.isclose(manual.expected_fpr, 0.3085, abs_tol=1e-3)  # P(N(0.3, 0.1) > 0.35)
+    assert manual.fpr_upper_95 > cal.with_manual_threshold(0.6).fpr_upper_95

@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from adcli import __version__
 from adcli.cli import app
+from adcli.errors import DataError
 
 runner = CliRunner()
 
@@ -39,7 +40,11 @@ def test_prepare_train_inspect_through_the_cli(demo_root, tmp_path):
     assert "batch_size: 2" in (run / "recipe.yaml").read_text()
     result = runner.invoke(app, ["inspect", str(demo_root / "weave" / "test"), "--model", str(run), "--out", str(out),
                                  "--category", "weave", "--device", "cpu", "--settle-seconds", "0"])
-    assert result.exit_code == 0, result.output
+    # no threshold: no silent pass (main() turns this error into exit 2)
+    assert isinstance(result.exception, DataError) and "adcli calibrate" in str(result.exception)
+    result = runner.invoke(app, ["inspect", str(demo_root / "weave" / "test"), "--model", str(run), "--out", str(out),
+                                 "--category", "weave", "--device", "cpu", "--settle-seconds", "0", "--scores-only"])
+    assert result.exit_code == 6, result.output
     assert "Speed:" in result.output
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5

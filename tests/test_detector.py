@@ -51,7 +51,7 @@ def test_predict_takes_paths_images_and_arrays(knn_run, demo_root, tmp_path):
     same = det.predict([image, np.asarray(image.convert("RGB")), np.asarray(image.convert("L"))], category="disc")
     assert [s.score for s in same[:2]] == [r.score, r.score]
     assert det.predict(big, category="disc").anomaly_map.shape == (40, 48)  # the map comes back at the image's size
-    auto = det.predict(path)  # routed by the calibration's exemplars
+    auto = det.predict(path)  # routed by the router calibrate built
     assert auto.category == "disc" and auto.score == r.score
 
 
@@ -70,7 +70,7 @@ def test_uncalibrated_model_needs_a_category_and_gives_no_verdict(knn_run, demo_
     shutil.copytree(knn_run, bare)
     (bare / "calibration.json").unlink()
     det = Detector.load(bare, "cpu")
-    with pytest.raises(AdcliError, match="needs a calibrated model"):
+    with pytest.raises(AdcliError, match="needs the router"):
         det.predict(_test_images(demo_root)[0])
     r = det.predict(_test_images(demo_root)[0], category="disc")
     assert r.verdict == "uncalibrated" and r.threshold is None and r.score is not None

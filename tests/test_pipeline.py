@@ -35,7 +35,7 @@ def test_bundle_contents(run):
     assert not (run / "checkpoint").exists()
     meta = json.loads((run / "meta.json").read_text())
     assert meta["categories"] == ["disc", "weave"] and meta["image_size"] == 32 and meta["format_version"] == 1
-    assert meta["train_images"] == {"disc": 6, "weave": 6}  # calib images are held out
+    assert meta["train_images"] == {"disc": 8, "weave": 8}  # validation/good is the calib split, never trained on
     model, _ = RunFolder(run).load_model()
     assert isinstance(model, DiffusionAD) and not model.training
 
@@ -44,7 +44,8 @@ def test_inspect_writes_heatmaps_and_rows(run, demo_root, tmp_path):
     folder = demo_root / "disc" / "test"
     (folder / "broken.png").write_bytes(b"not a png")
     try:
-        summary = inspect_folder(folder, run, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
+        summary = inspect_folder(folder, run, tmp_path / "out", category="disc", device="cpu", settle_seconds=0,
+                                 scores_only=True)
     finally:
         (folder / "broken.png").unlink()
     rows = _rows(tmp_path / "out" / "results.csv")
@@ -61,8 +62,8 @@ def test_same_seed_same_weights_and_scores(run, prepared, demo_root, tmp_path):
     a, b = load_file(run / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     folder = demo_root / "weave" / "test"
-    s1 = inspect_folder(folder, run, tmp_path / "i1", category="weave", device="cpu", settle_seconds=0)
-    s2 = inspect_folder(folder, again, tmp_path / "i2", category="weave", device="cpu", settle_seconds=0)
+    s1 = inspect_folder(folder, run, tmp_path / "i1", category="weave", device="cpu", settle_seconds=0, scores_only=True)
+    s2 = inspect_folder(folder, again, tmp_path / "i2", category="weave", device="cpu", settle_seconds=0, scores_only=True)
     assert [r["score"] for r in s1.rows] == [r["score"] for r in s2.rows]
     other = _train(prepared, tmp_path / "other", ["seed=1"])
     assert not torch.equal(load_file(other / "model.safetensors")["segnet.head.weight"], a["segnet.head.weight"])

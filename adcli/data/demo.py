@@ -115,8 +115,11 @@ def generate_textures(out: Path, seed: int = 0, count: int = 6, size: int = 96) 
 
 
 def generate_demo(out: str | Path, size: int = 128, n_train: int = 30, n_test_good: int = 6,
-                  n_per_defect: int = 4, seed: int = 0) -> Path:
-    """Write `out/mvtec/<category>/...` and `out/textures/`. Returns the MVTec root."""
+                  n_per_defect: int = 4, seed: int = 0, n_validation: int = 24) -> Path:
+    """Write `out/mvtec/<category>/...` and `out/textures/`. Returns the MVTec root.
+
+    `validation/good` (as MVTec 3D-AD and LOCO have) holds the normals that calibration uses: enough
+    of them (24) for thresholds `adcli calibrate` accepts, without making training slower."""
     out = Path(out)
     root = out / "mvtec"
     for ci, cat in enumerate(CATEGORIES):
@@ -134,6 +137,9 @@ def generate_demo(out: str | Path, size: int = 128, n_train: int = 30, n_test_go
                 atomic_write_bytes(root / cat / "test" / kind / f"{i:03d}.png", _png_bytes(_to_uint8(bad)))
                 atomic_write_bytes(root / cat / "ground_truth" / kind / f"{i:03d}_mask.png",
                                    _png_bytes((mask * 255).astype(np.uint8)))
+        for i in range(n_validation):  # drawn last: train and test images stay those of earlier versions
+            img, _ = _image(rng, cat, size)
+            atomic_write_bytes(root / cat / "validation" / "good" / f"{i:03d}.png", _png_bytes(_to_uint8(img)))
     generate_textures(out / "textures", seed=seed)
     return root
 

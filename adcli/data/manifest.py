@@ -2,8 +2,9 @@
 
 Layouts: `mvtec` (ROOT/<category>/{train/good, test/<type>, ground_truth/<type>/<stem>_mask.png},
 or ROOT itself one category), `visa` (ROOT/split_csv/1cls.csv with object,split,label,image,mask),
-`folder` (ROOT/<category>/*.png good images only). A fraction of each category's train/good images
-becomes the `calib` split, which training never sees.
+`folder` (ROOT/<category>/*.png good images only). The `calib` split, which training never sees, is
+the dataset's own held-out normals where it has them (MVTec 3D-AD and MVTec LOCO ship
+`validation/good`), else a fraction of each category's train/good images.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def scan_mvtec(root: Path, problems: list[str]) -> list[Sample]:
         if not good:
             problems.append(f"category '{cat}' has no readable train/good images and cannot be trained")
         samples += [Sample(str(p.resolve()), cat, "train", 0, "good") for p in good]
+        validation_dir = cat_dir / "validation" / "good"
+        if validation_dir.is_dir():
+            samples += [Sample(str(p.resolve()), cat, "calib", 0, "good") for p in _image_files(validation_dir, problems)]
         test_dir = cat_dir / "test"
         if not test_dir.is_dir():
             continue
@@ -161,11 +165,15 @@ def _verify(samples: Iterable[Sample], problems: list[str], progress: Callable[[
 
 
 def _split_calibration(samples: list[Sample], fraction: float, seed: int) -> list[Sample]:
-    """Move `fraction` of each category's train images to `calib`, chosen by a seeded shuffle."""
+    """Move `fraction` of each category's train images to `calib`, chosen by a seeded shuffle, unless the
+    dataset already holds normals out for it (validation/good)."""
     out = [s for s in samples if s.split != "train"]
+    has_calib = {s.category for s in samples if s.split == "calib"}
     by_cat: dict[str, list[Sample]] = {}
     for s in samples:
-        if s.split == "train":
+        if s.split == "train" and s.category in has_calib:
+            out.append(s)
+        elif s.split == "train":
             by_cat.setdefault(s.category, []).append(s)
     for cat, items in sorted(by_cat.items()):
         order = sorted(items, key=lambda s: s.path)

@@ -36,6 +36,7 @@ from adcli.thresholds import drift_z
 
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
 VERDICTS = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
+SCORES_ONLY_EXIT_CODE = 6  # never 0: a run without verdicts must not read as "no defects"
 DRIFT_WINDOW = 50  # most recent OK images per category
 DRIFT_MIN = 20
 DRIFT_Z = 4.0
@@ -59,10 +60,12 @@ class InspectSummary:
     @property
     def exit_code(self) -> int:
         """1 = defects found (first: it is what a line supervisor must see); 3 = files that could not
-        be read or resemble no category; else 0."""
+        be read or resemble no category; 6 = scored without verdicts (--scores-only, uncalibrated); else 0."""
         if self.counts.get("DEFECT", 0):
             return 1
-        return 3 if self.errors or self.counts.get("UNKNOWN_CATEGORY", 0) else 0
+        if self.errors or self.counts.get("UNKNOWN_CATEGORY", 0):
+            return 3
+        return SCORES_ONLY_EXIT_CODE if self.counts.get("uncalibrated", 0) else 0
 
 
 def _drift(rows: list[dict], calibration: Calibration | None) -> dict:
@@ -171,7 +174,10 @@ class _FolderInspection:
 
 def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, category: str | None = None,
                    device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
-                   console: Console | None = None, batch_size: int | None = None) -> InspectSummary:
+                   console: Console | None = None, batch_size: int | None = None,
+                   scores_only: bool = False) -> InspectSummary:
+    """scores_only: inspect with a model (or categories) not calibrated yet; their rows get the verdict
+    `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect."""
     console = console or Console(stderr=True)
     folder, out, model_dir = Path(folder), Path(out), Path(model_dir)
     if folder.is_file():
@@ -185,6 +191,12 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder")
     detector = Detector.load(model_dir, device, batch_size)
+    missing = detector.uncalibrated(category)
+    if missing and not scores_only:
+        example = f" --category {missing[0]}" if len(detector.categories) > 1 else ""
+        raise DataError(f"model {model_dir} has no threshold for {', '.join(missing)}, so no defect could be flagged. Run "
+                        f"`adcli calibrate {model_dir} --data PREPARED` (or `--normals GOOD_IMAGES_FOLDER{example}`), "
+                        f"or add --scores-only to record scores without verdicts (exit code {SCORES_ONLY_EXIT_CODE})")
     detector.category_chooser(category)  # a bad --category fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)

@@ -41,7 +41,17 @@ def test_prepare_lists_problems_and_keeps_going(odd_tree):
         prepare(odd_tree, strict=True)
 
 
-def test_calibration_split_is_held_out_and_deterministic(demo_root):
+@pytest.fixture
+def no_validation(demo_root, tmp_path):
+    root = tmp_path / "mvtec"
+    shutil.copytree(demo_root, root)
+    for cat in ("weave", "disc"):
+        shutil.rmtree(root / cat / "validation")
+    return root
+
+
+def test_calibration_split_is_held_out_and_deterministic(no_validation):
+    demo_root = no_validation
     a = prepare(demo_root, calib_fraction=0.25, seed=3)
     b = prepare(demo_root, calib_fraction=0.25, seed=3)
     c = prepare(demo_root, calib_fraction=0.25, seed=4)
@@ -52,6 +62,17 @@ def test_calibration_split_is_held_out_and_deterministic(demo_root):
     assert rows["disc"]["test_good"] == 2 and rows["disc"]["test_defect"] == 3
     defect = next(s for s in a.samples if s.label == 1)
     assert defect.mask and Image.open(defect.mask).size == (32, 32)
+
+
+def test_validation_good_is_the_calibration_split_where_a_dataset_has_it(no_validation, demo_root):
+    shutil.rmtree(no_validation / "weave")  # one category with validation/good (disc), one without
+    shutil.copytree(demo_root / "weave", no_validation / "weave")
+    shutil.rmtree(no_validation / "disc" / "validation", ignore_errors=True)
+    rows = {r["category"]: r for r in prepare(no_validation, calib_fraction=0.25).summary_rows()}
+    assert rows["weave"]["calib"] == 24 and rows["weave"]["train"] == 8  # its own held-out normals; train kept whole
+    assert rows["disc"]["calib"] == 2 and rows["disc"]["train"] == 6  # held out from train/good
+    calib = [s for s in prepare(no_validation).samples if s.split == "calib" and s.category == "weave"]
+    assert all("/validation/good/" in s.path and s.label == 0 for s in calib)
 
 
 def test_manifest_round_trip(demo_root, tmp_path):

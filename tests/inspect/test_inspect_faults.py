@@ -220,6 +220,7 @@ def _damage(path: Path, text: str):
     ("meta.json", None, "'categories' must be a list"),
     ("meta.json", "not json", "unreadable"),
     ("calibration.json", "{}", "missing 'categories'"),
+    ("routing.safetensors", "not a router", "does not belong to"),
     ("calibration.json", "[1, 2]", "expected a JSON object"),
     ("calibration.json", "threshold-string", "threshold: expected a finite number"),
     ("calibration.json", "threshold-nan", "threshold: expected a finite number"),

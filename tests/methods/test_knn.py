@@ -13,13 +13,14 @@ def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path, mobilenet_we
     run = train(prepared, tmp_path / "run", recipe, device="cpu")
     model, meta = RunFolder(run).load_model()
     assert meta["method"] == "knn" and set(model.banks) == {"disc", "weave"}
-    # 6 train images × 8×8 patches, half kept by the coreset
-    assert model.banks["disc"].shape == (192, 24 + 32)
+    # 8 train images × 8×8 patches, half kept by the coreset
+    assert model.banks["disc"].shape == (256, 24 + 32)
     # a training image is (almost) its own nearest neighbour: its score is lower than a defect's
     images = torch.stack([torch.ones(3, 32, 32) * 0.5, torch.rand(3, 32, 32)])
     out = model.predict(images, torch.tensor([0, 0]))
     assert out.anomaly_map.shape == (2, 32, 32) and out.score.shape == (2,)
-    summary = inspect_folder(demo_root / "disc" / "test", run, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
+    summary = inspect_folder(demo_root / "disc" / "test", run, tmp_path / "out", category="disc", device="cpu", settle_seconds=0,
+                            scores_only=True)
     with open(tmp_path / "out" / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 5 and summary.errors == 0
 
