@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from adcli import __version__
@@ -31,6 +30,7 @@ from adcli.errors import AdcliError, DataError, ImageError
 from adcli.io import read_image
 from adcli.nets.weights import WeightsNotFound
 from adcli.predictions import predict_samples
+from adcli.progress import track
 from adcli.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
 from adcli.thresholds import fit_threshold, normals_needed, score_summary
 
@@ -178,9 +178,8 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
     per_category = dict(detector.calibration.categories) if detector.calibration else {}
     if sets:
         samples = [s for normal_set in sets.values() for s in normal_set.normals]
-        with Progress(TextColumn("calibrate"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as bar:
-            task = bar.add_task("calibrate", total=len(samples))
-            outputs = predict_samples(detector, samples, detector.run.calibration_cache, lambda: bar.advance(task))
+        with track(console, "calibrate", len(samples)) as task:
+            outputs = predict_samples(detector, samples, detector.run.calibration_cache, task.advance)
         for cat, normal_set in sets.items():
             idx = [i for i, s in enumerate(samples) if s.category == cat]
             per_category[cat] = _category_calibration(normal_set, outputs.scores[idx], outputs.maps[idx], target_fpr,

@@ -33,8 +33,16 @@ def _version(value: bool):
 
 @app.callback()
 def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
-                                                         help="Print the version and exit.")] = None):
-    pass
+                                                         help="Print the version and exit.")] = None,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bars or log lines) and no info "
+                                             "log lines: warnings, errors and results only.")] = False,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also debug log lines.")] = False):
+    import logging
+
+    from adcli import progress
+
+    progress.settings.quiet = quiet
+    logging.getLogger("adcli").setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 @app.command()
@@ -50,15 +58,12 @@ def prepare(
                                                "dataset folder (skipped by default).")] = False,
 ):
     """Scan a dataset, decode every image once, and write a manifest of samples."""
-    from rich.progress import Progress
-
     from adcli.data.manifest import prepare as prepare_dataset
     from adcli.data.manifest import write_prepared
+    from adcli.progress import track
 
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("checking images", total=None)
-        result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=lambda: bar.advance(task),
-                                 follow_links=follow_links)
+    with track(console, "checking images", None) as task:
+        result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=task.advance, follow_links=follow_links)
     for problem in result.problems:
         console.print(f"[yellow]warning:[/] {problem}", highlight=False)
     write_prepared(result, out)

@@ -3,6 +3,7 @@
     RUN/recipe.yaml                 the fully resolved recipe (written first)
     RUN/run.json                    the recipe file and profile the run started from
     RUN/results.csv                 loss per epoch (per stage and epoch for multi-stage methods)
+    RUN/train.log                   what training said, time-stamped, with progress lines (appended on --resume)
     RUN/checkpoint/last.safetensors resumable training state: weights, optimizer, position
     RUN/checkpoint/...              stage scratch (reflow pairs); removed when training ends
     RUN/stages/NAME.safetensors     weights a finished stage trained, with its fingerprint
@@ -93,6 +94,7 @@ class RunFolder:
     CALIBRATION_BACKUP = "calibration.prev.json"
     CALIBRATION_CACHE = ".calibration-cache"
     ROUTING = "routing.safetensors"
+    LOG = "train.log"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -281,6 +283,10 @@ class RunFolder:
         return digest.hexdigest()[:12]
 
     # ---- calibration -------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.path / self.LOG
+
     @property
     def calibration_cache(self) -> Path:
         return self.path / self.CALIBRATION_CACHE

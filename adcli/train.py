@@ -11,7 +11,6 @@ Randomness: the epoch's order comes from (seed, epoch), each step's synthesis an
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,36 +21,58 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
+from adcli import __version__
 from adcli.config import SynthConfig
 from adcli.data.batches import Synthesizer, TrainImages
 from adcli.data.manifest import load_manifest
 from adcli.errors import BundleError, DataError
 from adcli.methods.base import FitStage, GradientStage, Stage, StageContext
+from adcli.progress import track
 from adcli.recipe import LoadedRecipe
 from adcli.registry import get_method
 from adcli.run import RunFolder
 from adcli.runtime import resolve_device, seeded
 
 
-class _Task:
-    def __init__(self, bar: Progress, task):
-        self.bar, self.task = bar, task
+class TrainOutput:
+    """What training tells: the console, and the same lines, time-stamped and without colour, in
+    RUN/train.log (appended to on --resume). Lines said before the run folder exists wait for it."""
 
-    def advance(self, n: int = 1, **fields) -> None:
-        extra = ", ".join(f"{v} {k}" for k, v in fields.items())
-        self.bar.update(self.task, advance=n, **({"extra": extra} if extra else {}))
+    def __init__(self, console: Console):
+        self.console = console
+        self.file = None
+        self.pending: list[str] = []
 
+    def open(self, path: Path, header: str) -> None:
+        self.file = open(path, "a", encoding="utf-8")
+        self.log(header)
+        for line in self.pending:
+            self._write(line)
+        self.pending = []
 
-def _progress_reporter(console: Console):
-    @contextlib.contextmanager
-    def progress(description: str, total: int):
-        with Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
-                      TimeElapsedColumn(), console=console) as bar:
-            yield _Task(bar, bar.add_task(description, total=total, extra=""))
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
-    return progress
+    def _write(self, line: str) -> None:
+        self.file.write(line + "\n")
+        self.file.flush()  # a killed run keeps every line said before it
+
+    def log(self, text: str) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"
+        self._write(line) if self.file is not None else self.pending.append(line)
+
+    def say(self, text: str) -> None:
+        """`text` may hold rich markup ([yellow]warning:[/]); the log gets it plain."""
+        self.console.print(text, highlight=False)
+        self.log(Text.from_markup(text).plain)
+
+    def progress(self, description: str, total: int, fields: str = "", completed: int = 0):
+        return track(self.console, description, total, completed=completed, fields=fields, transient=False,
+                     log=self.log)
 
 
 def _fingerprints(stages: list[Stage], config, samples: list) -> list[str]:
@@ -68,32 +89,31 @@ def _fingerprints(stages: list[Stage], config, samples: list) -> list[str]:
     return out
 
 
-def _copy_stages(source: RunFolder, run: RunFolder, stages: list[Stage], fingerprints: list[str], console: Console) -> None:
+def _copy_stages(source: RunFolder, run: RunFolder, stages: list[Stage], fingerprints: list[str], out: TrainOutput) -> None:
     """--stages-from: copy the leading stage outputs of another run that this recipe would reproduce."""
     copied = 0
     for stage, fingerprint in zip(stages, fingerprints):
         if not stage.keeps or source.finished_stage(stage.name, fingerprint) is None:
             break
         run.copy_stage_from(source, stage.name)
-        console.print(f"stage {stage.name}: reusing {source.stage_file(stage.name)}")
+        out.say(f"stage {stage.name}: reusing {source.stage_file(stage.name)}")
         copied += 1
     if not copied:
-        console.print(f"[yellow]warning:[/] --stages-from {source}: its first stage ({stages[0].name}) was trained with "
+        out.say(f"[yellow]warning:[/] --stages-from {source}: its first stage ({stages[0].name}) was trained with "
                       "other settings or data; training every stage")
 
 
-def _synthesizer(synth: SynthConfig | None, data: TrainImages, textures: list, console: Console) -> Synthesizer | None:
+def _synthesizer(synth: SynthConfig | None, data: TrainImages, textures: list, out: TrainOutput) -> Synthesizer | None:
     if synth is None:
         return None
     objects = Synthesizer.object_categories(synth, data)
     source = synth.texture_dir or f"{len(textures)} textures made in code"
-    console.print(f"synthetic anomalies: textures from {source}; on the object only: {', '.join(sorted(objects)) or 'none'}",
-                  highlight=False)
+    out.say(f"synthetic anomalies: textures from {source}; on the object only: {', '.join(sorted(objects)) or 'none'}")
     return Synthesizer(synth, textures, {data.categories.index(c) for c in objects if c in data.categories})
 
 
 def _run_stages(model, config, data: TrainImages, synthesizer: Synthesizer | None, stages: list[Stage],
-                fingerprints: list[str], run: RunFolder, ctx: StageContext, console: Console) -> dict:
+                fingerprints: list[str], run: RunFolder, ctx: StageContext, out: TrainOutput) -> dict:
     """Run each stage not already kept in RUN/stages/; -> {"seconds", "stage_seconds", "reused"}."""
     checkpoint_position = run.checkpoint_position()
     stage_seconds, reused = {}, []
@@ -103,7 +123,7 @@ def _run_stages(model, config, data: TrainImages, synthesizer: Synthesizer | Non
             run.load_stage(model, stage.name)
             stage_seconds[stage.name] = float(kept.get("seconds", 0.0))
             reused.append(stage.name)
-            console.print(f"stage {stage.name}: done ({run.stage_file(stage.name)})")
+            out.say(f"stage {stage.name}: done ({run.stage_file(stage.name)})")
             continue
         start = time.monotonic()
         if isinstance(stage, FitStage):
@@ -114,7 +134,7 @@ def _run_stages(model, config, data: TrainImages, synthesizer: Synthesizer | Non
             stage_data = data if stage.make_data is None else stage.make_data(data, ctx)
             data_seconds = time.monotonic() - start  # a stage's data (reflow pairs) counts in its time
             position = _train_stage(model, config, index, stage, stage_data, synthesizer if stage.synth else None,
-                                    run, resume_here, ctx.device, console)
+                                    run, resume_here, ctx.device, out)
             stage_seconds[stage.name] = position["seconds"] + data_seconds
         if stage.keeps:
             run.save_stage(model, stage.name, stage.keeps, fingerprint, stage_seconds[stage.name])
@@ -122,7 +142,7 @@ def _run_stages(model, config, data: TrainImages, synthesizer: Synthesizer | Non
 
 
 def _train_stage(model, config, stage_index: int, stage: GradientStage, data, synthesizer: Synthesizer | None,
-                 run: RunFolder, resume: bool, dev: torch.device, console: Console) -> dict:
+                 run: RunFolder, resume: bool, dev: torch.device, out: TrainOutput) -> dict:
     """One stage's gradient loop: epochs of batches, checkpoints, exact resume. A stage that keeps its
     weights is named in the log and in results.csv's `stage` column."""
     label = f"stage {stage.name} of {config.method}" if stage.keeps else config.method
@@ -139,21 +159,18 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data, sy
     position = {"stage": stage.name, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "seconds": 0.0, "history": []}
     if resume:
         position = run.load_checkpoint(model, optimizer)
-        console.print(f"resuming {run} at stage {stage.name}, epoch {position['epoch'] + 1}, step {position['step_in_epoch']}")
+        out.say(f"resuming {run} at stage {stage.name}, epoch {position['epoch'] + 1}, step {position['step_in_epoch']}")
 
     n_params = sum(p.numel() for g in groups for p in g["params"])
     categories = list(getattr(data, "categories", []))
     of_categories = f" of {len(categories)} categories ({', '.join(categories)})" if categories else ""
-    console.print(f"training {label} on {len(data)} {'images' if isinstance(data, TrainImages) else 'samples'}{of_categories} "
+    out.say(f"training {label} on {len(data)} {'images' if isinstance(data, TrainImages) else 'samples'}{of_categories} "
                   f"at {config.data.image_size}px, {n_params / 1e6:.1f} M trained parameters, {stage.epochs} epochs, device {dev}")
     last_save = time.monotonic()
     start = time.monotonic() - position["seconds"]
-    columns = (TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("train", total=total_steps, completed=position["global_step"], epoch=position["epoch"] + 1,
-                            epochs=stage.epochs, loss=float("nan"), ips=0.0)
+    fields = "epoch {epoch}/{epochs}, step {step}/{steps}, loss {loss:.4f}, {ips:.1f} img/s"
+    with out.progress(f"train {stage.name}" if stage.keeps else "train", total_steps, fields,
+                      completed=position["global_step"]) as task:
         while position["epoch"] < stage.epochs:
             epoch = position["epoch"]
             # Stage 0 keeps the single-stage keys, so one-stage runs reproduce across versions.
@@ -182,8 +199,8 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data, sy
                 position["global_step"] += 1
                 position["step_in_epoch"] = step + 1
                 position["seconds"] = time.monotonic() - start
-                bar.update(task, advance=1, loss=float(losses["loss"].detach()), epoch=epoch + 1,
-                           ips=batch_size / max(time.monotonic() - t0, 1e-9))
+                task.advance(loss=float(losses["loss"].detach()), epoch=epoch + 1, epochs=stage.epochs, step=step + 1,
+                             steps=steps_per_epoch, ips=batch_size / max(time.monotonic() - t0, 1e-9))
                 if _checkpoint_due(config, last_save):
                     run.save_checkpoint(model, optimizer, position)
                     last_save = time.monotonic()
@@ -241,31 +258,38 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
     # Textures can fail (a missing folder): also before the image load.
     synth = next((s.synth for s in stages if isinstance(s, GradientStage) and s.synth is not None), None)
     textures = Synthesizer.textures_for(synth, size, config.seed) if synth is not None else []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("loading images", total=len(samples))
-        data = TrainImages(samples, categories, size, progress=lambda: bar.advance(task))
-    synthesizer = _synthesizer(synth, data, textures, console)
+    output = TrainOutput(console)
+    with track(console, "loading images", len(samples)) as task:
+        data = TrainImages(samples, categories, size, progress=task.advance)
+    synthesizer = _synthesizer(synth, data, textures, output)
     if not resume:
         run.start(config, recipe.path, profile)
-    if source is not None:
-        _copy_stages(source, run, stages, fingerprints, console)
-    ctx = StageContext(dev, run.scratch, _progress_reporter(console), lambda line: console.print(line, highlight=False))
-    position = _run_stages(model, config, data, synthesizer, stages, fingerprints, run, ctx, console)
+    output.open(run.log_path, f"adcli {__version__} train{' --resume' if resume else ''}: method {config.method}, "
+                f"profile {profile or '-'}, data {Path(prepared).resolve()}, device {dev}")
+    try:
+        if source is not None:
+            _copy_stages(source, run, stages, fingerprints, output)
+        ctx = StageContext(dev, run.scratch, output.progress, output.say)
+        position = _run_stages(model, config, data, synthesizer, stages, fingerprints, run, ctx, output)
 
-    counts: dict[str, int] = {}
-    for s in samples:
-        counts[s.category] = counts.get(s.category, 0) + 1
-    first = stages[0]
-    meta = {"categories": categories, "profile": profile, "train_seconds": round(position["seconds"], 1),
-            **({"stage_seconds": {k: round(v, 1) for k, v in position["stage_seconds"].items()}}
-               if any(stage.keeps for stage in stages) else {}),
-            "train_images": counts, "epochs": first.epochs if isinstance(first, GradientStage) else 0,
-            "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
-            "prepared": str(Path(prepared).resolve()), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    model.eval()
-    run.write_model(model, config, meta)
-    reused = position.get("reused")
-    note = f"; stages {', '.join(reused)} finished earlier" if reused else ""
-    console.print(f"model written to {out} ({position['seconds'] / 60:.1f} min of training{note})")
+        counts: dict[str, int] = {}
+        for s in samples:
+            counts[s.category] = counts.get(s.category, 0) + 1
+        first = stages[0]
+        meta = {"categories": categories, "profile": profile, "train_seconds": round(position["seconds"], 1),
+                **({"stage_seconds": {k: round(v, 1) for k, v in position["stage_seconds"].items()}}
+                   if any(stage.keeps for stage in stages) else {}),
+                "train_images": counts, "epochs": first.epochs if isinstance(first, GradientStage) else 0,
+                "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
+                "prepared": str(Path(prepared).resolve()), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        model.eval()
+        run.write_model(model, config, meta)
+        reused = position.get("reused")
+        note = f"; stages {', '.join(reused)} finished earlier" if reused else ""
+        output.say(f"model written to {out} ({position['seconds'] / 60:.1f} min of training{note})")
+    except BaseException as exc:  # the log says how the run ended, whatever ended it
+        output.log(f"stopped: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        output.close()
     return Path(out)

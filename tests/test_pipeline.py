@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -91,6 +92,12 @@ def test_resume_continues_exactly(prepared, tmp_path, monkeypatch):
     train(prepared, tmp_path / "killed", None, resume=True, device="cpu")
     a, b = load_file(full / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (tmp_path / "killed" / "train.log").read_text().splitlines()  # appended to, never rewritten
+    starts = [i for i, line in enumerate(log) if "adcli" in line and " train" in line and "method diffusionad" in line]
+    assert len(starts) == 2 and "--resume" in log[starts[1]] and "--resume" not in log[starts[0]]
+    assert any("stopped: KeyboardInterrupt" in line for line in log[:starts[1]])
+    assert "model written to" in log[-1]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", line) for line in log)  # every line time-stamped
 
 
 def test_bundle_format_errors(run, prepared, tmp_path):

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adcli.calibration import Calibration
 from adcli.data.batches import resized
@@ -32,6 +31,7 @@ from adcli.inspect.intake import OutputLock, display_path, file_identity, list_f
 from adcli.inspect.render import heatmap_name, render_heatmap
 from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
 from adcli.journal import JournalWriter, compact, latest_by_path, read_journal
+from adcli.progress import track
 from adcli.thresholds import drift_z
 
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
@@ -217,11 +217,9 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
         timing = np.zeros(3)
         n_scored = 0
         try:
-            columns = (TextColumn("inspect"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-            with Progress(*columns, console=console, transient=True) as bar:
-                task = bar.add_task("inspect", total=len(files))
+            with track(console, "inspect", len(files)) as task:
                 for result in detector.stream(files, inspection.load):
-                    bar.advance(task)
+                    task.advance()
                     if result.loaded is _ALREADY_DONE:
                         skipped += 1
                         continue

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from adcli.calibration import Calibration
@@ -19,6 +18,7 @@ from adcli.errors import DataError
 from adcli.io import atomic_write_json, atomic_write_text, read_image
 from adcli.metrics import METRIC_NAMES, category_metrics
 from adcli.report.html import histogram_plot, render, roc_plot, triptych
+from adcli.progress import track
 from adcli.predictions import ground_truth, predict_samples
 
 GALLERY_SIZE = 3
@@ -84,10 +84,8 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
     if not samples:
         raise DataError(f"no '{split}' images of this model's categories ({', '.join(categories)}) in {prepared}")
     out.mkdir(parents=True, exist_ok=True)
-    with Progress(TextColumn("report"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("report", total=len(samples))
-        outputs = predict_samples(detector, samples, out, lambda: bar.advance(task))
+    with track(console, "report", len(samples)) as task:
+        outputs = predict_samples(detector, samples, out, task.advance)
 
     calibration = detector.calibration
     rows, sections = [], []
