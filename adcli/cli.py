@@ -151,6 +151,8 @@ def inspect(
     batch_size: BatchSize = None,
     scores_only: Annotated[bool, typer.Option("--scores-only", help="Allow an uncalibrated model: record scores, "
                                               "verdict 'uncalibrated', exit code 6.")] = False,
+    heatmaps: Annotated[str, typer.Option("--heatmaps", help="Heatmap pictures for: all | defects (every image "
+                                          "not OK) | none.")] = "defects",
 ):
     import json
 
@@ -159,7 +161,7 @@ def inspect(
     quiet = Console(stderr=True, quiet=True) if as_json else console
     summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
                              settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
-                             scores_only=scores_only)
+                             scores_only=scores_only, heatmaps=heatmaps)
     if as_json:
         print(json.dumps(json.loads((out / "summary.json").read_text())))
     else:
@@ -187,6 +189,16 @@ def report(
     from adcli.report import make_report
 
     make_report(model, data, out, split=split, device=device, console=console, batch_size=batch_size)
+
+
+@app.command()
+def review(
+    out: Annotated[Path, typer.Argument(help="An `adcli inspect` output folder (its --out).")],
+):
+    """Write OUT/review.html: counts, scores against thresholds, drift, every DEFECT/ERROR with its heatmap."""
+    from adcli.report.review import render_review
+
+    console.print(f"review: {render_review(out)}")
 
 
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.")

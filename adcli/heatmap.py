@@ -15,7 +15,7 @@ def jet(values: np.ndarray) -> np.ndarray:
     return (np.concatenate([r, g, b], axis=-1) * 255).round().astype(np.uint8)
 
 
-_JET_TABLE = jet(np.linspace(0.0, 1.0, 256))  # (256, 3): one colour per 8-bit level, looked up per pixel
+JET_TABLE = jet(np.linspace(0.0, 1.0, 256))  # (256, 3): one colour per 8-bit level, looked up per pixel
 
 
 def overlay(image: Image.Image, anomaly_map: np.ndarray, value_range: tuple[float, float] | None,
@@ -29,7 +29,7 @@ def overlay(image: Image.Image, anomaly_map: np.ndarray, value_range: tuple[floa
     scaled = (anomaly_map - lo) / max(hi - lo, 1e-12)
     resized = np.asarray(Image.fromarray(scaled.astype(np.float32), mode="F").resize(image.size, Image.BILINEAR))
     levels = np.clip(resized * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    colour = _JET_TABLE[levels].astype(np.uint16)  # (H, W, 3)
+    colour = JET_TABLE[levels].astype(np.uint16)  # (H, W, 3)
     base = np.asarray(image.convert("RGB"), dtype=np.uint16)
     weight = int(round(alpha * 256))
     return Image.fromarray(((colour * weight + base * (256 - weight) + 128) >> 8).astype(np.uint8))

@@ -34,8 +34,9 @@ def _row(line: bytes) -> dict | None:
     return row if isinstance(row, dict) and isinstance(row.get("path"), str) else None
 
 
-def read_journal(path: Path) -> JournalContents:
-    """All valid rows. Damaged lines are skipped, and the file is rewritten without them."""
+def read_journal(path: Path, repair: bool = True) -> JournalContents:
+    """All valid rows. Damaged lines are skipped and, with `repair` (only under inspect's lock), the
+    file is rewritten without them."""
     if not path.is_file():
         return JournalContents([], [])
     rows, damaged = [], []
@@ -45,7 +46,7 @@ def read_journal(path: Path) -> JournalContents:
             damaged.append(number)
         else:
             rows.append(row)
-    if damaged:
+    if damaged and repair:
         compact(path, rows)
     return JournalContents(rows, damaged)
 

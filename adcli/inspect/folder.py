@@ -1,7 +1,8 @@
 """`adcli inspect`: score every image in a folder, safely enough to run from cron every minute.
 
-Per file: a heatmap overlay (with the calibrated defect contour) and one row in `results.jsonl`
-and `results.csv`. Files already inspected with the same model and unchanged content are skipped
+Per file: one row in `results.jsonl` and `results.csv` and, for images not OK (`heatmaps`), a heatmap
+picture with the calibrated defect contour, a header and a colour bar. Files already inspected with the
+same model and unchanged content are skipped
 (`force` redoes them). Writes are atomic, a lock keeps two runs from interleaving, and a run killed
 at any moment and started again ends with exactly one row per file. Unreadable files become
 ERROR rows with a one-line reason; the rest of the folder is processed.
@@ -28,7 +29,7 @@ from adcli.data.batches import resized
 from adcli.detector import Detector, ModelInput, Scored
 from adcli.errors import DataError, ImageError, OutputError
 from adcli.inspect.intake import OutputLock, display_path, file_identity, list_files, read_settled
-from adcli.inspect.render import heatmap_name, render_heatmap
+from adcli.inspect.render import Caption, heatmap_name, render_heatmap
 from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
 from adcli.journal import JournalWriter, compact, latest_by_path, read_journal
 from adcli.progress import track
@@ -36,6 +37,7 @@ from adcli.thresholds import drift_z
 
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
 VERDICTS = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
+HEATMAPS = ("all", "defects", "none")  # defects: every scored image that is not OK
 SCORES_ONLY_EXIT_CODE = 6  # never 0: a run without verdicts must not read as "no defects"
 DRIFT_WINDOW = 50  # most recent OK images per category
 DRIFT_MIN = 20
@@ -121,8 +123,8 @@ class _FolderInspection:
     """One run over one folder: turns each file into a row (and a heatmap)."""
 
     def __init__(self, detector: Detector, folder: Path, out: Path, category: str | None, settle_seconds: float,
-                 previous: dict, force: bool):
-        self.detector, self.folder, self.out = detector, folder, out
+                 previous: dict, force: bool, heatmaps: str):
+        self.detector, self.folder, self.out, self.heatmaps = detector, folder, out, heatmaps
         self.choose = detector.category_chooser(category)
         self.settle_seconds, self.previous, self.force = settle_seconds, previous, force
 
@@ -161,23 +163,32 @@ class _FolderInspection:
         row, cat = pending.row, pending.row["category"]
         t0 = time.perf_counter()
         cal = self.detector.category_calibration(cat)
-        shown_range = cal.display_range if cal else self.detector.map_range
+        verdict = cal.verdict(result.score) if cal else "uncalibrated"
         name = heatmap_name(path, self.folder)
-        picture = render_heatmap(pending.image, result.anomaly_map, shown_range, cal.pixel_threshold if cal else None)
-        atomic_write_bytes(self.out / "heatmaps" / name, picture)
+        heatmap = self.out / "heatmaps" / name
+        if self.heatmaps == "all" or (self.heatmaps == "defects" and verdict != "OK"):
+            caption = Caption(row["path"], result.score, cal.threshold if cal else None, verdict)
+            picture = render_heatmap(pending.image, result.anomaly_map, cal.display_range if cal else self.detector.map_range,
+                                     cal.pixel_threshold if cal else None, caption)
+            atomic_write_bytes(heatmap, picture)
+            row["heatmap"] = f"heatmaps/{name}"
+        else:
+            heatmap.unlink(missing_ok=True)  # a heatmap from an earlier verdict would contradict this row
         write_ms = (time.perf_counter() - t0) * 1e3
-        row.update(score=f"{result.score:.6g}", threshold=f"{cal.threshold:.6g}" if cal else "",
-                   verdict=cal.verdict(result.score) if cal else "uncalibrated",
-                   ms=f"{pending.load_ms + result.infer_ms + write_ms:.1f}", heatmap=f"heatmaps/{name}")
+        row.update(score=f"{result.score:.6g}", threshold=f"{cal.threshold:.6g}" if cal else "", verdict=verdict,
+                   ms=f"{pending.load_ms + result.infer_ms + write_ms:.1f}")
         return row, np.array([pending.load_ms, result.infer_ms, write_ms])
 
 
 def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, category: str | None = None,
                    device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                    console: Console | None = None, batch_size: int | None = None,
-                   scores_only: bool = False) -> InspectSummary:
+                   scores_only: bool = False, heatmaps: str = "defects") -> InspectSummary:
     """scores_only: inspect with a model (or categories) not calibrated yet; their rows get the verdict
-    `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect."""
+    `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect.
+    heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none."""
+    if heatmaps not in HEATMAPS:
+        raise DataError(f"--heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
     console = console or Console(stderr=True)
     folder, out, model_dir = Path(folder), Path(out), Path(model_dir)
     if folder.is_file():
@@ -210,7 +221,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
                           highlight=False)
         previous = latest_by_path(journal.rows)
         files = list_files(folder, exclude=out_real)
-        inspection = _FolderInspection(detector, folder, out, category, settle_seconds, previous, force)
+        inspection = _FolderInspection(detector, folder, out, category, settle_seconds, previous, force, heatmaps)
         writer = JournalWriter(journal_path)
         run_rows: list[dict] = []
         skipped = 0

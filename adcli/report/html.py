@@ -24,7 +24,8 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:f
 h2{border-bottom:2px solid #444;padding-bottom:.2em}small{color:#666}"""
 
 
-def _png(fig_or_image) -> str:
+def png_data_uri(fig_or_image) -> str:
+    """A matplotlib figure (closed afterwards) or PIL image -> an inline `data:image/png` URI."""
     buf = io.BytesIO()
     if isinstance(fig_or_image, Image.Image):
         fig_or_image.save(buf, format="PNG")
@@ -41,19 +42,22 @@ def roc_plot(scores: np.ndarray, labels: np.ndarray, title: str) -> str:
         ax.plot(fpr, tpr, lw=2)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: image ROC")
-    return _png(fig)
+    return png_data_uri(fig)
 
 
-def histogram_plot(scores: np.ndarray, labels: np.ndarray, title: str, threshold: float | None) -> str:
+def histogram_plot(scores: np.ndarray, labels: np.ndarray, title: str, threshold: float | None,
+                   names: tuple[str, str] = ("good", "defective")) -> str:
+    """labels: True for the second kind (`names`: what the two kinds are called in the legend)."""
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
-    bins = np.linspace(scores.min(), scores.max() + 1e-12, 30)
-    ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"good ({(~labels).sum()})", color="tab:green")
-    ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"defective ({labels.sum()})", color="tab:red")
+    span = [scores.min(), scores.max()] + ([threshold] if threshold is not None else [])  # the threshold in view
+    bins = np.linspace(min(span), max(span) + 1e-12, 30)
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"{names[0]} ({(~labels).sum()})", color="tab:green")
+    ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"{names[1]} ({labels.sum()})", color="tab:red")
     if threshold is not None:
         ax.axvline(threshold, color="black", lw=2, label="calibrated threshold")
     ax.set(xlabel="image score", ylabel="images", title=f"{title}: scores")
     ax.legend()
-    return _png(fig)
+    return png_data_uri(fig)
 
 
 def triptych(image: Image.Image, anomaly_map: np.ndarray, mask: np.ndarray, value_range) -> list[str]:
@@ -61,7 +65,7 @@ def triptych(image: Image.Image, anomaly_map: np.ndarray, mask: np.ndarray, valu
     shown.thumbnail((256, 256))
     heat = overlay(shown, anomaly_map, value_range)
     gt = Image.fromarray((mask * 255).astype(np.uint8)).resize(shown.size, Image.NEAREST)
-    return [_png(shown), _png(heat), _png(gt)]
+    return [png_data_uri(shown), png_data_uri(heat), png_data_uri(gt)]
 
 
 def render(title: str, header: dict, rows: list[dict], sections: list[dict]) -> str:

@@ -134,6 +134,50 @@ def test_verdicts_follow_the_calibrated_threshold(model, demo_root, tmp_path):
         assert r["verdict"] == ("DEFECT" if float(r["score"]) >= float(r["threshold"]) else "OK")
 
 
+@pytest.fixture
+def half_defects(model, demo_root, tmp_path):
+    """The model with disc's threshold set by hand at the median score of disc's test images: some
+    OK, some DEFECT, whatever the tiny model learnt."""
+    scores = sorted(float(r["score"]) for r in inspect_folder(
+        demo_root / "disc" / "test", model, tmp_path / "scores", category="disc", device="cpu", settle_seconds=0,
+        heatmaps="none").rows)
+    copy = tmp_path / "half"
+    shutil.copytree(model, copy)
+    calibrate(copy, thresholds={"disc": scores[len(scores) // 2]}, device="cpu")
+    return copy
+
+
+def test_heatmaps_all_defects_or_none(half_defects, demo_root, tmp_path):
+    model = half_defects
+    folder = demo_root / "disc" / "test"
+    for mode in ("all", "defects", "none"):
+        summary = inspect_folder(folder, model, tmp_path / mode, category="disc", device="cpu", settle_seconds=0,
+                                 heatmaps=mode)
+        written = {p.name for p in (tmp_path / mode / "heatmaps").iterdir()}
+        expected = {r["heatmap"].split("/")[-1] for r in summary.rows if r["heatmap"]}
+        assert written == expected, mode
+        wanted = [r for r in summary.rows if mode == "all" or (mode == "defects" and r["verdict"] != "OK")]
+        assert len(expected) == len(wanted) and all(r["heatmap"] for r in wanted), mode
+    assert any(r["verdict"] == "OK" for r in summary.rows) and any(r["verdict"] == "DEFECT" for r in summary.rows)
+
+
+def test_review_page_shows_counts_and_every_defect(half_defects, demo_root, tmp_path):
+    model = half_defects
+    from adcli.errors import DataError
+    from adcli.report.review import render_review
+
+    folder = tmp_path / "in"
+    shutil.copytree(demo_root / "disc" / "test", folder)
+    (folder / "broken.png").write_bytes(b"not a png")
+    summary = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
+    page = render_review(tmp_path / "out").read_text()
+    defects = [r for r in summary.rows if r["verdict"] == "DEFECT"]
+    assert defects and page.count("<img src='data:image/png;base64,") == len(defects) + 1  # + the score histogram
+    assert f"<td><b>{len(defects)}</b></td>" in page and "broken.png" in page and "not an image" in page
+    with pytest.raises(DataError, match="not an `adcli inspect` output folder"):
+        render_review(folder)
+
+
 def _inspect_cmd(folder, model, out):
     return [sys.executable, "-m", "adcli", "inspect", str(folder), "--model", str(model), "--out", str(out),
             "--category", "disc", "--device", "cpu", "--settle-seconds", "0"]

@@ -1,0 +1,32 @@
+"""Heatmap pictures (adcli/inspect/render.py): header with verdict and score, colour bar, contour."""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from adcli.heatmap import JET_TABLE
+from adcli.inspect.render import BAR_PX, HEADER_PX, MIN_WIDTH, VERDICT_COLOURS, Caption, render_heatmap
+
+
+def _render(size=(400, 300), verdict="DEFECT", threshold=0.5, score=0.7):
+    image = Image.new("RGB", size, (90, 90, 90))
+    anomaly_map = np.zeros((32, 32), np.float32)
+    anomaly_map[10:20, 10:20] = 1.0
+    data = render_heatmap(image, anomaly_map, (0.0, 1.0), 0.75, Caption("line/part_7.png", score, threshold, verdict))
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_header_and_colour_bar_frame_the_image():
+    picture = _render()
+    assert picture.shape == (HEADER_PX + 300 + BAR_PX, 400, 3)
+    assert tuple(picture[10, 6]) == VERDICT_COLOURS["DEFECT"]  # the verdict badge
+    bar = picture[HEADER_PX + 300 + 8, 52:400 - 52]  # one row through the colour strip
+    assert tuple(bar[0]) == tuple(JET_TABLE[0]) and tuple(bar[-1]) == tuple(JET_TABLE[255])
+    assert (picture[HEADER_PX + 150, :] == 255).all(axis=-1).any()  # the white defect contour is drawn
+    assert tuple(_render(verdict="OK", score=0.1)[10, 6]) == VERDICT_COLOURS["OK"]
+
+
+def test_small_images_are_enlarged_and_centred_so_the_text_fits():
+    picture = _render(size=(64, 48), verdict="uncalibrated", threshold=None)
+    assert picture.shape[1] == MIN_WIDTH and picture.shape[0] == HEADER_PX + 48 * 4 + BAR_PX  # 64 px -> 256 px
