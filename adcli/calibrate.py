@@ -30,7 +30,7 @@ from adcli.errors import AdcliError, DataError, ImageError
 from adcli.io import read_image
 from adcli.nets.weights import WeightsNotFound
 from adcli.predictions import predict_samples
-from adcli.progress import track
+from adcli.progress import print_table, track
 from adcli.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
 from adcli.thresholds import fit_threshold, normals_needed, score_summary
 
@@ -217,4 +217,4 @@ def print_calibration(calibration: Calibration, console: Console) -> None:
     for cat, c in calibration.categories.items():
         table.add_row(cat, c.source, str(c.n_normals), f"{c.threshold:.5g}", f"{c.target_fpr:.1%}", f"{c.expected_fpr:.2%}",
                       f"{c.fpr_upper_95:.1%}", f"{c.pixel_threshold:.4g}")
-    console.print(table)
+    print_table(console, table)

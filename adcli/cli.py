@@ -14,8 +14,10 @@ from rich.table import Table
 
 from adcli import __version__
 from adcli.errors import AdcliError, OutputError
+from adcli.recipe import recipe_names
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP_OPTIONS,
                   help="Find defects in product images with models trained on good images only.")
 console = Console(stderr=True, soft_wrap=True)  # one message = one line, whatever the width
 
@@ -45,7 +47,7 @@ def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_
     logging.getLogger("adcli").setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
-@app.command()
+@app.command(epilog="Example: adcli prepare /data/mvtec --out prepared/   (good images only: --format folder)")
 def prepare(
     root: Annotated[Path, typer.Argument(help="Dataset folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for manifest.jsonl, summary.csv, problems.txt.")],
@@ -60,7 +62,7 @@ def prepare(
     """Scan a dataset, decode every image once, and write a manifest of samples."""
     from adcli.data.manifest import prepare as prepare_dataset
     from adcli.data.manifest import write_prepared
-    from adcli.progress import track
+    from adcli.progress import print_table, track
 
     with track(console, "checking images", None) as task:
         result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=task.advance, follow_links=follow_links)
@@ -72,16 +74,17 @@ def prepare(
         table.add_column(col, justify="left" if col == "category" else "right")
     for row in result.summary_rows():
         table.add_row(*(str(row[c]) for c in ("category", "train", "calib", "test_good", "test_defect")))
-    console.print(table)
+    print_table(console, table)
     if result.problems:
         console.print(f"{len(result.problems)} problem(s) listed in {out / 'problems.txt'}")
 
 
-@app.command()
+@app.command(epilog="Example: adcli train --recipe knn --profile cpu --data prepared/ --out runs/knn")
 def train(
     data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder (adcli prepare --out).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder; becomes the model bundle.")],
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name (recipes/NAME.yaml) or a YAML path.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help=f"Built-in recipe ({', '.join(recipe_names())}) "
+                                                  "or a YAML path.")] = None,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Named profile of the recipe: cpu, demo, test.")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.epochs=5.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -101,7 +104,8 @@ def train(
     train_model(data, out, loaded, resume=resume, device=device, console=console, stages_from=stages_from)
 
 
-@app.command()
+@app.command(epilog="Examples: adcli calibrate runs/knn --data prepared/ · adcli calibrate runs/knn --normals "
+                    "line3/good --category bottle · adcli calibrate runs/knn --threshold bottle=0.42")
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
     data: Annotated[Optional[Path], typer.Option("--data", help="Prepared dataset folder: its calib split (the "
@@ -136,7 +140,7 @@ files are skipped, writes are atomic, and a second run on the same --out waits f
 """
 
 
-@app.command(help=INSPECT_HELP)
+@app.command(help=INSPECT_HELP, epilog="Example: adcli inspect line3/today --model runs/knn --out inspected/")
 def inspect(
     folder: Annotated[Path, typer.Argument(help="Folder of images to inspect (searched recursively).")],
     model: Annotated[Path, typer.Option("--model", help="Trained model (run folder).")],
@@ -176,7 +180,7 @@ def inspect(
     raise typer.Exit(summary.exit_code)
 
 
-@app.command()
+@app.command(epilog="Example: adcli report runs/knn --data prepared/ --out report/")
 def report(
     model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
     data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder.")],
@@ -191,7 +195,7 @@ def report(
     make_report(model, data, out, split=split, device=device, console=console, batch_size=batch_size)
 
 
-@app.command()
+@app.command(epilog="Example: adcli review inspected/   (then open inspected/review.html)")
 def review(
     out: Annotated[Path, typer.Argument(help="An `adcli inspect` output folder (its --out).")],
 ):
@@ -201,7 +205,41 @@ def review(
     console.print(f"review: {render_review(out)}")
 
 
-weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.")
+@app.command(epilog="Example: adcli checks --out /data/line3/inspected")
+def checks(
+    out: Annotated[Path, typer.Option("--out", help="Folder whose free space and write access to check.")] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON on stdout.")] = False,
+):
+    """What a support call asks first: versions, threads, CPU/GPU, weights found, disk, write access.
+    Exits 5 when the folder cannot be written, else 0."""
+    import json
+
+    from adcli.checks import run_checks
+
+    result = run_checks(out)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        table = Table(title="adcli checks", show_header=False)
+        table.add_column("check", no_wrap=True)
+        table.add_column("result", overflow="fold")
+        for name, version in result["versions"].items():
+            table.add_row(name, str(version or "not installed"))
+        c = result["compute"]
+        table.add_row("cpu", f"{c['cpu']} ({c['cpu_count']} logical cores; torch uses {c['torch_threads']} threads)")
+        table.add_row("gpu", ", ".join(c["gpus"]) if c["cuda"] else "none (CUDA not available)")
+        table.add_row("ADCLI_WEIGHTS_DIR", result["weights_dir"] or "unset")
+        for network, w in result["weights"].items():
+            table.add_row(f"weights {network}", w["path"] if w["found"] else f"not found: {w['how']}")
+        d = result["disk"]
+        table.add_row("output folder", f"{d['folder']}: {d['free_bytes'] / 1e9:.1f} GB free"
+                      + (" (low)" if d["low"] else "") + ("; writable" if d["writable"] else f"; NOT writable: {d['problem']}"))
+        table.add_row("recipes", ", ".join(result["recipes"]))
+        Console(soft_wrap=True).print(table)
+    raise typer.Exit(0 if result["ok"] else OutputError.exit_code)
+
+
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.", context_settings=HELP_OPTIONS)
 app.add_typer(weights_app, name="weights")
 
 

@@ -37,6 +37,15 @@ class ProgressSettings:
 settings = ProgressSettings()  # the CLI's --quiet sets it, like a logging level
 
 
+def print_table(console: Console, table) -> None:
+    """A table in a terminal takes the terminal's width; in a log it is printed as wide as it needs,
+    never cut to 80 columns ("categ…")."""
+    if console.is_terminal or console.quiet:
+        console.print(table)
+    else:  # rich never prints wider than its console: a wide one on the same stream
+        Console(file=console.file, width=400, color_system=None, soft_wrap=True).print(table)
+
+
 def format_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)

@@ -73,16 +73,19 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def set_dotted(tree: dict, dotted: str, value: Any, source: str) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any, source: str, recipe: str = "") -> None:
+    """Set `a.b.c` in the nested `tree`; an unknown name says which names there are at that level."""
     parts = dotted.split(".")
     node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if not isinstance(child, dict):
-            raise RecipeError(f"{source}: unknown key '{'.'.join(parts[: i + 1])}' (in '{dotted}')")
-        node = child
-    if parts[-1] not in node:
-        raise RecipeError(f"{source}: unknown key '{dotted}'")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i])
+        if part not in node or (i < len(parts) - 1 and not isinstance(node[part], dict)):
+            kind = "section" if i < len(parts) - 1 else "key"
+            place = f"section '{where}'" if where else (f"recipe {recipe}" if recipe else "the recipe")
+            names = ", ".join(sorted(k for k in node if k != "profiles"))
+            raise RecipeError(f"{source}: {place} has no {kind} '{part}' (it has: {names})")
+        if i < len(parts) - 1:
+            node = node[part]
     node[parts[-1]] = value
 
 
@@ -95,10 +98,10 @@ def resolve_tree(path: Path, profile: str | None, overrides: typing.Sequence[str
         if profile not in profiles:
             raise RecipeError(f"{path}: unknown profile '{profile}' (known: {', '.join(sorted(profiles)) or 'none'})")
         for key, value in (profiles[profile] or {}).items():
-            set_dotted(tree, str(key), value, f"{path} profile '{profile}'")
+            set_dotted(tree, str(key), value, f"{path} profile '{profile}'", path.stem)
     for text in overrides:
         key, value = parse_override(text)
-        set_dotted(tree, key, value, f"--set {text}")
+        set_dotted(tree, key, value, f"--set {text}", path.stem)
     return tree
 
 
@@ -191,7 +194,15 @@ def load_recipe(name_or_path: str, profile: str | None = None, overrides: typing
         raise RecipeError(f"{path}: missing key 'method'")
     spec = get_method(method_name, source=str(path))
     source = f"{path}" + (f" (profile '{profile}')" if profile else "")
-    return LoadedRecipe(build(spec.config_cls, tree, source), path, profile)
+    try:
+        return LoadedRecipe(build(spec.config_cls, tree, source), path, profile)
+    except RecipeError as exc:
+        if not overrides:
+            raise
+        build(spec.config_cls, resolve_tree(path, profile), source)  # the file's or the profile's own error
+        # Without the overrides it builds: blame the one whose key the message names (else all of them).
+        culprit = next((t for t in overrides if f"'{parse_override(t)[0]}" in str(exc)), " --set ".join(overrides))
+        raise RecipeError(str(exc).replace(source, f"--set {culprit}", 1)) from None
 
 
 def config_from_dict(tree: dict, source: str):

@@ -74,3 +74,17 @@ def test_cli_quiet_and_verbose_set_the_levels(monkeypatch):
     assert runner.invoke(app, ["--verbose", "weights", "list"]).exit_code == 0
     assert not progress.settings.quiet and logging.getLogger("adcli").level == logging.DEBUG
     logging.getLogger("adcli").setLevel(logging.INFO)
+
+
+def test_tables_in_a_log_are_not_cut_to_80_columns():
+    from rich.table import Table
+
+    console, buffer = _log_console()
+    console = Console(file=buffer, force_terminal=False)  # a log: 80 columns by default
+    table = Table()
+    for name in ("category", "source", "normals", "threshold", "target FPR", "expected FPR", "FPR upper 95%",
+                 "pixel threshold"):
+        table.add_column(name)
+    table.add_row(*["magnetic_tile"] * 8)
+    progress.print_table(console, table)
+    assert "category" in buffer.getvalue() and "pixel threshold" in buffer.getvalue() and "…" not in buffer.getvalue()

@@ -36,6 +36,13 @@ def test_report_files_and_numbers(run, prepared, tmp_path):
     page = (tmp_path / "r" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 * 2 + 3 * 3  # ROC + histogram per category, gallery
     assert "http://" not in page and "https://" not in page  # opens offline
+    assert "likeliest misses" in page
+
+
+def test_a_split_without_defects_has_no_empty_gallery_headings(run, prepared, tmp_path):
+    make_report(run, prepared, tmp_path / "r", split="calib", device="cpu")
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "likeliest false alarms" in page and "likeliest misses" not in page
 
 
 def test_report_reuses_cached_outputs(run, prepared, tmp_path, monkeypatch):

@@ -73,11 +73,24 @@ def _mvtec_category_dirs(root: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and (d / "train").is_dir()]
 
 
+def _subfolders(root: Path) -> list[Path]:
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
+
+def _first(problems: list[str], n: int = 3) -> str:
+    more = f" (and {len(problems) - n} more)" if len(problems) > n else ""
+    return "; ".join(problems[:n]) + more
+
+
 def scan_mvtec(root: Path, problems: list[str]) -> list[Sample]:
     samples = []
     category_dirs = _mvtec_category_dirs(root)
     if not category_dirs:
-        raise DataError(f"no MVTec-style category (a folder with train/good) under {root}")
+        has_images = any(p.suffix.lower() in IMAGE_EXTENSIONS for d in (root, *_subfolders(root)) for p in d.iterdir()
+                         if p.is_file())
+        hint = ("; it holds images directly or in sub-folders: for good images sorted into one folder per "
+                "category use --format folder") if has_images else ""
+        raise DataError(f"no MVTec-style category (a folder with train/good) under {root}{hint}")
     for cat_dir in category_dirs:
         cat = cat_dir.name
         good_dir = cat_dir / "train" / "good"
@@ -221,9 +234,11 @@ def prepare(root: str | Path, fmt: str = "mvtec", calib_fraction: float = 0.1, s
     for cat in sorted(cats_found - cats_train):
         problems.append(f"category '{cat}' has no readable train/good images and cannot be trained")
     if strict and problems:
-        raise DataError(f"{len(problems)} problem(s) in {root} with --strict; first: {problems[0]}")
+        raise DataError(f"{len(problems)} problem(s) in {root} with --strict (without it they are listed in "
+                        f"problems.txt and skipped): {_first(problems)}")
     if not cats_train:
-        raise DataError(f"no readable training images found under {root} (format {fmt})")
+        reasons = f": {_first(problems)}" if problems else ""
+        raise DataError(f"no readable training images found under {root} (format {fmt}){reasons}")
     return PrepareResult(_split_calibration(samples, calib_fraction, seed), problems)
 
 

@@ -38,6 +38,7 @@ from adcli.thresholds import drift_z
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
 VERDICTS = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
 HEATMAPS = ("all", "defects", "none")  # defects: every scored image that is not OK
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}  # for messages only
 SCORES_ONLY_EXIT_CODE = 6  # never 0: a run without verdicts must not read as "no defects"
 DRIFT_WINDOW = 50  # most recent OK images per category
 DRIFT_MIN = 20
@@ -192,9 +193,12 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     console = console or Console(stderr=True)
     folder, out, model_dir = Path(folder), Path(out), Path(model_dir)
     if folder.is_file():
-        raise DataError(f"{folder} is a file; inspect takes a folder (put the image in one)")
+        raise DataError(f"{folder} is a file; inspect takes a folder of images: give {folder.parent} (or put the "
+                        "image in a folder of its own)")
     if not folder.is_dir():
-        raise DataError(f"folder not found: {folder}")
+        looks_like_file = folder.suffix.lower() in IMAGE_SUFFIXES
+        raise DataError(f"{'no such file or folder' if looks_like_file else 'folder not found'}: {folder}"
+                        + ("; inspect takes a folder of images, not one file" if looks_like_file else ""))
     # One spelling per file: `in`, `./in/../in` and `/abs/in` must key the same journal rows.
     folder, out_real = folder.resolve(), out.resolve()
     if out_real == folder:

@@ -18,7 +18,7 @@ from adcli.errors import DataError
 from adcli.io import atomic_write_json, atomic_write_text, read_image
 from adcli.metrics import METRIC_NAMES, category_metrics
 from adcli.report.html import histogram_plot, render, roc_plot, triptych
-from adcli.progress import track
+from adcli.progress import print_table, track
 from adcli.predictions import ground_truth, predict_samples
 
 GALLERY_SIZE = 3
@@ -29,9 +29,10 @@ def _gallery(outputs, idx: np.ndarray, labels: np.ndarray, masks: np.ndarray, va
     order = np.argsort(scores)
     bad = [i for i in order if labels[i]]
     good = [i for i in order if not labels[i]]
-    groups = {"missed defects (lowest-scoring defective images)": bad[:GALLERY_SIZE],
-              "false alarms (highest-scoring good images)": good[::-1][:GALLERY_SIZE],
-              "best detections (highest-scoring defective images)": bad[::-1][:GALLERY_SIZE]}
+    # Named for what they are: below a threshold or not, these are the likeliest misses and false alarms.
+    groups = {"lowest-scoring defective images (likeliest misses)": bad[:GALLERY_SIZE],
+              "highest-scoring good images (likeliest false alarms)": good[::-1][:GALLERY_SIZE],
+              "highest-scoring defective images": bad[::-1][:GALLERY_SIZE]}
     gallery = {}
     for name, members in groups.items():
         cases = []
@@ -135,7 +136,7 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         table.add_column(name, justify="right")
     for r in rows:
         table.add_row(r["category"], str(r["images"]), *("–" if r[k] != r[k] else f"{100 * r[k]:.1f}" for k in METRIC_NAMES))
-    console.print(table)
+    print_table(console, table)
     for r in rows:
         if r.get("threshold") is not None:
             console.print(f"{r['category']}: threshold {r['threshold']:.5g} (target {r['target_fpr']:.1%}, expected "

@@ -92,6 +92,8 @@ def render(title: str, header: dict, rows: list[dict], sections: list[dict]) -> 
         out.append(f"<h2>{html.escape(sec['category'])}</h2><div class='row'>")
         out.append(f"<img src='{sec['roc']}'><img src='{sec['hist']}'></div>")
         for group, cases in sec["gallery"].items():
+            if not cases:  # e.g. no defective images in this split: no heading over nothing
+                continue
             out.append(f"<h3>{html.escape(group)}</h3>")
             for case in cases:
                 imgs = "".join(f"<img src='{src}'>" for src in case["pictures"])

@@ -52,7 +52,7 @@ def test_bad_settings_are_named():
     load_recipe("timenet", "test", ["inference.steps=3", "tpn.enabled=false"])
     with pytest.raises(RecipeError, match="tpn.train_t"):
         load_recipe("timenet", "test", ["tpn.train_t=[0.9, 0.5]"])
-    with pytest.raises(RecipeError, match="unknown key 'tpn.depth'"):
+    with pytest.raises(RecipeError, match="section 'tpn' has no key 'depth'"):
         load_recipe("timenet", "test", ["tpn.depth=3"])
     with pytest.raises(RecipeError, match="not divisible by 2\\^3 for the 4 levels of tpn.unet.channel_mults"):
         load_recipe("timenet", "test", ["tpn.unet.channel_mults=[1, 2, 2, 2]", "data.image_size=36"])
