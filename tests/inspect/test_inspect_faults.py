@@ -204,7 +204,7 @@ def test_an_unexpected_error_exits_4_with_a_log_not_1(run, tmp_path, monkeypatch
     save_png(tmp_path / "in" / "a.png", np.zeros((32, 32, 3), np.uint8))
     monkeypatch.setenv("ADCLI_LOG_DIR", str(tmp_path / "logs"))
     (tmp_path / "logs").mkdir()
-    monkeypatch.setattr(adcli.inspect.folder, "render_heatmap", lambda *a: 1 / 0)
+    monkeypatch.setattr(adcli.inspect.folder, "heatmap_name", lambda *a: 1 / 0)  # called for every scored image
     exit_code, err = _cli(_inspect_args(run, tmp_path / "in", tmp_path / "out"), monkeypatch, capsys)
     assert exit_code == 4 and "internal error: ZeroDivisionError" in err and err.strip().count("\n") == 0
     logs = list((tmp_path / "logs").glob("adcli-crash-*.log"))
