@@ -3,7 +3,8 @@
 Per category, a memory bank of locally averaged (patch_size × patch_size) backbone features from
 train/good, with the deeper layers upsampled to the first layer's grid and concatenated, reduced by
 greedy coreset selection. Anomaly map = distance of each test patch to its nearest bank patch,
-upsampled to the image size and smoothed with a Gaussian; image score = the map's maximum.
+upsampled to the image size and smoothed with a Gaussian; image score = the largest patch distance
+(before upsampling and smoothing, as PatchCore).
 """
 
 from __future__ import annotations
@@ -107,5 +108,7 @@ class Knn(Method):
         patch_map = torch.stack(maps)  # (B, h, w)
         full = F.interpolate(patch_map[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         anomaly_map = gaussian_blur(full, self.config.knn.gaussian_sigma)
-        return AnomalyOutput(anomaly_map, anomaly_map.flatten(1).amax(dim=1))
+        # PatchCore scores an image by its most anomalous patch; the Gaussian is for the map only (it
+        # spreads a one-patch defect over σ² pixels and lowers its peak below normal texture's).
+        return AnomalyOutput(anomaly_map, patch_map.flatten(1).amax(dim=1))
 

@@ -19,6 +19,8 @@ def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path, mobilenet_we
     images = torch.stack([torch.ones(3, 32, 32) * 0.5, torch.rand(3, 32, 32)])
     out = model.predict(images, torch.tensor([0, 0]))
     assert out.anomaly_map.shape == (2, 32, 32) and out.score.shape == (2,)
+    # PatchCore's image score: the largest patch distance, not the peak of the smoothed map (lower)
+    assert (out.score > out.anomaly_map.flatten(1).amax(dim=1)).all()
     summary = inspect_folder(demo_root / "disc" / "test", run, tmp_path / "out", category="disc", device="cpu", settle_seconds=0,
                             scores_only=True)
     with open(tmp_path / "out" / "results.csv") as f:
