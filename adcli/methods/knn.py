@@ -63,7 +63,10 @@ class Knn(Method):
         p = self.config.knn.patch_size
         maps = self.backbone(images)
         size = maps[0].shape[-2:]
-        pooled = [F.avg_pool2d(m, p, stride=1, padding=p // 2, count_include_pad=False) for m in maps]
+        # Zero padding counts in the border averages, as in PatchCore's reference implementations (anomalib's
+        # patchcore/torch_model.py: AvgPool2d(3, 1, 1)). Averaging borders over fewer cells instead made
+        # them noisier than the interior: on magnetic_tile the image AUROC fell from 93.7 to 84.3.
+        pooled = [F.avg_pool2d(m, p, stride=1, padding=p // 2) for m in maps]
         return torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else m
                           for m in pooled], dim=1)
 

@@ -1,5 +1,6 @@
 import csv
 
+import pytest
 import torch
 
 from adcli.run import RunFolder
@@ -35,3 +36,19 @@ def test_missing_weights_fail_before_anything_is_written(prepared, tmp_path, no_
     with pytest.raises(W.WeightsNotFound, match="adcli weights pull mobilenet_v2"):
         train(prepared, tmp_path / "run", load_recipe("knn", "test"), device="cpu")
     assert not (tmp_path / "run").exists()  # a retry is not blocked by a half-made run folder
+
+
+def test_patch_averages_count_the_zero_padding_at_borders(mobilenet_weights):
+    """As PatchCore's reference code: a corner cell averages 4 real cells over 9, an edge cell 6 over 9."""
+    from adcli.methods.knn import Knn
+
+    recipe = load_recipe("knn", "test", [f"backbone.weights={mobilenet_weights}"])
+    model = Knn(recipe.config, ["disc"])
+
+    class ConstantFeatures(torch.nn.Module):
+        def forward(self, images):
+            return [torch.ones(1, 2, 4, 4)]  # one layer, a constant feature map
+
+    model.backbone = ConstantFeatures()
+    feats = model.patch_features(torch.zeros(1, 3, 32, 32))[0, 0]  # (h, w)
+    assert feats[0, 0] == pytest.approx(4 / 9) and feats[0, 1] == pytest.approx(6 / 9) and feats[1, 1] == 1.0
