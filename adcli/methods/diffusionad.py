@@ -41,13 +41,37 @@ class ScheduleConfig:
 class TrainConfig(LoopConfig):
     lr_unet: float = 1e-4
     lr_seg: float = 1e-5
-    # One half-cosine of the segmentation net's lr over the whole run. (The authors' code anneals it
-    # with CosineAnnealingLR(T_max=10) stepped per iteration, a 20-step cycle; not reproduced yet.)
-    seg_cosine: bool = True
+    # Segmentation net's lr: "cosine_cycles" = the authors' train.py, CosineAnnealingLR(T_max=10,
+    # eta_min=0) stepped after every iteration, so the lr swings lr_seg -> 0 -> lr_seg every 20 steps;
+    # "half_cosine" = one half-cosine over the whole run; "constant".
+    seg_lr_schedule: str = "cosine_cycles"
+    seg_lr_t_max: int = 10  # steps from lr_seg down to 0 (cosine_cycles)
+    seg_cosine: bool | None = None  # bundles before 0.2 stored this: true = half_cosine, false = constant
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.seg_cosine is not None:  # an older bundle's recipe: keep the schedule it was trained with
+            object.__setattr__(self, "seg_lr_schedule", "half_cosine" if self.seg_cosine else "constant")
     t_split: int = 300  # t_s in [0, t_split), t_b in [t_split, T)
     focal_weight: float = 5.0
     focal_alpha: float = 0.5
     focal_gamma: float = 4.0
+
+
+SEG_LR_SCHEDULES = ("cosine_cycles", "half_cosine", "constant")
+
+
+def seg_lr_factor(schedule: str, t_max: int, total_steps: int):
+    """step (0-based) -> multiplier of lr_seg for that step's update.
+
+    cosine_cycles: ½(1 + cos(π·step / t_max)), the closed form of PyTorch's CosineAnnealingLR with
+    eta_min = 0 stepped once per iteration (periodic: down to 0 at t_max, back up at 2·t_max).
+    half_cosine: ½(1 + cos(π·step / total_steps)). constant: 1."""
+    if schedule == "cosine_cycles":
+        return lambda step: 0.5 * (1 + math.cos(math.pi * step / t_max))
+    if schedule == "half_cosine":
+        return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return lambda step: 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +96,10 @@ class DiffusionADConfig:
 
     def __post_init__(self):
         t = self.schedule.num_timesteps
+        if self.train.seg_lr_schedule not in SEG_LR_SCHEDULES:
+            raise ValueError(f"train.seg_lr_schedule must be one of {', '.join(SEG_LR_SCHEDULES)}")
+        if self.train.seg_lr_t_max < 1:
+            raise ValueError("train.seg_lr_t_max must be >= 1")
         if not 0 < self.train.t_split < t:
             raise ValueError(f"train.t_split must be in (0, {t})")
         if not 0 <= self.inference.t_s < self.inference.t_b < t:
@@ -100,9 +128,7 @@ class DiffusionAD(Method):
         tc = self.config.train
         groups = [{"params": list(self.unet.parameters()), "lr": tc.lr_unet},
                   {"params": list(self.segnet.parameters()), "lr": tc.lr_seg}]
-        seg_factor = (lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))) \
-            if tc.seg_cosine else (lambda step: 1.0)
-        return groups, [lambda step: 1.0, seg_factor]
+        return groups, [lambda step: 1.0, seg_lr_factor(tc.seg_lr_schedule, tc.seg_lr_t_max, total_steps)]
 
     def training_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         tc = self.config.train

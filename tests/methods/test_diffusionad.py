@@ -1,0 +1,46 @@
+"""DiffusionAD settings that follow the authors' code (adcli/methods/diffusionad.py)."""
+
+import pytest
+import torch
+
+from adcli.errors import RecipeError
+from adcli.methods.diffusionad import seg_lr_factor
+from adcli.recipe import load_recipe
+
+
+def test_cosine_cycles_follow_pytorchs_cosine_annealing_stepped_per_iteration():
+    """The authors' train.py: CosineAnnealingLR(T_max=10, eta_min=0), scheduler.step() after each batch."""
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-5)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=10, eta_min=0)
+    factor = seg_lr_factor("cosine_cycles", 10, total_steps=1000)
+    for step in range(45):  # two full 20-step cycles and a bit
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5 * factor(step), abs=1e-12), step
+        optimizer.step()
+        scheduler.step()
+    assert factor(10) == pytest.approx(0.0) and factor(20) == pytest.approx(1.0)
+
+
+def test_paper_settings_use_the_cycles_and_small_profiles_keep_one_half_cosine():
+    assert load_recipe("diffusionad").config.train.seg_lr_schedule == "cosine_cycles"
+    assert load_recipe("diffusionad").config.train.seg_lr_t_max == 10
+    for profile in ("cpu", "demo", "test"):
+        assert load_recipe("diffusionad", profile).config.train.seg_lr_schedule == "half_cosine"
+    half = seg_lr_factor("half_cosine", 10, total_steps=100)
+    assert half(0) == 1.0 and half(50) == pytest.approx(0.5) and half(100) == pytest.approx(0.0)
+    with pytest.raises(RecipeError, match="seg_lr_schedule must be one of"):
+        load_recipe("diffusionad", overrides=["train.seg_lr_schedule=steps"])
+
+
+def test_bundles_that_stored_seg_cosine_keep_their_schedule():
+    from adcli.recipe import config_from_dict, recipes_dir, resolve_tree
+
+    tree = resolve_tree(recipes_dir() / "diffusionad.yaml", "test")
+    for old, schedule in ((True, "half_cosine"), (False, "constant")):
+        tree["train"].pop("seg_lr_schedule", None)
+        tree["train"]["seg_cosine"] = old
+        assert config_from_dict(tree, "old recipe.yaml").train.seg_lr_schedule == schedule
+
+
+def test_loop_settings_are_still_checked():
+    with pytest.raises(RecipeError, match="train.epochs must be >= 1"):
+        load_recipe("diffusionad", "test", ["train.epochs=0"])
