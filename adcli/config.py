@@ -30,8 +30,13 @@ class SynthConfig:
     max_perlin_scale_log2: int = 5
     beta_min: float = 0.2
     beta_max: float = 0.8
+    # Perlin draws before giving up on a mask that misses the object; a row whose mask stays empty is
+    # trained as a normal row (the authors' data/dataset_beta_thresh.py: up to 50 draws, then has_anomaly 0).
+    empty_mask_retries: int = 50
 
     def __post_init__(self):
+        if self.empty_mask_retries < 1:
+            raise ValueError("synth.empty_mask_retries must be >= 1")
         if self.procedural_textures < 0:
             raise ValueError("synth.procedural_textures must be >= 0")
         if not 0 <= self.beta_min <= self.beta_max <= 1:

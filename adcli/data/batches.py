@@ -68,7 +68,7 @@ class TrainImages:
         if synthesizer is not None:
             for row in range(b // 2, b):
                 images[row], masks[row] = synthesizer(images[row], int(self.category_ids[indices[row]]), rng)
-                is_anomaly[row] = True
+                is_anomaly[row] = bool(masks[row].any())  # a mask that missed the object leaves a normal row
         return TrainBatch(
             images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),  # (B, H, W, 3) -> (B, 3, H, W)
             masks=torch.from_numpy(masks)[:, None],
@@ -101,4 +101,4 @@ class Synthesizer:
     def __call__(self, image: np.ndarray, category_id: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         s = self.synth
         return synthesize(image, rng, self.textures, category_id in self.object_ids, s.max_perlin_scale_log2,
-                          (s.beta_min, s.beta_max))
+                          (s.beta_min, s.beta_max), s.empty_mask_retries)

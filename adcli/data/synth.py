@@ -132,12 +132,15 @@ def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
 
 
 def synthesize(image: np.ndarray, rng: np.random.Generator, textures: list[np.ndarray], is_object: bool,
-               max_scale_log2: int = 5, beta_range: tuple[float, float] = (0.2, 0.8)) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic anomaly. image (H, W, 3) float in [0, 1] -> (anomalous image, mask (H, W) float)."""
+               max_scale_log2: int = 5, beta_range: tuple[float, float] = (0.2, 0.8),
+               retries: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic anomaly. image (H, W, 3) float in [0, 1] -> (anomalous image, mask (H, W) float).
+    The mask may come back empty (every one of `retries` Perlin draws missed the object): the caller
+    then treats the row as normal. (The authors keep the Perlin scale between draws; we redraw it.)"""
     h, w, _ = image.shape
     region = foreground_mask(image) if is_object else np.ones((h, w), bool)
     mask = np.zeros((h, w), bool)
-    for _ in range(4):  # an empty mask (Perlin blob off the object) is retried a few times
+    for _ in range(retries):
         mask = perlin_mask((h, w), rng, max_scale_log2) & region
         if mask.any():
             break

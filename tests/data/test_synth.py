@@ -1,5 +1,6 @@
 import numpy as np
 
+from adcli.data import synth as synth_module
 from adcli.data.synth import foreground_mask, perlin_mask, perlin_noise, shuffled_strips, synthesize
 
 
@@ -43,3 +44,28 @@ def test_foreground_and_strips():
     assert fg.sum() == 64 and fg[4:12, 4:12].all()
     strips = shuffled_strips(np.arange(16 * 16 * 3, dtype=np.float32).reshape(16, 16, 3), np.random.default_rng(0))
     assert sorted(strips.ravel()) == list(range(16 * 16 * 3))
+
+
+def test_a_mask_that_keeps_missing_the_object_leaves_a_normal_row(monkeypatch):
+    """As the authors' data/dataset_beta_thresh.py: retry the Perlin draw, then label the row normal."""
+    from adcli.config import SynthConfig
+    from adcli.data.batches import Synthesizer, TrainImages
+
+    blank = np.zeros((16, 16, 3), np.float32)  # one colour: no foreground for an object category
+    draws = {"n": 0}
+    original = synth_module.perlin_mask
+
+    def counting(*args, **kwargs):
+        draws["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(synth_module, "perlin_mask", counting)
+    out, mask = synthesize(blank, np.random.default_rng(0), [], is_object=True, retries=7)
+    assert draws["n"] == 7 and not mask.any() and np.array_equal(out, blank)
+
+    data = TrainImages.__new__(TrainImages)  # two blank images of one object category
+    data.images = np.zeros((2, 16, 16, 3), np.uint8)
+    data.category_ids = np.zeros(2, np.int64)
+    synthesizer = Synthesizer(SynthConfig(procedural_textures=0, empty_mask_retries=3), [], {0})
+    batch = data.batch(np.array([0, 1]), np.random.default_rng(0), synthesizer)
+    assert batch.is_anomaly.tolist() == [False, False] and batch.masks.sum() == 0
