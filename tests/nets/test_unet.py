@@ -87,3 +87,19 @@ def test_spatial_embedding_maps_act_where_they_are_nonzero():
     bump[..., :4, :4] = 1.0  # top-left corner only, at the full-resolution level
     changed = (net(x, t, y, emb_maps={16: bump}) - base).abs()[0].sum(dim=0)
     assert changed[:4, :4].mean() > 10 * changed[12:, 12:].mean()
+
+
+def test_segnet_decoder_of_the_authors_narrows_after_each_upsampling():
+    """models/Seg_subnetwork.py: upsample -> conv3×3-BN-ReLU to the next shallower width -> concat -> 2 convs; 3×3 head."""
+    import torch
+
+    widths = (4, 8, 16, 16)
+    authors = SegNet(SegNetConfig(widths=widths, up_conv=True, head_kernel=3), in_channels=6)
+    outs = [seq[0].out_channels for seq in authors.up_convs]
+    assert outs == [8, 4, 4]  # levels of skips 16, 8, 4: the next shallower width; the shallowest keeps 4
+    assert [d[0].in_channels for d in authors.decoders] == [8 + 16, 4 + 8, 4 + 4]  # (narrowed ‖ skip)
+    assert authors.head.kernel_size == (3, 3)
+    light = SegNet(SegNetConfig(widths=widths), in_channels=6)  # bundles before the key: no up-convs, 1×1 head
+    assert all(isinstance(m, torch.nn.Identity) for m in light.up_convs) and light.head.kernel_size == (1, 1)
+    x = torch.randn(2, 6, 32, 32)
+    assert authors(x).shape == light(x).shape == (2, 1, 32, 32)
