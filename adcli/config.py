@@ -33,8 +33,13 @@ class SynthConfig:
     # Perlin draws before giving up on a mask that misses the object; a row whose mask stays empty is
     # trained as a normal row (the authors' data/dataset_beta_thresh.py: up to 50 draws, then has_anomaly 0).
     empty_mask_retries: int = 50
+    # Self-augmented anomalies: "authors" = 3 random colour/geometry ops, strips shuffled on both axes
+    # (data/dataset_beta_thresh.py); "strips" = strips along one axis, colours unchanged (bundles before).
+    self_aug: str = "strips"
 
     def __post_init__(self):
+        if self.self_aug not in ("authors", "strips"):
+            raise ValueError("synth.self_aug must be authors or strips")
         if self.empty_mask_retries < 1:
             raise ValueError("synth.empty_mask_retries must be >= 1")
         if self.procedural_textures < 0:

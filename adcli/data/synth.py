@@ -114,6 +114,24 @@ def shuffled_strips(image: np.ndarray, rng: np.random.Generator, pieces: int = 8
     return np.concatenate([strips[i] for i in order], axis=axis)
 
 
+def _interleaved_shuffle(parts: list, rng: np.random.Generator) -> list:
+    """The even-numbered parts in shuffled order, then the odd-numbered ones in shuffled order."""
+    evens, odds = parts[::2], parts[1::2]
+    return [evens[i] for i in rng.permutation(len(evens))] + [odds[i] for i in rng.permutation(len(odds))]
+
+
+def self_augmented(image: np.ndarray, rng: np.random.Generator, pieces: int = 8) -> np.ndarray:
+    """Self-augmentation source as the authors' data/dataset_beta_thresh.py (perlin_synthetic) makes it:
+    three random colour/geometry operations on the image, then its columns cut into `pieces` strips
+    and re-laid (even strips shuffled, then odd ones), then the same for rows after a full shuffle.
+    image (H, W, 3) float in [0, 1] -> same shape."""
+    changed = np.asarray(_random_ops(Image.fromarray((image * 255).round().astype(np.uint8)), rng), np.float32) / 255.0
+    columns = _interleaved_shuffle(np.array_split(changed, pieces, axis=1), rng)
+    rows = np.array_split(np.concatenate(columns, axis=1), pieces, axis=0)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    return np.concatenate(_interleaved_shuffle(rows, rng), axis=0)
+
+
 def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
     """All images under `folder` (recursively), resized to size×size, as uint8 (H, W, 3)."""
     folder = Path(folder)
@@ -133,7 +151,7 @@ def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
 
 def synthesize(image: np.ndarray, rng: np.random.Generator, textures: list[np.ndarray], is_object: bool,
                max_scale_log2: int = 5, beta_range: tuple[float, float] = (0.2, 0.8),
-               retries: int = 50) -> tuple[np.ndarray, np.ndarray]:
+               retries: int = 50, self_aug: str = "strips") -> tuple[np.ndarray, np.ndarray]:
     """One synthetic anomaly. image (H, W, 3) float in [0, 1] -> (anomalous image, mask (H, W) float).
     The mask may come back empty (every one of `retries` Perlin draws missed the object): the caller
     then treats the row as normal. (The authors keep the Perlin scale between draws; we redraw it.)"""
@@ -148,8 +166,8 @@ def synthesize(image: np.ndarray, rng: np.random.Generator, textures: list[np.nd
     if use_texture:
         tex = textures[int(rng.integers(0, len(textures)))]
         source = np.asarray(_random_ops(Image.fromarray(tex).resize((w, h)), rng), dtype=np.float32) / 255.0
-    else:
-        source = shuffled_strips(image, rng)
+    else:  # "strips": the image in shuffled strips along one axis, colours unchanged (subtler)
+        source = self_augmented(image, rng) if self_aug == "authors" else shuffled_strips(image, rng)
     beta = float(rng.uniform(*beta_range))
     m = mask[..., None].astype(np.float32)
     out = image * (1 - m) + (1 - beta) * source * m + beta * image * m

@@ -69,3 +69,17 @@ def test_a_mask_that_keeps_missing_the_object_leaves_a_normal_row(monkeypatch):
     synthesizer = Synthesizer(SynthConfig(procedural_textures=0, empty_mask_retries=3), [], {0})
     batch = data.batch(np.array([0, 1]), np.random.default_rng(0), synthesizer)
     assert batch.is_anomaly.tolist() == [False, False] and batch.masks.sum() == 0
+
+
+def test_self_augmentation_of_the_authors_shuffles_both_axes_and_changes_colours(monkeypatch):
+    rows, cols = np.mgrid[0:64, 0:64]
+    image = np.dstack([rows / 63, cols / 63, np.full((64, 64), 0.5)]).astype(np.float32)  # R = row, G = column
+    monkeypatch.setattr(synth_module, "_random_ops", lambda im, rng, count=3: im)  # the shuffle alone
+    out = synth_module.self_augmented(image, np.random.default_rng(1))
+    out_rows, out_cols = np.rint(out[..., 0] * 63).astype(int), np.rint(out[..., 1] * 63).astype(int)
+    assert sorted(out_rows[:, 0].tolist()) == list(range(64)) and out_rows[:, 0].tolist() != list(range(64))
+    assert sorted(out_cols[0].tolist()) == list(range(64)) and out_cols[0].tolist() != list(range(64))
+    assert (np.diff(out_cols[0][:8]) == 1).all()  # strips of 8 columns move whole
+    monkeypatch.undo()
+    coloured = synth_module.self_augmented(image, np.random.default_rng(1))
+    assert not np.allclose(np.sort(coloured.ravel()), np.sort(out.ravel()), atol=2 / 255)  # 3 random ops applied
