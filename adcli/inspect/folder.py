@@ -26,6 +26,7 @@ from rich.console import Console
 
 from adcli.calibration import Calibration
 from adcli.data.batches import resized
+from adcli.data.manifest import IMAGE_EXTENSIONS
 from adcli.detector import Detector, ModelInput, Scored
 from adcli.errors import DataError, ImageError, OutputError
 from adcli.inspect.intake import OutputLock, display_path, file_identity, list_files, read_settled
@@ -38,7 +39,6 @@ from adcli.thresholds import drift_z
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
 VERDICTS = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
 HEATMAPS = ("all", "defects", "none")  # defects: every scored image that is not OK
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}  # for messages only
 SCORES_ONLY_EXIT_CODE = 6  # never 0: a run without verdicts must not read as "no defects"
 DRIFT_WINDOW = 50  # most recent OK images per category
 DRIFT_MIN = 20
@@ -196,7 +196,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
         raise DataError(f"{folder} is a file; inspect takes a folder of images: give {folder.parent} (or put the "
                         "image in a folder of its own)")
     if not folder.is_dir():
-        looks_like_file = folder.suffix.lower() in IMAGE_SUFFIXES
+        looks_like_file = folder.suffix.lower() in IMAGE_EXTENSIONS
         raise DataError(f"{'no such file or folder' if looks_like_file else 'folder not found'}: {folder}"
                         + ("; inspect takes a folder of images, not one file" if looks_like_file else ""))
     # One spelling per file: `in`, `./in/../in` and `/abs/in` must key the same journal rows.
