@@ -21,11 +21,23 @@ def euclidean_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).sum(dim=1).sqrt()
 
 
-def combine_ddad(d1: torch.Tensor, d2: torch.Tensor, w: float) -> torch.Tensor:
-    """F(d1, d2, w) = (w · max d2 / max d1) · d1 + d2 (DDAD / TimeNet), maxima per image. (B, H, W)."""
-    max1 = d1.flatten(1).amax(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
-    max2 = d2.flatten(1).amax(dim=1).reshape(-1, 1, 1)
-    return (w * max2 / max1) * d1 + d2
+def combine_ddad(d1: torch.Tensor, d2: torch.Tensor, w: float,
+                 max1: torch.Tensor | None = None, max2: torch.Tensor | None = None) -> torch.Tensor:
+    """F(d1, d2, w) = (w · max d2 / max d1) · d1 + d2 (DDAD / TimeNet). (B, H, W).
+
+    The maxima are each image's own unless given as (B,) tensors (fixed normalisers, e.g. learnt from
+    normal images): per-image maxima make d1's contribution independent of how large its errors are.
+    """
+    if max1 is None:
+        max1 = d1.flatten(1).amax(dim=1)
+    if max2 is None:
+        max2 = d2.flatten(1).amax(dim=1)
+    return (w * max2.reshape(-1, 1, 1) / max1.clamp_min(1e-12).reshape(-1, 1, 1)) * d1 + d2
+
+
+def map_maxima(d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """Each image's maximum of d1 and of d2. (B, H, W) × 2 -> (B, 2)."""
+    return torch.stack([d1.flatten(1).amax(dim=1), d2.flatten(1).amax(dim=1)], dim=1)
 
 
 def upsample_sum(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:

@@ -57,3 +57,13 @@ def test_greedy_coreset_matches_brute_force():
         d = torch.cdist(x, x[chosen]).amin(dim=1)
         chosen.append(int(d.argmax()))
     assert idx.tolist() == chosen
+
+
+def test_combine_ddad_with_fixed_maxima_keeps_the_size_of_d1():
+    d1, d2 = torch.tensor([[[1.0, 4.0]]]), torch.tensor([[[2.0, 4.0]]])
+    fixed = (torch.tensor([2.0]), torch.tensor([8.0]))
+    assert S.combine_ddad(d1, d2, 1.0, *fixed).tolist() == [[[6.0, 20.0]]]  # 8/2 · d1 + d2
+    # Each image's own maxima make d1's term blind to how large d1 is; fixed ones do not.
+    assert torch.equal(S.combine_ddad(3 * d1, d2, 1.0), S.combine_ddad(d1, d2, 1.0))
+    assert S.combine_ddad(3 * d1, d2, 1.0, *fixed).tolist() == [[[14.0, 52.0]]]
+    assert S.map_maxima(d1, d2).tolist() == [[4.0, 4.0]]

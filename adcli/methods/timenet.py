@@ -30,14 +30,15 @@ from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfi
 from adcli.data.batches import TrainBatch
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
-from adcli.methods.base import AnomalyOutput, GradientStage, Method, StageContext
+from adcli.data.batches import to_tensor
+from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
 from adcli.nets.tpn import TimestepPerceptiveNet
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
 from adcli.runtime import fixed_noise
-from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, pooled_max, upsample_sum
+from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pooled_max, upsample_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,18 @@ class ScoringConfig:
     gaussian_sigma: float = 4.0
     pool_kernel: int = 8
     pool_rounds: int = 8
+    # How F(d1, d2, w) scales d1 to d2: "image" = each image's own maxima (DDAD normalises by the maxima
+    # of a test batch; one image is our batch, so a score never depends on its neighbours); "normals" =
+    # per category, the mean of those maxima over `normaliser_images` training normals (stage
+    # `score_scale`), so an image with larger errors than normal keeps a larger pixel term.
+    normaliser: str = "image"
+    normaliser_images: int = 64
+
+    def __post_init__(self):
+        if self.normaliser not in ("image", "normals"):
+            raise ValueError(f"scoring.normaliser must be 'image' or 'normals', not {self.normaliser!r}")
+        if self.normaliser_images < 1:
+            raise ValueError("scoring.normaliser_images must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,10 +172,12 @@ class TimeNet(Method):
                                              len(config.unet.channel_mults), initial_t=sum(config.tpn.train_t) / 2)
         state = None if load_pretrained else random_backbone_state(config.backbone)
         self.backbone = FeatureExtractor(config.backbone, state=state)
+        if config.scoring.normaliser == "normals":  # (category, site, (max d1, max d2)); sites: layers, then pixel vs feature
+            self.register_buffer("score_maxima", torch.ones(len(categories), len(config.backbone.layers) + 1, 2))
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
 
     # ---- training -------------------------------------------------------------------------------
-    def stages(self) -> list[GradientStage]:
+    def stages(self) -> list[GradientStage | FitStage]:
         c = self.config
         flow = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}
         stages = [GradientStage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
@@ -179,6 +194,11 @@ class TimeNet(Method):
                                         self._tpn_losses, keeps=("tpn.",), synth=c.synth,
                                         settings={"tpn": dataclasses.asdict(c.tpn), "synth": dataclasses.asdict(c.synth),
                                           "perceptual": self._perceptual[0].description}))
+        if c.scoring.normaliser == "normals":
+            scoring = {k: getattr(c.scoring, k) for k in ("normaliser", "normaliser_images", "feature_weight", "pixel_weight")}
+            stages.append(FitStage("score_scale", self._fit_score_maxima, keeps=("score_maxima",),
+                                   settings={"scoring": scoring, "inference": dataclasses.asdict(c.inference),
+                                             "backbone": dataclasses.asdict(c.backbone)}))
         return stages
 
     @staticmethod
@@ -255,24 +275,77 @@ class TimeNet(Method):
         t_map, emb_maps = self.tpn(x_t, category_ids)
         return x_t + (1 - t_map) * self.denoiser(x_t, t_scaled, category_ids, emb_maps=emb_maps)
 
-    def anomaly_maps(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        """S = F(S_p, S_f, λ), smoothed. images, reconstruction (B, 3, H, W) in [0, 1] -> (B, H, W)."""
+    def anomaly_maps(self, images: torch.Tensor, reconstruction: torch.Tensor, norms: torch.Tensor | None = None,
+                     record: list | None = None) -> torch.Tensor:
+        """S = F(S_p, S_f, λ), smoothed. images, reconstruction (B, 3, H, W) in [0, 1] -> (B, H, W).
+
+        norms: (B, L + 1, 2) fixed maxima of (d1, d2) for the L backbone layers, then for (S_p, S_f);
+        None = each image's own. record: receives each site's per-image maxima (B, 2), in that order.
+        """
         sc = self.config.scoring
         size = images.shape[-2:]
         pixel = (images - reconstruction).pow(2).sum(dim=1)
-        layer_maps = [combine_ddad(euclidean_distance(a, b), cosine_distance(a, b), sc.feature_weight)
-                      for a, b in zip(self.backbone(images), self.backbone(reconstruction))]
+        layer_maps = []
+        for i, (a, b) in enumerate(zip(self.backbone(images), self.backbone(reconstruction))):
+            d1, d2 = euclidean_distance(a, b), cosine_distance(a, b)
+            if record is not None:
+                record.append(map_maxima(d1, d2))
+            fixed = (None, None) if norms is None else (norms[:, i, 0], norms[:, i, 1])
+            layer_maps.append(combine_ddad(d1, d2, sc.feature_weight, *fixed))
         feature = upsample_sum(layer_maps, size)
-        return gaussian_blur(combine_ddad(pixel, feature, sc.pixel_weight), sc.gaussian_sigma)
+        if record is not None:
+            record.append(map_maxima(pixel, feature))
+        fixed = (None, None) if norms is None else (norms[:, -1, 0], norms[:, -1, 1])
+        return gaussian_blur(combine_ddad(pixel, feature, sc.pixel_weight, *fixed), sc.gaussian_sigma)
+
+    def _reconstruct_images(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> X̂ in [0, 1], from the recipe's t and its fixed noise draw."""
+        x1 = images * 2 - 1
+        t = torch.full((images.shape[0],), self.config.inference.t, device=images.device)
+        noise = fixed_noise(self.config.seed, (1, *images.shape[1:]), images.device).expand_as(x1)
+        x_t = rf.interpolate(noise, x1, t)
+        return ((self.reconstruct(x_t, t, category_ids) + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def _fit_score_maxima(self, data, ctx: StageContext) -> None:
+        """scoring.normaliser "normals": per category, the mean per-image maxima of every site over up to
+        `normaliser_images` evenly spaced training images. The layers' maxima are fitted first, since
+        S_f (the last site's d2) is made with them."""
+        sc, batch = self.config.scoring, self.config.inference.batch_size
+        was_training = self.training
+        self.eval()
+        counts = [min(sc.normaliser_images, int((data.category_ids == c).sum())) for c in range(len(self.categories))]
+        with ctx.progress("score normalisers", sum(counts)) as task:
+            for cat, count in enumerate(counts):
+                own = data.of_category(cat)
+                picked = to_tensor(own[np.linspace(0, len(own) - 1, count).round().astype(int)])
+                pairs, layer_records = [], []
+                for i in range(0, count, batch):
+                    x = picked[i:i + batch].to(ctx.device)
+                    r = self._reconstruct_images(x, torch.full((len(x),), cat, dtype=torch.long, device=ctx.device))
+                    record: list = []
+                    self.anomaly_maps(x, r, record=record)
+                    layer_records.append(torch.stack(record[:-1], dim=1))  # (B, L, 2)
+                    pairs.append((x, r))
+                    task.advance(len(x))
+                maxima = torch.ones_like(self.score_maxima[cat])
+                maxima[:-1] = torch.cat(layer_records).mean(dim=0)
+                finals = []
+                for x, r in pairs:
+                    record = []
+                    self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1), record=record)
+                    finals.append(record[-1])
+                maxima[-1] = torch.cat(finals).mean(dim=0)
+                self.score_maxima[cat] = maxima
+        ctx.log("score normalisers: " + "; ".join(
+            f"{name} pixel {float(m[-1, 0]):.4g} feature {float(m[-1, 1]):.4g}" for name, m in zip(self.categories, self.score_maxima)))
+        self.train(was_training)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) -> AnomalyOutput."""
-        ic, sc = self.config.inference, self.config.scoring
-        x1 = images * 2 - 1
-        t = torch.full((images.shape[0],), ic.t, device=images.device)
-        noise = fixed_noise(self.config.seed, (1, *images.shape[1:]), images.device).expand_as(x1)
-        x_t = rf.interpolate(noise, x1, t)
-        reconstruction = ((self.reconstruct(x_t, t, category_ids) + 1) / 2).clamp(0, 1)
-        anomaly_map = self.anomaly_maps(images, reconstruction)
+        sc = self.config.scoring
+        reconstruction = self._reconstruct_images(images, category_ids)
+        norms = self.score_maxima[category_ids] if sc.normaliser == "normals" else None
+        anomaly_map = self.anomaly_maps(images, reconstruction, norms)
         return AnomalyOutput(anomaly_map, pooled_max(anomaly_map, sc.pool_kernel, sc.pool_rounds), reconstruction)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -176,3 +177,50 @@ def test_same_weights_other_inference_settings_is_another_model(run, prepared, b
               device="cpu", stages_from=run)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     assert RunFolder(a).model_id() != RunFolder(b).model_id()  # inspect and report must not reuse one's results for the other
+
+
+class _Images:
+    """The two things a fit stage reads of TrainImages."""
+
+    def __init__(self, images, category_ids):
+        self.images, self.category_ids = images, np.asarray(category_ids)
+
+    def of_category(self, index):
+        return self.images[self.category_ids == index]
+
+
+def test_normals_normaliser_is_the_mean_of_training_maxima(backbone_weights, tmp_path):
+    from adcli.methods.base import StageContext
+    from adcli.scoring import euclidean_distance
+
+    config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "scoring.normaliser=normals",
+                                              "scoring.normaliser_images=3"]).config
+    model = TimeNet(config, ["a", "b"]).eval()
+    assert [s.name for s in model.stages()][-1] == "score_scale"
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    model._fit_score_maxima(_Images(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
+    picked = torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
+    with torch.no_grad():
+        recon = model._reconstruct_images(picked, torch.zeros(3, dtype=torch.long))
+        by_hand = [float(euclidean_distance(a, b).flatten(1).amax(1).mean()) for a, b in zip(model.backbone(picked), model.backbone(recon))]
+        pixel_max = float((picked - recon).pow(2).sum(1).flatten(1).amax(1).mean())
+    assert model.score_maxima[0, :-1, 0].tolist() == pytest.approx(by_hand, rel=1e-5)
+    assert float(model.score_maxima[0, -1, 0]) == pytest.approx(pixel_max, rel=1e-5)
+    assert not torch.equal(model.score_maxima[0], model.score_maxima[1])  # per category (b: its 2 images)
+    # The score depends on the fitted constants (and not on the image's own maxima alone).
+    x = picked[:2]
+    before = model.predict(x, torch.zeros(2, dtype=torch.long)).score
+    model.score_maxima[0, -1, 0] *= 2
+    assert bool((model.predict(x, torch.zeros(2, dtype=torch.long)).score < before).all())
+
+
+def test_normals_normaliser_reuses_the_trained_stages(run, prepared, backbone_weights, tmp_path):
+    fixed = train(prepared, tmp_path / "fixed", _recipe(backbone_weights, ["scoring.normaliser=normals"]), device="cpu", stages_from=run)
+    assert sorted(p.name for p in (fixed / "stages").iterdir()) == ["flow.safetensors", "reflow1.safetensors",
+                                                                    "score_scale.safetensors", "tpn.safetensors"]
+    w = _weights(fixed)
+    assert all(torch.equal(w[k], v) for k, v in _weights(run).items())
+    assert w["score_maxima"].shape == (2, 3, 2) and bool((w["score_maxima"] > 0).all())
+    model, _ = RunFolder(fixed).load_model()
+    assert torch.equal(model.score_maxima, w["score_maxima"])
