@@ -56,6 +56,12 @@ class TrainConfig(LoopConfig):
     focal_weight: float = 5.0
     focal_alpha: float = 0.5
     focal_gamma: float = 4.0
+    # Departures for small CPU budgets (ours; null/false = the paper). With t_s ~ U[0, 300) a third of
+    # the rows reconstruct the input unchanged and none looks like inference (t_s = 200, t_b = 400):
+    # ranges near the inference levels make the segmentation input look as it will at inference.
+    t_s_range: tuple[int, int] | None = None  # [lo, hi): t_s ~ U{lo..hi−1}; null = [0, t_split)
+    t_b_range: tuple[int, int] | None = None  # null = [t_split, num_timesteps)
+    seg_detach_recon: bool = False  # true: the segmentation loss does not train the UNet
 
 
 SEG_LR_SCHEDULES = ("cosine_cycles", "half_cosine", "constant")
@@ -102,9 +108,23 @@ class DiffusionADConfig:
             raise ValueError("train.seg_lr_t_max must be >= 1")
         if not 0 < self.train.t_split < t:
             raise ValueError(f"train.t_split must be in (0, {t})")
+        for key in ("t_s_range", "t_b_range"):
+            bounds = getattr(self.train, key)
+            if bounds is not None and (len(bounds) != 2 or not 0 <= bounds[0] < bounds[1] <= t):
+                raise ValueError(f"train.{key} must be [lo, hi) with 0 <= lo < hi <= {t}")
         if not 0 <= self.inference.t_s < self.inference.t_b < t:
             raise ValueError(f"need 0 <= inference.t_s < inference.t_b < {t}")
         check_image_size(self.unet, self.data.image_size)
+
+    @property
+    def t_s_bounds(self) -> tuple[int, int]:
+        r = self.train.t_s_range
+        return (0, self.train.t_split) if r is None else (int(r[0]), int(r[1]))
+
+    @property
+    def t_b_bounds(self) -> tuple[int, int]:
+        r = self.train.t_b_range
+        return (self.train.t_split, self.schedule.num_timesteps) if r is None else (int(r[0]), int(r[1]))
 
 
 @register("diffusionad", DiffusionADConfig)
@@ -134,8 +154,8 @@ class DiffusionAD(Method):
         tc = self.config.train
         x0 = batch.images
         b, dev = x0.shape[0], x0.device
-        t_s = torch.randint(0, tc.t_split, (b,), generator=generator, device=dev)
-        t_b = torch.randint(tc.t_split, self.schedule.num_timesteps, (b,), generator=generator, device=dev)
+        t_s = torch.randint(*self.config.t_s_bounds, (b,), generator=generator, device=dev)
+        t_b = torch.randint(*self.config.t_b_bounds, (b,), generator=generator, device=dev)
         noise_s = torch.randn(x0.shape, generator=generator, device=dev)
         noise_b = torch.randn(x0.shape, generator=generator, device=dev)
         out = norm_guided_x0(self.unet, x0, t_s, t_b, noise_s, noise_b, self.schedule, w=1.0)
@@ -143,7 +163,8 @@ class DiffusionAD(Method):
         # ε-MSE on normal rows only: the denoiser must learn normal appearance alone.
         per_row = ((out["eps_s"] - noise_s) ** 2 + (out["eps_b"] - noise_b) ** 2).mean(dim=(1, 2, 3))
         noise_loss = per_row[normal].mean() if normal.any() else per_row.sum() * 0
-        logits = self.segnet(torch.cat([x0, out["x0_g"]], dim=1))
+        recon = out["x0_g"].detach() if tc.seg_detach_recon else out["x0_g"]
+        logits = self.segnet(torch.cat([x0, recon], dim=1))
         focal = binary_focal_loss(logits, batch.masks, tc.focal_alpha, tc.focal_gamma)
         smooth = smooth_l1_on_probabilities(logits, batch.masks)
         loss = noise_loss + tc.focal_weight * focal + smooth

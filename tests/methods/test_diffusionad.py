@@ -44,3 +44,51 @@ def test_bundles_that_stored_seg_cosine_keep_their_schedule():
 def test_loop_settings_are_still_checked():
     with pytest.raises(RecipeError, match="train.epochs must be >= 1"):
         load_recipe("diffusionad", "test", ["train.epochs=0"])
+
+
+def _model_and_batch(overrides, anomalous):
+    from adcli.data.batches import TrainBatch
+    from adcli.methods.diffusionad import DiffusionAD
+
+    config = load_recipe("diffusionad", "test", overrides).config
+    model = DiffusionAD(config, ["a"])
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 32, 32, generator=g)
+    masks = torch.zeros(4, 1, 32, 32)
+    masks[:, :, 8:16, 8:16] = 1.0
+    batch = TrainBatch(images=images, masks=masks, category_ids=torch.zeros(4, dtype=torch.long),
+                       is_anomaly=torch.full((4,), anomalous), originals=images)
+    return model, batch
+
+
+def test_training_noise_levels_follow_the_ranges(monkeypatch):
+    import adcli.methods.diffusionad as dad
+
+    seen = {}
+    real = dad.norm_guided_x0
+
+    def spy(unet, x0, t_s, t_b, *args, **kwargs):
+        seen.setdefault("t_s", []).extend(t_s.tolist())
+        seen.setdefault("t_b", []).extend(t_b.tolist())
+        return real(unet, x0, t_s, t_b, *args, **kwargs)
+
+    monkeypatch.setattr(dad, "norm_guided_x0", spy)
+    model, batch = _model_and_batch(["train.t_s_range=[150, 160]", "train.t_b_range=[390, 400]"], False)
+    for seed in range(20):
+        model.training_losses(batch, torch.Generator().manual_seed(seed))
+    assert set(seen["t_s"]) <= set(range(150, 160)) and set(seen["t_b"]) <= set(range(390, 400))
+    assert len(set(seen["t_s"])) > 5  # drawn, not fixed
+    paper = load_recipe("diffusionad", "test").config
+    assert (paper.t_s_bounds, paper.t_b_bounds) == ((0, 300), (300, 1000))
+    with pytest.raises(RecipeError, match="t_b_range must be"):
+        load_recipe("diffusionad", "test", ["train.t_b_range=[500, 400]"])
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_reconstruction_keeps_the_segmentation_loss_out_of_the_unet(detach):
+    # Every row anomalous: the ε-loss is zero, so the UNet's gradient is the segmentation loss's alone.
+    model, batch = _model_and_batch([f"train.seg_detach_recon={'true' if detach else 'false'}"], True)
+    model.training_losses(batch, torch.Generator().manual_seed(0))["loss"].backward()
+    unet_grad = sum(float(p.grad.abs().sum()) for p in model.unet.parameters() if p.grad is not None)
+    seg_grad = sum(float(p.grad.abs().sum()) for p in model.segnet.parameters() if p.grad is not None)
+    assert seg_grad > 0 and ((unet_grad == 0) if detach else (unet_grad > 0))
