@@ -186,7 +186,8 @@ class TimeNet(Method):
         for k in range(1, c.reflow.rounds + 1):
             stages.append(GradientStage(f"reflow{k}", c.reflow.epochs, c.reflow.batch_size,
                                         self._groups(self.denoiser, c.reflow.lr), self._pair_losses, keeps=("denoiser.",),
-                                        settings={"reflow": reflow},
+                                        # "pairs": how pairs are made; a new way must not reuse old stages
+                                        settings={"reflow": reflow, "pairs": "torch-dopri5, mixed-category chunks"},
                                         make_data=lambda data, ctx, k=k: self._reflow_pairs(k, ctx)))
         if self.tpn is not None:
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
@@ -236,31 +237,32 @@ class TimeNet(Method):
 
     @torch.no_grad()
     def _reflow_pairs(self, round_k: int, ctx: StageContext) -> ReflowPairs:
-        """Pairs (X_0, ODE[v_{k−1}](X_0 | c)) per category, RK45, in chunks of `reflow.solve_batch`. Each
-        chunk is saved to its own file in the scratch folder, so an interrupted generation resumes where
-        it stopped; each chunk's noise comes from (seed, round, chunk number)."""
+        """Pairs (X_0, ODE[v_{k−1}](X_0 | c)), `reflow.pairs_per_category` per category, RK45 in the
+        model's dtype, in chunks of `reflow.solve_batch` rows that may mix categories (each row carries
+        its own class), so few pairs per category still fill a batch. Each chunk is saved to its own
+        file in the scratch folder, so an interrupted generation resumes where it stopped; each chunk's
+        noise comes from (seed, round, chunk number)."""
         rc = self.config.reflow
         size = self.config.data.image_size
-        chunk_dir = ctx.scratch / f"reflow{round_k}_pairs"
-        chunks = [(c, min(rc.solve_batch, rc.pairs_per_category - start)) for c in range(len(self.categories))
-                  for start in range(0, rc.pairs_per_category, rc.solve_batch)]
+        chunk_dir = ctx.scratch / f"reflow{round_k}_pairs_mixed"
+        labels = torch.arange(len(self.categories)).repeat_interleave(rc.pairs_per_category)
+        chunks = list(labels.split(rc.solve_batch))
         parts = []
         self.denoiser.eval()
-        with ctx.progress(f"reflow {round_k}: RK45 pairs", sum(n for _, n in chunks)) as task:
-            for number, (cat, n) in enumerate(chunks):
+        with ctx.progress(f"reflow {round_k}: RK45 pairs", len(labels)) as task:
+            for number, y in enumerate(chunks):
                 path = chunk_dir / f"{number:05d}.safetensors"
                 if path.is_file():
                     parts.append(load_tensors(path))
-                    task.advance(n)
+                    task.advance(len(y))
                     continue
                 g = torch.Generator().manual_seed(int(np.random.default_rng([self.config.seed, round_k, number]).integers(2**62)))
-                x0 = torch.randn((n, 3, size, size), generator=g)
-                y = torch.full((n,), cat, dtype=torch.long)
+                x0 = torch.randn((len(y), 3, size, size), generator=g)
                 x1, nfe = rf.rk45(self.denoiser, x0.to(ctx.device), rtol=rc.rtol, atol=rc.atol, y=y.to(ctx.device))
-                parts.append({"x0": x0, "x1": x1.cpu(), "y": y})
+                parts.append({"x0": x0, "x1": x1.cpu(), "y": y.clone()})
                 chunk_dir.mkdir(parents=True, exist_ok=True)
                 save_tensors(path, parts[-1])
-                task.advance(n, evaluations=nfe)
+                task.advance(len(y), evaluations=nfe)
         self.denoiser.train()
         return ReflowPairs(*(torch.cat([part[k] for part in parts]) for k in ("x0", "x1", "y")), self.categories)
 

@@ -48,3 +48,21 @@ def test_rk45_on_a_field_with_a_known_solution():
     x1, calls = RF.rk45(lambda x, s: x, x0)
     assert torch.allclose(x1, x0 * math.e, rtol=1e-4)
     assert calls > 5
+
+
+def test_rk45_takes_scipys_steps():
+    """The same adaptive steps as scipy's solve_ivp(method="RK45"): same result in float64, same call count."""
+    from scipy.integrate import solve_ivp
+
+    def field(x, s):  # nonlinear and time-dependent: the step size changes along the way
+        t = s[:, None] / RF.TIME_SCALE
+        return -x ** 3 + torch.sin(6 * t) * x + 1.0
+
+    x0 = torch.tensor([[1.0, -2.0, 0.5, 3.0]], dtype=torch.float64)
+    ours, calls = RF.rk45(field, x0, rtol=1e-6, atol=1e-6)
+    rhs = lambda t, y: field(torch.from_numpy(y)[None], torch.tensor([t * RF.TIME_SCALE]))[0].numpy()
+    ref = solve_ivp(rhs, (0.0, 1.0), x0[0].numpy(), method="RK45", rtol=1e-6, atol=1e-6)
+    assert calls == ref.nfev
+    assert torch.allclose(ours[0], torch.from_numpy(ref.y[:, -1]), rtol=1e-10, atol=1e-12)
+    ours32, _ = RF.rk45(field, x0.float(), rtol=1e-6, atol=1e-6)  # the model's dtype is kept
+    assert ours32.dtype == torch.float32 and torch.allclose(ours32[0].double(), torch.from_numpy(ref.y[:, -1]), atol=1e-5)

@@ -151,9 +151,11 @@ def test_reflow_pairs_follow_a_known_field_and_resume(backbone_weights, tmp_path
     assert len(pairs) == 6 and pairs.category_ids.tolist() == [0, 0, 0, 1, 1, 1]
     expected = pairs.x0 + torch.tensor([-1.0, 2.0])[pairs.category_ids].reshape(-1, 1, 1, 1)
     assert torch.allclose(pairs.x1, expected, atol=1e-4)
-    # A generation stopped after two of its four chunks continues with the same noises.
-    chunks = sorted((tmp_path / "ck" / "reflow1_pairs").iterdir())
-    assert len(chunks) == 4  # 3 pairs per category in chunks of at most 2
+    # A generation stopped after two of its three chunks continues with the same noises.
+    chunks = sorted((tmp_path / "ck" / "reflow1_pairs_mixed").iterdir())
+    assert len(chunks) == 3  # 6 pairs in chunks of 2; the middle one holds both categories
+    from safetensors.torch import load_file as read
+    assert read(chunks[1])["y"].tolist() == [0, 1]
     for chunk in chunks[2:]:
         chunk.unlink()
     resumed = model._reflow_pairs(1, ctx)
