@@ -239,6 +239,39 @@ def checks(
     raise typer.Exit(0 if result["ok"] else OutputError.exit_code)
 
 
+@app.command(epilog="Example: adcli bench runs/knn --batch 1,8 --dtype fp32,bf16 --threads 2")
+def bench(
+    model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes to time, comma-separated.")] = "1,4,8",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32 and/or bf16 (autocast), comma-separated.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Torch threads (default: torch's choice).")] = None,
+    images: Annotated[int, typer.Option("--images", help="Images timed per setting, after one warm-up call.")] = 32,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
+):
+    """How fast a model scores here: FLOPs/image, ms/image, images/s, peak memory, GFLOP/s and the share
+    of this machine's matmul peak in the same dtype. Random images; nothing is written."""
+    import dataclasses
+    import json
+
+    from adcli.bench import DTYPES, bench as run_bench, parse_list
+    from adcli.progress import print_table
+
+    rows, facts = run_bench(model, parse_list(batch, "batch"), parse_list(dtype, "dtype", list(DTYPES)), threads, images, device)
+    if as_json:
+        print(json.dumps({**facts, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"adcli bench {facts['run']}: {facts['method']} ({facts['profile'] or '-'}), "
+                        f"{facts['image_size']} px, {facts['device']}, {facts['threads']} threads, torch {facts['torch']}")
+    for column in ("batch", "dtype", "GFLOP/img", "ms/img", "img/s", "peak RSS MB", "GFLOP/s", "matmul peak", "of peak"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(str(r.batch), r.dtype, f"{r.gflop_per_image:.3f}", f"{r.ms_per_image:.1f}", f"{r.images_per_s:.1f}",
+                      f"{r.peak_rss_mb:.0f}", f"{r.achieved_gflops:.1f}", f"{r.matmul_peak_gflops:.0f}", f"{100 * r.fraction_of_peak:.0f}%")
+    print_table(console, table)
+
+
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.", context_settings=HELP_OPTIONS)
 app.add_typer(weights_app, name="weights")
 

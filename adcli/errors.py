@@ -18,6 +18,10 @@ class RecipeError(AdcliError):
     """Bad recipe file, unknown/missing key, wrong type, unknown profile."""
 
 
+class UsageError(AdcliError):
+    """A command-line value that cannot be used (a malformed list, an unknown choice)."""
+
+
 class DataError(AdcliError):
     """Missing folders, empty datasets, unreadable manifests."""
 

@@ -1,0 +1,52 @@
+"""adcli bench runs and counts what it says; its figures are for reading, not for asserting speed."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adcli.bench import bench_model, count_flops, parse_list
+from adcli.cli import app
+from adcli.errors import UsageError
+from adcli.train import train
+from conftest import recipe_with_weights
+
+
+class OneLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 4 * 4, 5)
+
+    def predict(self, images, category_ids):
+        return self.fc(images.flatten(1))
+
+
+def test_flops_are_counted_not_estimated():
+    x = torch.rand(3, 3, 4, 4)
+    assert count_flops(OneLinear(), x, torch.zeros(3, dtype=torch.long), "fp32") == 2 * 48 * 5
+    rows = bench_model(OneLinear(), ["a"], 4, torch.device("cpu"), [1, 2], ["fp32", "bf16"], threads=1, images=2)
+    assert [(r.batch, r.dtype) for r in rows] == [(1, "fp32"), (2, "fp32"), (1, "bf16"), (2, "bf16")]
+    assert all(r.ms_per_image > 0 and r.matmul_peak_gflops > 0 and r.peak_rss_mb > 0 for r in rows)
+
+
+def test_lists_are_checked():
+    assert parse_list("1, 4,8", "batch") == [1, 4, 8]
+    with pytest.raises(UsageError, match="whole numbers"):
+        parse_list("1,x", "batch")
+    with pytest.raises(UsageError, match="unknown fp16"):
+        parse_list("fp16", "dtype", ["fp32", "bf16"])
+
+
+def test_bench_command_on_a_bundle(prepared, mobilenet_weights, tmp_path):
+    run = train(prepared, tmp_path / "run", recipe_with_weights("knn", mobilenet_weights), device="cpu")
+    result = CliRunner().invoke(app, ["bench", str(run), "--batch", "1,2", "--images", "2", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["method"] == "knn" and len(out["rows"]) == 2 and out["rows"][0]["gflop_per_image"] > 0
+    table = CliRunner().invoke(app, ["bench", str(run), "--batch", "2", "--images", "2"])
+    assert table.exit_code == 0 and "ms/img" in table.output
+    bad = subprocess.run([sys.executable, "-m", "adcli", "bench", str(run), "--dtype", "fp8"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown fp8 (choose from fp32, bf16)" in bad.stderr
