@@ -38,11 +38,18 @@ def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_
                                                          help="Print the version and exit.")] = None,
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress (bars or log lines) and no info "
                                              "log lines: warnings, errors and results only.")] = False,
-         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also debug log lines.")] = False):
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also debug log lines.")] = False,
+         threads: Annotated[Optional[int], typer.Option("--threads", envvar="ADCLI_THREADS", min=1,
+                                                        help="CPU threads for torch (default: one per physical core). "
+                                                        "Two jobs on one PC: give each half.")] = None):
     import logging
 
     from adcli import progress
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     progress.settings.quiet = quiet
     logging.getLogger("adcli").setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 

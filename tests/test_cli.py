@@ -84,3 +84,13 @@ def test_errors_say_what_to_do(tmp_path, demo_root):
     assert done.returncode == 2 and f"give {flat}" in done.stderr
     done = _adcli("train", "--recipe", "knn", "--set", "train.epochs=3", "--data", tmp_path, "--out", tmp_path / "r")
     assert "recipe knn has no section 'train' (it has: backbone, data, inference, knn" in done.stderr
+
+
+def test_threads_option_and_variable_set_torchs_threads(tmp_path):
+    import json
+
+    assert json.loads(_adcli("--threads", "1", "checks", "--out", tmp_path, "--json").stdout)["compute"]["torch_threads"] == 1
+    env = subprocess.run([sys.executable, "-m", "adcli", "checks", "--out", str(tmp_path), "--json"], capture_output=True,
+                         text=True, env={**__import__("os").environ, "ADCLI_THREADS": "1"})
+    assert json.loads(env.stdout)["compute"]["torch_threads"] == 1
+    assert _adcli("--threads", "0", "checks").returncode == 2
