@@ -157,3 +157,27 @@ def category_metrics(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | 
     pixel = curve_summary(maps, masks, order)
     out.update(pixel_auroc=pixel.auroc, pixel_ap=pixel.ap, pixel_f1_max=pixel.f1_max, aupro=aupro(maps, masks, order=order))
     return out
+
+
+def defect_type_metrics(scores: np.ndarray, labels: np.ndarray, types: list[str], maps: np.ndarray | None = None,
+                        masks: np.ndarray | None = None, known: np.ndarray | None = None) -> list[dict]:
+    """Per defect type of one category: how well its images stand out from the category's good images.
+
+    image_auroc: that type's images against every good image; pixel_auroc: defect vs normal pixels over
+    that type's images whose mask is known (`known`, default all). scores/labels (N,), types N names
+    ("good" for good images), maps/masks (N, H, W) or None. -> one dict per type, sorted by name."""
+    labels = np.asarray(labels).astype(bool)
+    known = np.ones(len(labels), bool) if known is None else np.asarray(known, bool)
+    good = ~labels
+    rows = []
+    for name in sorted({t for t, is_defect in zip(types, labels) if is_defect}):
+        mine = np.array([t == name for t in types]) & labels
+        pick = mine | good
+        row = {"defect_type": name, "images": int(mine.sum()),
+               "image_auroc": curve_summary(scores[pick], labels[pick]).auroc if good.any() else float("nan"),
+               "pixel_auroc": float("nan")}
+        with_mask = mine & known
+        if maps is not None and masks is not None and with_mask.any() and masks[with_mask].any() and not masks[with_mask].all():
+            row["pixel_auroc"] = curve_summary(maps[with_mask], masks[with_mask]).auroc
+        rows.append(row)
+    return rows

@@ -94,3 +94,26 @@ def test_category_metrics_has_all_seven():
     maps = rng.random(masks.shape) + masks
     out = M.category_metrics(maps.max(axis=(1, 2)), masks.any(axis=(1, 2)), maps, masks)
     assert set(out) == set(M.METRIC_NAMES) and all(0 <= v <= 1 for v in out.values())
+
+
+def test_defect_type_metrics_against_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from adcli.metrics import defect_type_metrics
+
+    rng = np.random.default_rng(3)
+    types = ["good"] * 6 + ["crack"] * 4 + ["hole"] * 5
+    labels = np.array([t != "good" for t in types])
+    scores = rng.random(15) + labels * np.array([0.0] * 6 + [0.8] * 4 + [0.1] * 5)
+    maps = rng.random((15, 4, 4))
+    masks = np.zeros((15, 4, 4), bool)
+    masks[labels, :2, :2] = True
+    maps[masks] += 0.5
+    rows = defect_type_metrics(scores, labels, types, maps, masks)
+    assert [r["defect_type"] for r in rows] == ["crack", "hole"] and [r["images"] for r in rows] == [4, 5]
+    for r, sl in zip(rows, [slice(6, 10), slice(10, 15)]):
+        pick = np.r_[np.arange(6), np.arange(15)[sl]]
+        assert r["image_auroc"] == pytest.approx(roc_auc_score(labels[pick], scores[pick]))
+        assert r["pixel_auroc"] == pytest.approx(roc_auc_score(masks[sl].ravel(), maps[sl].ravel()))
+    no_maps = defect_type_metrics(scores, labels, types)
+    assert all(np.isnan(r["pixel_auroc"]) for r in no_maps)

@@ -33,6 +33,15 @@ def test_report_files_and_numbers(run, prepared, tmp_path):
     expected = roc_auc_score([test[i].label for i in disc], scores[disc])
     assert rows[0]["image_auroc"] == pytest.approx(expected, abs=1e-9)
     assert rows[2]["image_auroc"] == pytest.approx((rows[0]["image_auroc"] + rows[1]["image_auroc"]) / 2)
+    # per defect type: every defect folder of the test split, its count, its AUROC against the goods
+    with open(tmp_path / "r" / "defect_types.csv") as f:
+        types = list(csv.DictReader(f))
+    expected_types = sorted({(s.category, s.defect) for s in test if s.label == 1})
+    assert [(t["category"], t["defect_type"]) for t in types] == expected_types
+    first = [i for i in disc if test[i].label == 0 or test[i].defect == types[0]["defect_type"]]
+    assert float(types[0]["image_auroc"]) == pytest.approx(roc_auc_score([test[i].label for i in first], scores[first]))
+    assert int(types[0]["images"]) == sum(test[i].defect == types[0]["defect_type"] for i in disc)
+    assert len(metrics["defect_types"]) == len(types) > 0
     page = (tmp_path / "r" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 2 * 2 + 3 * 3  # ROC + histogram per category, gallery
     assert "http://" not in page and "https://" not in page  # opens offline

@@ -16,7 +16,7 @@ from adcli.data.manifest import SPLITS, load_manifest
 from adcli.detector import Detector
 from adcli.errors import DataError
 from adcli.io import atomic_write_json, atomic_write_text, read_image
-from adcli.metrics import METRIC_NAMES, category_metrics
+from adcli.metrics import METRIC_NAMES, category_metrics, defect_type_metrics
 from adcli.report.html import histogram_plot, render, roc_plot, triptych
 from adcli.progress import print_table, track
 from adcli.predictions import ground_truth, predict_samples
@@ -60,9 +60,12 @@ def _at_threshold(calibration: Calibration | None, cat: str, scores: np.ndarray,
 
 
 def _csv(rows: list[dict]) -> str:
+    return _csv_of(rows, ["category", "images", "defects_without_mask", *METRIC_NAMES, *CALIBRATED_FIELDS, "ms_per_image", "device"])
+
+
+def _csv_of(rows: list[dict], fields: list[str]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["category", "images", "defects_without_mask", *METRIC_NAMES, *CALIBRATED_FIELDS,
-                                             "ms_per_image", "device"])
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -89,7 +92,7 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
         outputs = predict_samples(detector, samples, out, task.advance)
 
     calibration = detector.calibration
-    rows, sections = [], []
+    rows, sections, type_rows = [], [], []
     for cat in sorted({s.category for s in samples}):
         idx = np.array([i for i, s in enumerate(samples) if s.category == cat])
         labels = np.array([samples[i].label == 1 for i in idx])
@@ -110,6 +113,8 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
                "ms_per_image": round(outputs.ms_per_image, 1),
                "device": outputs.device, **_at_threshold(calibration, cat, outputs.scores[idx], labels)}
         rows.append(row)
+        type_rows.extend({"category": cat, **r} for r in defect_type_metrics(
+            outputs.scores[idx], labels, [samples[i].defect for i in idx], outputs.maps[idx], masks, known))
         sections.append({"category": cat, "roc": roc_plot(outputs.scores[idx], labels, cat),
                          "hist": histogram_plot(outputs.scores[idx], labels, cat, row["threshold"]),
                          "gallery": _gallery(outputs, idx, labels, masks, category_range)})
@@ -123,8 +128,9 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
     model_name = f"{meta['method']} ({meta.get('profile') or 'paper'}) {detector.model_id}"
     atomic_write_json(out / "metrics.json", {"model": str(model_dir), "model_id": detector.model_id,
                                              "method": meta["method"], "profile": meta.get("profile"),
-                                             "split": split, "categories": rows})
+                                             "split": split, "categories": rows, "defect_types": type_rows})
     atomic_write_text(out / "metrics.csv", _csv(rows))
+    atomic_write_text(out / "defect_types.csv", _csv_of(type_rows, ["category", "defect_type", "images", "image_auroc", "pixel_auroc"]))
     header = {"model": model_name, "split": split, "images": len(samples), "ms/image": f"{outputs.ms_per_image:.1f}",
               "device": outputs.device}
     atomic_write_text(out / "report.html", render(f"adcli report: {model_name}", header, rows, sections))
@@ -137,6 +143,13 @@ def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, sp
     for r in rows:
         table.add_row(r["category"], str(r["images"]), *("–" if r[k] != r[k] else f"{100 * r[k]:.1f}" for k in METRIC_NAMES))
     print_table(console, table)
+    by_type = Table(title="by defect type (image AUROC: that type vs the category's good images; pixel AUROC: within its images)")
+    for name in ("category", "defect type", "images", "I-AUROC", "P-AUROC"):
+        by_type.add_column(name, justify="left" if "type" in name or name == "category" else "right")
+    for r in type_rows:
+        by_type.add_row(r["category"], r["defect_type"], str(r["images"]),
+                        *("–" if r[k] != r[k] else f"{100 * r[k]:.1f}" for k in ("image_auroc", "pixel_auroc")))
+    print_table(console, by_type)
     for r in rows:
         if r.get("threshold") is not None:
             console.print(f"{r['category']}: threshold {r['threshold']:.5g} (target {r['target_fpr']:.1%}, expected "
