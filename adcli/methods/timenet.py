@@ -14,7 +14,8 @@ the time + class embedding of every residual block at the matching feature-map s
 Inference: X_t = t·X + (1 − t)·ε from one fixed noise draw per recipe seed (t = 0.83), one denoiser
 and one TPN call, X̂ as above. Scores (DDAD-style, eq. 5): per backbone layer F(d1 = Euclidean,
 d2 = cosine, w) upsampled and summed = S_f; S_p = ‖X − X̂‖² over channels; S = F(S_p, S_f, λ),
-Gaussian-smoothed; image score = max after rounds of k×k average pooling.
+Gaussian-smoothed; image score = max after rounds of k×k average pooling. F's maxima are each image's
+own, or (scoring.normaliser: normals) fixed per category from training normals by a `score_scale` stage.
 Images are [0, 1] outside this module and [−1, 1] inside the flow (X_0 ~ N(0, I)).
 """
 
@@ -27,10 +28,9 @@ import torch
 from torch import nn
 
 from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
-from adcli.data.batches import TrainBatch
+from adcli.data.batches import TrainBatch, to_tensor
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
-from adcli.data.batches import to_tensor
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
