@@ -148,13 +148,13 @@ def bench(run: str | Path, batches: list[int], dtypes: list[str], threads: int |
     from adcli.run import RunFolder
     from adcli.runtime import resolve_device
 
+    if images < 1:
+        raise UsageError("--images must be >= 1")
     dev = resolve_device(device)
     folder = RunFolder(run)
     model, meta = folder.load_model(dev)
     config = folder.read_config()
     threads = threads or torch.get_num_threads()
-    if images < 1:
-        raise UsageError("--images must be >= 1")
     rows = bench_model(model, meta["categories"], config.data.image_size, dev, batches, dtypes, threads, images)
     facts = {"run": str(run), "method": config.method, "profile": folder.profile(), "image_size": config.data.image_size,
              "device": str(dev), "threads": threads, "torch": torch.__version__,
