@@ -48,7 +48,13 @@ def test_stochastic_steps_follow_the_generator():
     model = PointMass(torch.zeros(1, 1, 2, 2))
     start = torch.randn(1, 1, 2, 2)
     steps = [900, 600, 300]
-    run = lambda seed: ddim_sample(model, start, steps, SCHEDULE, eta=1.0, generator=torch.Generator().manual_seed(seed))
+
+    def run(seed):  # the states between steps: the last step lands on the point whatever the noise
+        states = []
+        ddim_sample(model, start, steps, SCHEDULE, eta=1.0, generator=torch.Generator().manual_seed(seed),
+                    after_step=lambda i, t, x, x0: states.append(x.clone()))
+        return torch.stack(states[:-1])
+
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
 
 
