@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Any
 import yaml
 
 from adcli.errors import RecipeError
+
+_FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+
 
 def recipes_dir() -> Path:
     """The built-in recipes: the top-level `recipes/` folder, installed as the package `adcli.recipes`."""
@@ -154,6 +158,8 @@ def _coerce(tp: Any, value: Any, source: str, key: str):
             raise RecipeError(f"{source}: key '{key}' expects an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _FLOAT_WITHOUT_DOT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; it is plainly a number
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{source}: key '{key}' expects a number, got {value!r}")
         return float(value)

@@ -21,6 +21,10 @@ def test_profile_and_set_override_paper_settings():
     assert r.config.data.image_size == 128
     assert r.config.train.epochs == 5 and r.config.inference.t_s == 150
     assert load_recipe("diffusionad").config.data.image_size == 256
+    # YAML 1.1 reads 3e-4 (no dot) as a string; a float key takes it as the number it plainly is
+    assert load_recipe("diffusionad", overrides=["train.lr_unet=3e-4"]).config.train.lr_unet == 3e-4
+    with pytest.raises(RecipeError, match="expects a number"):
+        load_recipe("diffusionad", overrides=["train.lr_unet=3e-4x"])
 
 
 @pytest.mark.parametrize("override, message", [
