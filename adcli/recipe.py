@@ -40,7 +40,7 @@ def recipe_names() -> list[str]:
 def recipe_path(name_or_path: str) -> Path:
     """A recipe name (`diffusionad`) maps to the built-in `recipes/<name>.yaml`; anything else is a path."""
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a folder that happens to share the name is not a recipe
         if not p.is_file():
             raise RecipeError(f"recipe file not found: {p}")
         return p

@@ -46,6 +46,12 @@ def test_unknown_profile_and_recipe():
         load_recipe("nope")
 
 
+def test_a_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "knn").mkdir()  # e.g. an output folder
+    assert load_recipe("knn").config.method == "knn"
+
+
 def test_bad_files_name_the_file(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("method: diffusionad\nseed: [1\n")
