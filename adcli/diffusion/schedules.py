@@ -28,6 +28,19 @@ BETA_SCHEDULES = {"linear": linear_betas, "scaled_linear": scaled_linear_betas}
 
 
 @dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """A recipe's `schedule:` section."""
+
+    kind: str = "linear"  # a key of BETA_SCHEDULES
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def make(self) -> "NoiseSchedule":
+        return NoiseSchedule.make(self.kind, self.num_timesteps, self.beta_start, self.beta_end)
+
+
+@dataclasses.dataclass(frozen=True)
 class NoiseSchedule:
     """ᾱ_t of a discrete schedule; lookups return float32 tensors on the query's device."""
 

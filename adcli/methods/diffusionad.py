@@ -18,7 +18,7 @@ import torch
 
 from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
 from adcli.diffusion.norm_guided import norm_guided_x0
-from adcli.diffusion.schedules import NoiseSchedule
+from adcli.diffusion.schedules import NoiseSchedule, ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
 from adcli.data.batches import TrainBatch
 from adcli.methods.base import AnomalyOutput, GradientStage, Method
@@ -27,14 +27,6 @@ from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import top_k_mean
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
-    kind: str = "linear"
-    num_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02  # the authors' code; the paper text says 1e-2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,131 @@
+"""DiAD on tiny generated data: stages, reuse, the SG network's zero start, inference."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adcli.errors import AdcliError, RecipeError
+from adcli.methods.base import StageContext
+from adcli.methods.diad import DiAD
+from adcli.recipe import load_recipe
+from adcli.registry import get_method, method_names
+from adcli.run import RunFolder
+from adcli.train import train
+
+
+def _recipe(weights, overrides=()):
+    return load_recipe("diad", "test", [f"backbone.weights={weights}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def run(prepared, mobilenet_weights, tmp_path_factory):
+    return train(prepared, tmp_path_factory.mktemp("diad") / "run", _recipe(mobilenet_weights), device="cpu")
+
+
+def test_registered_and_paper_settings(no_weights):
+    assert "diad" in method_names() and get_method("diad").method_cls is DiAD
+    c = load_recipe("diad").config
+    assert (c.unet.block_out_channels, c.unet.layers_per_block, c.unet.heads, c.unet.context_dim) == ((320, 640, 1280, 1280), 2, 8, 768)
+    assert (c.autoencoder.block_out_channels, c.autoencoder.latent_channels, c.autoencoder.scale_factor) == ((128, 256, 512, 512), 4, 0.18215)
+    assert (c.schedule.kind, c.schedule.beta_start, c.schedule.beta_end, c.schedule.num_timesteps) == ("scaled_linear", 0.00085, 0.012, 1000)
+    assert (c.sg.hint_channels, c.sg.train, c.sg.lr, c.sg.batch_size, c.sg.epochs) == ((16, 32, 96, 256), "sg_decoder", 1e-5, 12, 1000)
+    assert (c.inference.start_t, c.inference.steps, c.scoring.gaussian_sigma, c.scoring.pool_kernel, c.scoring.pool_rounds) == (999, 10, 5.0, 8, 8)
+    assert (c.backbone.name, c.backbone.layers) == ("resnet50", ("layer1", "layer2", "layer3"))
+    for profile in ("cpu", "demo", "test"):
+        load_recipe("diad", profile)
+    # the paper settings start from Stable Diffusion 1.5: without it, one line says where to put it
+    with pytest.raises(AdcliError, match="stable-diffusion-v1-5.*vae/config.json"):
+        DiAD(c, ["a"])
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(RecipeError, match="hint_channels"):
+        load_recipe("diad", "test", ["sg.hint_channels=[8, 16, 32]"])  # downsamples 4x, the autoencoder 2x
+    with pytest.raises(RecipeError, match="cross_attention"):
+        load_recipe("diad", "test", ["unet.cross_attention=[true]"])
+    with pytest.raises(RecipeError, match="sg.train"):
+        load_recipe("diad", "test", ["sg.train=encoder"])
+    with pytest.raises(RecipeError, match="image_size"):
+        load_recipe("diad", "test", ["data.image_size=34"])
+
+
+def test_sg_network_starts_by_changing_nothing(mobilenet_weights, tmp_path):
+    config = _recipe(mobilenet_weights).config
+    torch.manual_seed(0)
+    model = DiAD(config, ["a", "b"])
+    torch.nn.init.normal_(model.context)  # a trained-looking denoiser
+    for p in model.unet.up_blocks.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    model._start_sg(_Tiny(), StageContext.silent("cpu", tmp_path))
+    z, t, images = torch.randn(2, 4, 16, 16), torch.tensor([5, 990]), torch.rand(2, 3, 32, 32)
+    with_sg = model.eps(z, t, images)
+    sg, model.sg = model.sg, None
+    assert torch.equal(with_sg, model.eps(z, t, images))  # zero convolutions and zero SFF: exactly the plain LDM
+    model.sg = sg
+    assert torch.equal(sg.down_blocks[0].resnets[0].conv1.weight, model.unet.down_blocks[0].resnets[0].conv1.weight)
+
+
+class _Tiny:
+    """TrainImages' interface: four random 32 px images of two categories."""
+
+    def __init__(self):
+        import numpy as np
+
+        self.images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+        self.category_ids = np.array([0, 0, 1, 1])
+        self.categories = ["a", "b"]
+
+    def __len__(self):
+        return 4
+
+
+def test_sg_stage_trains_the_sg_network_and_the_decoder_half(mobilenet_weights):
+    model = DiAD(_recipe(mobilenet_weights).config, ["a"])
+    sg_stage = model.stages()[-1]
+    trained = {id(p) for g in sg_stage.param_groups(1)[0] for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert all(id(p) in trained for n, p in named.items() if n.startswith(("sg.", "sff.", "unet.up_blocks.", "unet.conv_out.")))
+    assert not any(id(p) in trained for n, p in named.items() if n.startswith(("unet.down_blocks.", "unet.mid_block.", "context", "autoencoder.")))
+
+
+def test_three_stages_kept_and_bundle_predicts(run):
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["autoencoder.safetensors", "denoiser.safetensors", "sg.safetensors"]
+    assert set(json.loads((run / "meta.json").read_text())["stage_seconds"]) == {"autoencoder", "denoiser", "sg"}
+    weights = load_file(run / "model.safetensors")
+    scale = float(weights["latent_scale"])
+    assert scale > 0 and scale != 1.0  # fitted: scale_factor null in the test profile
+    model, _ = RunFolder(run).load_model()
+    images = torch.rand(2, 3, 32, 32)
+    out = model.predict(images, torch.tensor([0, 1]))
+    assert out.anomaly_map.shape == (2, 32, 32) and out.reconstruction.shape == (2, 3, 32, 32)
+    assert bool(torch.isfinite(out.anomaly_map).all()) and float(out.anomaly_map.min()) >= 0
+    assert torch.equal(model.predict(images, torch.tensor([0, 1])).score, out.score)  # one fixed noise draw
+
+
+def test_plain_ldm_ablation_reuses_the_autoencoder_and_denoiser(run, prepared, mobilenet_weights, tmp_path):
+    plain = train(prepared, tmp_path / "plain", _recipe(mobilenet_weights, ["sg.enabled=false"]), device="cpu", stages_from=run)
+    w = load_file(plain / "model.safetensors")
+    assert not any(k.startswith(("sg.", "sff.")) for k in w)
+    assert all(torch.equal(w[k], v) for k, v in load_file(run / "stages" / "denoiser.safetensors").items())
+    seconds = json.loads((run / "meta.json").read_text())["stage_seconds"]
+    assert json.loads((plain / "meta.json").read_text())["stage_seconds"] == {k: seconds[k] for k in ("autoencoder", "denoiser")}
+    other_sg = train(prepared, tmp_path / "sg_lr", _recipe(mobilenet_weights, ["sg.lr=3e-4"]), device="cpu", stages_from=run)
+    assert "stage sg" in (other_sg / "train.log").read_text() and "reusing" in (other_sg / "train.log").read_text()
+    assert not torch.equal(load_file(other_sg / "stages" / "sg.safetensors")["sg.conv_in.weight"],
+                           load_file(run / "stages" / "sg.safetensors")["sg.conv_in.weight"])
+
+
+def test_pretrained_autoencoder_and_denoiser_leave_only_the_sg_stage(mobilenet_weights, tmp_path):
+    config = _recipe(mobilenet_weights).config
+    torch.manual_seed(1)
+    source = DiAD(config, ["a"])
+    source.autoencoder.save_pretrained(tmp_path / "sd" / "vae")
+    source.unet.save_pretrained(tmp_path / "sd" / "unet")
+    folder = str(tmp_path / "sd")
+    model = DiAD(_recipe(mobilenet_weights, [f"autoencoder.pretrained={folder}", f"unet.pretrained={folder}",
+                                             "autoencoder.scale_factor=0.5"]).config, ["a"])
+    assert [s.name for s in model.stages()] == ["sg"]
+    assert torch.equal(model.unet.conv_out.weight, source.unet.conv_out.weight)
+    assert float(model.latent_scale) == 0.5
