@@ -190,6 +190,8 @@ def local_weights() -> list[tuple[str, Path]]:
     for label, folder in folders:
         if folder.is_dir():
             found += [(label, p) for p in sorted(folder.iterdir()) if p.suffix in (".pth", ".pt", ".safetensors")]
+            # diffusers model folders (DiAD's Stable Diffusion: NAME/vae/, NAME/unet/), found by folder name
+            found += [(f"{label} (diffusers)", p) for p in sorted(folder.glob("*/*/diffusion_pytorch_model.safetensors"))]
     hf = hf_cache_dir()
     if hf.is_dir():
         found += [("Hugging Face cache", p) for p in sorted(hf.glob("models--timm--*/snapshots/*/model.safetensors"))]

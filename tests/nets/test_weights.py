@@ -32,6 +32,13 @@ def test_resolution_order(isolated, monkeypatch):
         W.resolve_weights("resnet18", isolated / "missing.pth")
 
 
+def test_weights_list_shows_diffusers_folders(isolated, monkeypatch):
+    vae = _put(isolated / "mine" / "stable-diffusion-v1-5" / "vae" / "diffusion_pytorch_model.safetensors")
+    plain = _put(isolated / "mine" / "resnet50.pth")
+    monkeypatch.setenv("ADCLI_WEIGHTS_DIR", str(isolated / "mine"))
+    assert W.local_weights() == [("ADCLI_WEIGHTS_DIR", plain), ("ADCLI_WEIGHTS_DIR (diffusers)", vae)]
+
+
 def test_hf_cache_and_packaged(isolated, monkeypatch):
     hf = _put(isolated / "hf" / "models--timm--tiny_net" / "snapshots" / "abc" / "model.safetensors")
     assert W.resolve_weights("tiny_net") == hf
