@@ -40,7 +40,7 @@ def test_sff_fuses_the_next_higher_scale_into_the_lowest():
     channels = ldm.sg_output_channels(UNET)  # conv_in, level 0, down, level 1, down, level 2
     assert channels == [16, 16, 16, 32, 32, 32]
     sizes = [16, 16, 8, 8, 4, 4]
-    sff = ldm.SpatialFeatureFusion(channels, UNET.layers_per_block)
+    sff = ldm.SpatialFeatureFusion(channels, UNET.layers_per_block).requires_grad_(False)
     assert (sff.high, sff.low) == ([2, 3], [4, 5])
     outs = [torch.randn(2, c, s, s) for c, s in zip(channels, sizes)]
     fused = sff(outs)
