@@ -202,6 +202,7 @@ class DiAD(Method):
         state = None if load_pretrained else random_backbone_state(config.backbone)
         self.backbone = FeatureExtractor(config.backbone, state=state)
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
+        self._training_latents: TrainingLatents | None = None  # made once, shared by the denoiser and sg stages
 
     # ---- training -------------------------------------------------------------------------------
     def stages(self) -> list[GradientStage]:
@@ -270,6 +271,8 @@ class DiAD(Method):
     def _latents(self, data, ctx: StageContext) -> TrainingLatents:
         """Every training image's posterior, once (the autoencoder is frozen from here on); with
         `autoencoder.scale_factor: null`, latent_scale = 1/std of the sampled training latents."""
+        if self._training_latents is not None and self._training_latents.data is data:
+            return self._training_latents
         batch = self.config.inference.batch_size
         was_training = self.autoencoder.training
         self.autoencoder.eval()
@@ -287,7 +290,8 @@ class DiAD(Method):
             sample = mean + std * torch.randn(mean.shape, generator=g)
             self.latent_scale.fill_(1.0 / float(sample.std()))
             ctx.log(f"latent scale 1/std of {len(mean)} training latents: {float(self.latent_scale):.5g}")
-        return TrainingLatents(data, mean, std)
+        self._training_latents = TrainingLatents(data, mean, std)
+        return self._training_latents
 
     def _start_sg(self, data, ctx: StageContext) -> TrainingLatents:
         """The SG stage starts from a copy of the trained denoiser's encoder (a resumed stage then loads

@@ -18,7 +18,7 @@ import torch
 
 from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
 from adcli.diffusion.norm_guided import norm_guided_x0
-from adcli.diffusion.schedules import NoiseSchedule, ScheduleConfig
+from adcli.diffusion.schedules import ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
 from adcli.data.batches import TrainBatch
 from adcli.methods.base import AnomalyOutput, GradientStage, Method
@@ -127,8 +127,7 @@ class DiffusionAD(Method):
         super().__init__(config, categories, load_pretrained=load_pretrained)  # nothing pretrained: trained from scratch
         self.unet = UNet(config.unet, config.data.image_size)
         self.segnet = SegNet(config.segnet, in_channels=6)
-        s = config.schedule
-        self.schedule = NoiseSchedule.make(s.kind, s.num_timesteps, s.beta_start, s.beta_end)
+        self.schedule = config.schedule.make()
 
     def stages(self) -> list[GradientStage]:
         tc = self.config.train

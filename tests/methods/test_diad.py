@@ -58,7 +58,9 @@ def test_sg_network_starts_by_changing_nothing(mobilenet_weights, tmp_path):
     torch.nn.init.normal_(model.context)  # a trained-looking denoiser
     for p in model.unet.up_blocks.parameters():
         p.data.add_(0.01 * torch.randn_like(p))
-    model._start_sg(_Tiny(), StageContext.silent("cpu", tmp_path))
+    tiny, ctx = _Tiny(), StageContext.silent("cpu", tmp_path)
+    latents = model._start_sg(tiny, ctx)
+    assert model._latents(tiny, ctx) is latents  # encoded once for both stages
     z, t, images = torch.randn(2, 4, 16, 16), torch.tensor([5, 990]), torch.rand(2, 3, 32, 32)
     with_sg = model.eps(z, t, images)
     sg, model.sg = model.sg, None
