@@ -298,9 +298,7 @@ class DiAD(Method):
         its checkpoint over it), with zero convolutions, so its first step is the plain LDM's."""
         ldm.copy_encoder_into(self.sg, self.unet)
         if self.sff is not None:
-            for row in self.sff.fuse:
-                for block in row:
-                    nn.init.zeros_(block[0].weight)
+            self.sff.zero_()
         return self._latents(data, ctx)
 
     def _denoiser_losses(self, batch: LatentBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -165,10 +165,17 @@ class SpatialFeatureFusion(nn.Module):
             row = nn.ModuleList()
             for j in self.high:
                 conv = nn.Conv2d(output_channels[j], output_channels[i], 3, stride=2, padding=1, bias=False)
-                nn.init.zeros_(conv.weight)
                 row.append(nn.Sequential(conv, nn.InstanceNorm2d(output_channels[i]), nn.SiLU()))
             self.fuse.append(row)
         self.act = nn.SiLU()
+        self.zero_()
+
+    @torch.no_grad()
+    def zero_(self) -> None:
+        """Zero every fusion convolution: the block then adds nothing (its state at the SG stage's start)."""
+        for row in self.fuse:
+            for block in row:
+                block[0].weight.zero_()
 
     def forward(self, outputs: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         out = list(outputs)
