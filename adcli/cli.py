@@ -98,6 +98,8 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     stages_from: Annotated[Optional[Path], typer.Option("--stages-from", help="Multi-stage methods (timenet): reuse "
                                                         "the finished stages of this run where the recipe and data match.")] = None,
+    pack: Annotated[bool, typer.Option("--pack", help="Copy referenced pretrained weights (DiAD's Stable Diffusion) "
+                                       "into the run folder (see adcli weights pack).")] = False,
 ):
     """Train one model for all categories of the prepared data."""
     from adcli.recipe import load_recipe
@@ -108,7 +110,9 @@ def train(
     if not resume and not recipe:
         raise AdcliError("--recipe is required (e.g. --recipe diffusionad)")
     loaded = None if resume else load_recipe(recipe, profile, overrides or [])
-    train_model(data, out, loaded, resume=resume, device=device, console=console, stages_from=stages_from)
+    run = train_model(data, out, loaded, resume=resume, device=device, console=console, stages_from=stages_from)
+    if pack:
+        weights_pack(run)
 
 
 @app.command(epilog="Examples: adcli calibrate runs/knn --data prepared/ · adcli calibrate runs/knn --normals "
@@ -306,6 +310,24 @@ def weights_list():
     for source, path in local_weights():
         table.add_row(source, str(path), f"{path.stat().st_size / 1e6:.1f}", sha256_file(path)[:16])
     Console(soft_wrap=True).print(table)
+
+
+@weights_app.command("pack", epilog="Example: adcli weights pack runs/diad_sd")
+def weights_pack(run: Annotated[Path, typer.Argument(help="A finished run folder.")]):
+    """Copy the pretrained weights a model references (DiAD's Stable Diffusion) into its run folder,
+    so the folder alone is enough on another PC. Scores and calibration stay valid."""
+    from adcli.run import RunFolder
+
+    folder = RunFolder(run)
+    references = folder.read_meta().get("pretrained", [])
+    if not references:
+        console.print(f"{run} references no pretrained weights: it already holds every weight")
+        return
+    written = folder.pack()
+    for reference in references:
+        where = folder.packed_folder(reference["part"])
+        state = "copied" if where in written else "already packed"
+        console.print(f"{reference['part']}: {state} in {where} (SHA-256 {reference['sha256'][:16]}…)")
 
 
 def main() -> None:

@@ -13,8 +13,15 @@
     RUN/calibration.json            per-category thresholds (adcli calibrate; previous one kept as
                                     calibration.prev.json), with its outputs cache in .calibration-cache/
     RUN/routing.safetensors         the category router for --category auto (adcli/routing.py)
+    RUN/pretrained/PART/            a packed copy of a frozen pretrained part (`adcli weights pack`)
 
-A run's identity (`model_id`) is the SHA-256 prefix of its weights and its recipe: inference and
+Frozen pretrained weights (Stable Diffusion's in DiAD) are not stored in model.safetensors: meta.json
+names each part's source and its weights file's SHA-256, and loading finds the files again (a packed
+copy first, then the method's search: the recipe's folder, $ADCLI_WEIGHTS_DIR, the Hugging Face cache)
+and refuses any other content. Checkpoints and stage outputs leave them out too.
+
+A run's identity (`model_id`) is the SHA-256 prefix of its weights, its recipe and the SHA-256 of the
+pretrained files it references (packing does not change it): inference and
 scoring settings change the scores of the same weights, so inspect's "already inspected" check and
 report's output cache must not mistake one model for another.
 """
@@ -34,7 +41,7 @@ import torch
 import yaml
 
 from adcli import __version__
-from adcli.errors import BundleError
+from adcli.errors import AdcliError, BundleError
 from adcli.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
 
 FORMAT = "adcli-bundle"
@@ -82,6 +89,25 @@ def _history_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _frozen(model) -> list:
+    return model.frozen_pretrained() if hasattr(model, "frozen_pretrained") else []
+
+
+def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without frozen pretrained parts (a bundle references those files instead)."""
+    frozen = {k for part in _frozen(model) for k in part.keys}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def _load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a `_trained_state`: the missing keys must be exactly frozen pretrained ones."""
+    frozen = {k for part in _frozen(model) for k in part.keys}
+    result = model.load_state_dict(state, strict=False)
+    wrong = [k for k in result.missing_keys if k not in frozen] + list(result.unexpected_keys)
+    if wrong:
+        raise BundleError(f"{source} does not match the model: {', '.join(wrong[:3])}")
+
+
 class RunFolder:
     WEIGHTS = "model.safetensors"
     RECIPE = "recipe.yaml"
@@ -95,6 +121,7 @@ class RunFolder:
     CALIBRATION_CACHE = ".calibration-cache"
     ROUTING = "routing.safetensors"
     LOG = "train.log"
+    PRETRAINED = "pretrained"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -166,7 +193,7 @@ class RunFolder:
 
     # ---- checkpoint --------------------------------------------------------------------------------
     def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, position: dict) -> None:
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors = {f"model.{k}": v for k, v in _trained_state(model).items()}
         optim_tensors, rest = _optimizer_tensors(optimizer)
         tensors.update(optim_tensors)
         # Position and optimizer settings live in the same file's metadata, so they can never disagree.
@@ -180,7 +207,7 @@ class RunFolder:
     def load_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
         tensors = load_tensors(self.checkpoint_path)
         meta = file_metadata(self.checkpoint_path)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_trained_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, self.checkpoint_path)
         _restore_optimizer(optimizer, tensors, json.loads(meta["optimizer"]))
         return json.loads(meta["position"])
 
@@ -201,7 +228,7 @@ class RunFolder:
         return meta if meta.get("fingerprint") == fingerprint else None
 
     def save_stage(self, model: torch.nn.Module, name: str, keeps: tuple[str, ...], fingerprint: str, seconds: float) -> None:
-        kept = {k: v for k, v in model.state_dict().items() if k.startswith(keeps)}
+        kept = {k: v for k, v in _trained_state(model).items() if k.startswith(keeps)}
         save_tensors(self.stage_file(name), kept, metadata={"fingerprint": fingerprint, "seconds": str(round(seconds, 1))})
 
     def load_stage(self, model: torch.nn.Module, name: str) -> None:
@@ -227,10 +254,17 @@ class RunFolder:
 
     # ---- the finished model ----------------------------------------------------------------------------
     def write_model(self, model: torch.nn.Module, config: Any, meta: dict) -> None:
-        save_tensors(self.path / self.WEIGHTS, model.state_dict())
+        from adcli.nets.weights import sha256_file
+
+        references = [{"part": p.part, "source": p.source, "files": list(p.files), "keys": len(p.keys),
+                       "sha256": sha256_file(p.folder / p.files[0])} for p in _frozen(model)]
+        training_only = model.training_only() if hasattr(model, "training_only") else ()
+        state = {k: v for k, v in _trained_state(model).items() if not (training_only and k.startswith(training_only))}
+        save_tensors(self.path / self.WEIGHTS, state)
         self.write_recipe(config)
         full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "adcli_version": __version__,
-                     "method": config.method, "image_size": config.data.image_size, "seed": config.seed, **meta}
+                     "method": config.method, "image_size": config.data.image_size, "seed": config.seed, **meta,
+                     **({"pretrained": references} if references else {})}
         atomic_write_json(self.path / self.META, full_meta)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -256,6 +290,13 @@ class RunFolder:
             raise BundleError(f"{path}: 'categories' must be a list of category names; the file is damaged, train again")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1 or not isinstance(meta.get("method"), str):
             raise BundleError(f"{path}: 'image_size' and 'method' are missing or wrong; the file is damaged, train again")
+        references = meta.get("pretrained", [])
+        if not isinstance(references, list) or not all(
+                isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("part", "source", "sha256"))
+                and isinstance(r.get("files"), list) and r["files"] and all(isinstance(f, str) and f and "/" not in f
+                                                                            and "\\" not in f and f != ".." for f in r["files"])
+                for r in references):
+            raise BundleError(f"{path}: 'pretrained' is damaged (each entry needs part, source, files, sha256); train again")
         return meta
 
     def load_model(self, device: torch.device | str = "cpu"):
@@ -265,8 +306,12 @@ class RunFolder:
         meta = self.read_meta()
         config = self.read_config()
         spec = get_method(config.method, source=str(self.path / self.RECIPE))
-        model = spec.method_cls(config, meta["categories"], load_pretrained=False)  # the bundle holds every weight
+        model = spec.method_cls(config, meta["categories"], load_pretrained=False)  # the bundle supplies every weight
         state = load_tensors(self.path / self.WEIGHTS)
+        for reference in meta.get("pretrained", []):
+            folder = self.pretrained_folder(model, reference)
+            for key, value in model.pretrained_state(reference["part"], folder).items():
+                state.setdefault(key, value)  # what training changed is in model.safetensors
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -280,7 +325,61 @@ class RunFolder:
             with open(self.path / name, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     digest.update(chunk)
+        for reference in self.read_meta().get("pretrained", []):
+            digest.update(reference["sha256"].encode())
         return digest.hexdigest()[:12]
+
+    # ---- referenced pretrained parts -----------------------------------------------------------------
+    def packed_folder(self, part: str) -> Path:
+        return self.path / self.PRETRAINED / part
+
+    def pretrained_folder(self, method, reference: dict, *, packed: bool = True) -> Path:
+        """The folder holding a referenced part's files with the recorded SHA-256: the packed copy, else
+        the search of `method` (class or instance) from the recipe's source. Anything else is refused."""
+        from adcli.nets.weights import sha256_file
+
+        copy = self.packed_folder(reference["part"])
+        if packed and (copy / reference["files"][0]).is_file():
+            folder = copy
+        else:
+            try:
+                folder = method.find_pretrained(reference["part"], reference["source"])
+            except AdcliError as exc:
+                raise BundleError(f"{self.path} references pretrained {reference['part']} weights it does not hold "
+                                  f"(SHA-256 {reference['sha256'][:16]}…): {exc}") from None
+        weights = folder / reference["files"][0]
+        if not weights.is_file() or sha256_file(weights) != reference["sha256"]:
+            raise BundleError(f"{weights} is not the {reference['part']} weights {self.path} was trained with (SHA-256 "
+                              f"{reference['sha256'][:16]}…); put those files back, or use a packed bundle (adcli weights pack)")
+        return folder
+
+    def pack(self) -> list[Path]:
+        """Copy every referenced pretrained part into RUN/pretrained/PART/ (atomically, checked), so the
+        bundle needs nothing outside it. Scores and model_id do not change. -> the folders written."""
+        from adcli.registry import get_method
+
+        references = self.read_meta().get("pretrained", [])
+        if not references:
+            return []
+        method = get_method(self.read_config().method).method_cls
+        written = []
+        for reference in references:
+            target = self.packed_folder(reference["part"])
+            if (target / reference["files"][0]).is_file():
+                self.pretrained_folder(method, reference)  # an existing copy must still be the right one
+                continue
+            source = self.pretrained_folder(method, reference, packed=False)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name in reference["files"]:
+                if (source / name).is_file():
+                    shutil.copyfile(source / name, tmp / name)
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (its weights file removed)
+            tmp.replace(target)
+            self.pretrained_folder(method, reference)  # the copy is checked like any other source
+            written.append(target)
+        return written
 
     # ---- calibration -------------------------------------------------------------------------------
     @property

@@ -94,6 +94,19 @@ class FitStage:
 Stage = GradientStage | FitStage
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenPretrained:
+    """State-dict entries a method took unchanged from a pretrained weights folder and never trains
+    (Stable Diffusion's autoencoder in DiAD): a bundle names the folder's weights file and its SHA-256
+    instead of storing them, so it is not gigabytes (adcli/run.py; `adcli weights pack` copies them in)."""
+
+    part: str  # what it is ("autoencoder"); also the folder name of a packed copy in RUN/pretrained/
+    source: str  # the recipe's value, searched for again when the bundle loads
+    folder: Path  # where it was found for training
+    keys: tuple[str, ...]  # the state-dict keys it supplies
+    files: tuple[str, ...]  # the folder's files a copy needs; the first is the weights file (SHA-256 checked)
+
+
 class Method(nn.Module, abc.ABC):
     """Base class of every registered method. `name` is set by `@register`."""
 
@@ -113,6 +126,24 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) int64 -> AnomalyOutput."""
+
+    def training_only(self) -> tuple[str, ...]:
+        """State-dict key prefixes that training needs (checkpoints keep them) and a bundle does not
+        (a discriminator); such modules are made by `stages()`, never at construction."""
+        return ()
+
+    def frozen_pretrained(self) -> list[FrozenPretrained]:
+        """Parts loaded from pretrained folders that no stage trains (default: none)."""
+        return []
+
+    @classmethod
+    def find_pretrained(cls, part: str, source: str) -> Path:
+        """The local folder holding `part`'s pretrained files, found from the recipe's `source`."""
+        raise NotImplementedError(f"{cls.name} has no pretrained part {part!r}")
+
+    def pretrained_state(self, part: str, folder: Path) -> dict[str, torch.Tensor]:
+        """The state-dict entries (full keys) that `part`'s pretrained `folder` supplies."""
+        raise NotImplementedError(f"{self.name} has no pretrained part {part!r}")
 
     @property
     def inference_batch_size(self) -> int:

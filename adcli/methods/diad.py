@@ -4,7 +4,9 @@ its reconstruction.
 
 Training, in stages (adcli/train.py runs them; each is resumable and kept in RUN/stages/):
   autoencoder  the KL autoencoder on train/good: L1 + perceptual + KL (weight 1e-6, relative to the
-               per-image sums as in LDM's loss). Skipped with `autoencoder.pretrained` (e.g. SD 1.5's vae/).
+               per-image sums as in LDM's loss), and from `disc_start` on a patch discriminator's
+               adversarial term (adcli/nets/discriminator.py). With `autoencoder.pretrained` (SD 1.5's
+               vae/) it starts from those weights (`finetune`, the paper) or is skipped.
   denoiser     the latent denoiser (a Stable-Diffusion-style UNet) on the training latents, ε-MSE,
                t ~ U{0..T−1}: the plain LDM. Skipped with `unet.pretrained` (SD 1.5's unet/), which
                is how the paper starts: its SD denoiser comes pretrained.
@@ -38,8 +40,9 @@ from adcli.config import DataConfig, InferenceLoopConfig
 from adcli.data.batches import TrainBatch, to_tensor
 from adcli.diffusion.ddim import ddim_sample, ddim_timesteps
 from adcli.diffusion.schedules import ScheduleConfig
-from adcli.methods.base import AnomalyOutput, GradientStage, Method, StageContext
+from adcli.methods.base import AnomalyOutput, FrozenPretrained, GradientStage, Method, StageContext
 from adcli.nets import ldm
+from adcli.nets.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
 from adcli.registry import register
@@ -50,6 +53,7 @@ from adcli.scoring import cosine_distance, gaussian_blur, pooled_max, upsample_s
 @dataclasses.dataclass(frozen=True)
 class AutoencoderConfig(ldm.AutoencoderArch):
     pretrained: str | None = None  # a local diffusers AutoencoderKL folder (or an SD checkout with vae/); null = train
+    finetune: bool = False  # with `pretrained`: the autoencoder stage starts from it (the paper) instead of being skipped
     scale_factor: float | None = 0.18215  # SD's; null = 1/std of the training latents
     epochs: int = 10
     batch_size: int = 8
@@ -59,10 +63,18 @@ class AutoencoderConfig(ldm.AutoencoderArch):
     perceptual_weights: str | None = None  # its ImageNet weights file; null = search (adcli weights list)
     perceptual_fallback: bool = True  # no LPIPS weights: feature-space loss on the scoring backbone, logged
     perceptual_weight: float = 1.0
+    disc_start: int | None = None  # step of the autoencoder stage where the patch discriminator starts; null = none
+    disc_weight: float = 0.5  # the adversarial term's gradient = this × the reconstruction term's, at the last layer
+    disc_layers: int = 3
+    disc_channels: int = 64
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("autoencoder.epochs and autoencoder.batch_size must be >= 1")
+        if self.disc_start is not None and (self.disc_start < 0 or self.disc_weight < 0 or self.disc_layers < 1 or self.disc_channels < 1):
+            raise ValueError("autoencoder.disc_start and disc_weight must be >= 0, disc_layers and disc_channels >= 1")
+        if self.finetune and self.pretrained is None:
+            raise ValueError("autoencoder.finetune needs autoencoder.pretrained (the weights to start from)")
         if self.scale_factor is not None and self.scale_factor <= 0:
             raise ValueError("autoencoder.scale_factor must be > 0 (or null: fitted)")
 
@@ -201,6 +213,7 @@ class DiAD(Method):
         self.schedule = config.schedule.make()
         state = None if load_pretrained else random_backbone_state(config.backbone)
         self.backbone = FeatureExtractor(config.backbone, state=state)
+        self.discriminator: PatchDiscriminator | None = None  # made by stages() when the autoencoder stage is adversarial
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
         self._training_latents: TrainingLatents | None = None  # made once, shared by the denoiser and sg stages
 
@@ -208,10 +221,12 @@ class DiAD(Method):
     def stages(self) -> list[GradientStage]:
         c = self.config
         stages = []
-        if c.autoencoder.pretrained is None:
+        if self._trains_autoencoder:
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
+            if c.autoencoder.disc_start is not None and self.discriminator is None:
+                self.discriminator = PatchDiscriminator(3, c.autoencoder.disc_channels, c.autoencoder.disc_layers).to(self.latent_scale.device)
             stages.append(GradientStage("autoencoder", c.autoencoder.epochs, c.autoencoder.batch_size,
-                                        self._groups([self.autoencoder], c.autoencoder.lr), self._autoencoder_losses,
+                                        self._autoencoder_groups, self._autoencoder_losses,
                                         keeps=("autoencoder.",), settings={"autoencoder": dataclasses.asdict(c.autoencoder),
                                                                            "perceptual": self._perceptual[0].description}))
         latent_settings = {"autoencoder": dataclasses.asdict(c.autoencoder), "schedule": dataclasses.asdict(c.schedule)}
@@ -227,6 +242,23 @@ class DiAD(Method):
                                         make_data=self._start_sg, settings={**latent_settings, "sg": dataclasses.asdict(c.sg)}))
         return stages
 
+    @property
+    def _trains_autoencoder(self) -> bool:
+        return self.config.autoencoder.pretrained is None or self.config.autoencoder.finetune
+
+    def training_only(self) -> tuple[str, ...]:
+        return ("discriminator.",)
+
+    def _autoencoder_groups(self, total_steps: int):
+        """The autoencoder, and the discriminator when there is one; Adam β = (0.5, 0.9) as LDM's
+        autoencoder training when adversarial (the default (0.9, 0.999) without)."""
+        lr = self.config.autoencoder.lr
+        if self.discriminator is None:
+            return [{"params": list(self.autoencoder.parameters()), "lr": lr}], [lambda step: 1.0]
+        return ([{"params": list(self.autoencoder.parameters()), "lr": lr, "betas": (0.5, 0.9)},
+                 {"params": list(self.discriminator.parameters()), "lr": lr, "betas": (0.5, 0.9)}],
+                [lambda step: 1.0, lambda step: 1.0])
+
     @staticmethod
     def _groups(modules: list, lr: float):
         def groups(total_steps):
@@ -241,6 +273,41 @@ class DiAD(Method):
             return [self.sg, *([self.sff] if self.sff is not None else []), self.unet, self.context]
         u = self.unet
         return [self.sg, *([self.sff] if self.sff is not None else []), u.up_blocks, u.conv_norm_out, u.conv_out]
+
+    # ---- pretrained parts: referenced by a bundle, not stored ------------------------------------
+    _SUBFOLDERS = {"autoencoder": "vae", "unet": "unet"}
+
+    def frozen_pretrained(self) -> list[FrozenPretrained]:
+        """The pretrained autoencoder (never trained) and the pretrained denoiser's parts no stage trains
+        (with `sg.train: sg_decoder`, everything but its decoder half)."""
+        c, parts = self.config, []
+        sources = {"autoencoder": None if c.autoencoder.finetune else c.autoencoder.pretrained, "unet": c.unet.pretrained}
+        trained = set()
+        if self.sg is not None:
+            trained = {id(p) for m in self._sg_trained() for p in ([m] if isinstance(m, nn.Parameter) else m.parameters())}
+        for part, source in sources.items():
+            if source is None:
+                continue
+            module = getattr(self, part)
+            keys = tuple(f"{part}.{k}" for k, p in module.named_parameters() if id(p) not in trained)
+            keys += tuple(f"{part}.{k}" for k, _ in module.named_buffers())
+            if keys:
+                parts.append(FrozenPretrained(part, source, self.find_pretrained(part, source), keys, (ldm.WEIGHTS_FILE, "config.json")))
+        return parts
+
+    @classmethod
+    def find_pretrained(cls, part: str, source: str):
+        return ldm.model_folder(source, cls._SUBFOLDERS[part])
+
+    def pretrained_state(self, part: str, folder) -> dict[str, torch.Tensor]:
+        c = self.config
+        if part == "autoencoder":
+            module = ldm.build_autoencoder(c.autoencoder, c.data.image_size, str(folder))
+        elif part == "unet":
+            module = ldm.build_denoiser(c.unet, c.autoencoder.latent_channels, c.data.image_size // c.autoencoder.downsampling, str(folder))
+        else:
+            return super().pretrained_state(part, folder)
+        return {f"{part}.{k}": v for k, v in module.state_dict().items()}
 
     def _make_perceptual(self) -> nn.Module:
         ac = self.config.autoencoder
@@ -258,8 +325,29 @@ class DiAD(Method):
         # LDM sums the reconstruction terms over pixels and the KL over latents; per pixel here, so the KL
         # is divided by the pixel count to keep the paper's weight 1e-6 meaning the same.
         kl = posterior.kl().mean() / x[0].numel()
-        return {"loss": l1 + ac.perceptual_weight * perceptual + ac.kl_weight * kl,
-                "l1": l1.detach(), "perceptual": perceptual.detach(), "kl": (kl * x[0].numel()).detach()}
+        reconstruction = l1 + ac.perceptual_weight * perceptual
+        losses = {"loss": reconstruction + ac.kl_weight * kl,
+                  "l1": l1.detach(), "perceptual": perceptual.detach(), "kl": (kl * x[0].numel()).detach()}
+        if self.discriminator is not None:
+            losses = self._adversarial(losses, reconstruction, x, recon)
+        return losses
+
+    def _adversarial(self, losses: dict, reconstruction: torch.Tensor, x: torch.Tensor, recon: torch.Tensor) -> dict:
+        """LDM's adversarial terms from `disc_start` on: the autoencoder gets −mean D(x̂) (adaptively
+        weighted; no gradient into D), the discriminator the hinge loss on x and detached x̂. One
+        optimiser step updates both (LDM alternates two optimisers on the same batch)."""
+        ac, disc = self.config.autoencoder, self.discriminator
+        step = int(disc.steps)
+        disc.steps += 1
+        if step < ac.disc_start:
+            return {**losses, "adversarial": torch.zeros(()), "disc": torch.zeros(())}
+        disc.requires_grad_(False)
+        generator = -disc(recon).mean()
+        disc.requires_grad_(True)
+        weight = adaptive_weight(reconstruction, generator, self.autoencoder.decoder.conv_out.weight, ac.disc_weight)
+        disc_loss = hinge_discriminator_loss(disc(x.detach()), disc(recon.detach()))
+        return {**losses, "loss": losses["loss"] + weight * generator + disc_loss,
+                "adversarial": generator.detach(), "disc": disc_loss.detach()}
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,20 +76,39 @@ def denoiser_config(arch: DenoiserArch, latent_channels: int, latent_size: int) 
                 attention_head_dim=arch.heads, norm_num_groups=arch.norm_groups)
 
 
-def _model_folder(folder: str | Path, subfolder: str) -> Path:
-    """A diffusers model folder: `folder` itself or its `subfolder` (an SD 1.5 checkout's vae/, unet/);
-    a relative name that is not a folder here is also looked for in $ADCLI_WEIGHTS_DIR."""
-    given = Path(folder).expanduser()
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # diffusers' weights file name in a model folder
+
+
+def _hf_snapshots(source: str) -> list[Path]:
+    """Snapshots of a Hugging Face cache repo named `source` ("org/name", or "name" for any org)."""
+    from adcli.nets.weights import hf_cache_dir
+
+    hf = hf_cache_dir()
+    if not hf.is_dir() or source.startswith((".", "/", "~")):
+        return []
+    pattern = f"models--{source.replace('/', '--')}" if source.count("/") == 1 else f"models--*--{source}"
+    return sorted(hf.glob(f"{pattern}/snapshots/*"))
+
+
+def model_folder(source: str | Path, subfolder: str) -> Path:
+    """A local diffusers model folder for a recipe's `pretrained` value: the folder itself or its
+    `subfolder` (an SD 1.5 checkout's vae/, unet/); a relative name that is not a folder here is looked
+    for in $ADCLI_WEIGHTS_DIR, then in the Hugging Face cache (as `org/name` or `name`). Never downloads."""
+    given = Path(source).expanduser()
     roots = [given]
     if not given.is_absolute() and os.environ.get("ADCLI_WEIGHTS_DIR"):
         roots.append(Path(os.environ["ADCLI_WEIGHTS_DIR"]).expanduser() / given)
+    roots += _hf_snapshots(str(source))
     for root in roots:
         for candidate in (root, root / subfolder):
             if (candidate / "config.json").is_file():
+                if not (candidate / WEIGHTS_FILE).is_file():
+                    raise AdcliError(f"{candidate} has config.json but no {WEIGHTS_FILE} (adcli reads safetensors "
+                                     "only, never pickled .bin files); convert or fetch the safetensors file")
                 return candidate
-    where = " or ".join(str(r) for r in roots)
-    raise AdcliError(f"no diffusers model at {where} (ADCLI_WEIGHTS_DIR {os.environ.get('ADCLI_WEIGHTS_DIR', 'unset')}): "
-                     f"need {subfolder}/config.json and {subfolder}/diffusion_pytorch_model.safetensors, as in Stable "
+    where = " or ".join(str(r) for r in roots[:2]) + (" or the Hugging Face cache" if len(roots) <= 2 else "")
+    raise AdcliError(f"no diffusers model '{source}' at {where} (ADCLI_WEIGHTS_DIR {os.environ.get('ADCLI_WEIGHTS_DIR', 'unset')}): "
+                     f"need {subfolder}/config.json and {subfolder}/{WEIGHTS_FILE}, as in Stable "
                      "Diffusion 1.5's diffusers layout; or train from scratch with --profile cpu")
 
 
@@ -109,9 +128,9 @@ def build_autoencoder(arch: AutoencoderArch, image_size: int, pretrained: str | 
     config = autoencoder_config(arch, image_size)
     if pretrained is None:
         return d.AutoencoderKL(**config)
-    folder = _model_folder(pretrained, "vae")
+    folder = model_folder(pretrained, "vae")
     _check_matches(folder, config, "the autoencoder")
-    return d.AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    return d.AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True)
 
 
 def build_denoiser(arch: DenoiserArch, latent_channels: int, latent_size: int, pretrained: str | None = None) -> nn.Module:
@@ -120,9 +139,9 @@ def build_denoiser(arch: DenoiserArch, latent_channels: int, latent_size: int, p
     config = denoiser_config(arch, latent_channels, latent_size)
     if pretrained is None:
         return d.UNet2DConditionModel(**config)
-    folder = _model_folder(pretrained, "unet")
+    folder = model_folder(pretrained, "unet")
     _check_matches(folder, config, "the denoiser")
-    return d.UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+    return d.UNet2DConditionModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
 
 
 def build_semantic_guided(denoiser: nn.Module, hint_channels: tuple[int, ...]) -> nn.Module:

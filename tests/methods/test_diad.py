@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adcli.errors import AdcliError, RecipeError
+from adcli.errors import AdcliError, BundleError, RecipeError
 from adcli.methods.base import StageContext
 from adcli.methods.diad import DiAD
 from adcli.recipe import load_recipe
@@ -29,6 +29,8 @@ def test_registered_and_paper_settings(no_weights):
     c = load_recipe("diad").config
     assert (c.unet.block_out_channels, c.unet.layers_per_block, c.unet.heads, c.unet.context_dim) == ((320, 640, 1280, 1280), 2, 8, 768)
     assert (c.autoencoder.block_out_channels, c.autoencoder.latent_channels, c.autoencoder.scale_factor) == ((128, 256, 512, 512), 4, 0.18215)
+    ae = c.autoencoder  # fine-tuned from SD's (paper), with the authors' fine-tuning settings
+    assert (ae.finetune, ae.kl_weight, ae.disc_start, ae.disc_weight, ae.batch_size, ae.lr) == (True, 1e-6, 50001, 0.5, 32, 1.8e-4)
     assert (c.schedule.kind, c.schedule.beta_start, c.schedule.beta_end, c.schedule.num_timesteps) == ("scaled_linear", 0.00085, 0.012, 1000)
     assert (c.sg.hint_channels, c.sg.train, c.sg.lr, c.sg.batch_size, c.sg.epochs) == ((16, 32, 96, 256), "sg_decoder", 1e-5, 12, 1000)
     assert (c.inference.start_t, c.inference.steps, c.scoring.gaussian_sigma, c.scoring.pool_kernel, c.scoring.pool_rounds) == (999, 10, 5.0, 8, 8)
@@ -92,10 +94,58 @@ def test_sg_stage_trains_the_sg_network_and_the_decoder_half(mobilenet_weights):
     assert not any(id(p) in trained for n, p in named.items() if n.startswith(("unet.down_blocks.", "unet.mid_block.", "context", "autoencoder.")))
 
 
+def test_autoencoder_stage_adds_the_discriminator_from_disc_start(mobilenet_weights):
+    from types import SimpleNamespace
+
+    from adcli.nets.discriminator import hinge_discriminator_loss
+    model = DiAD(_recipe(mobilenet_weights, ["autoencoder.disc_start=1"]).config, ["a"])
+    stage = model.stages()[0]
+    groups = stage.param_groups(1)[0]
+    assert stage.name == "autoencoder" and len(groups) == 2 and groups[1]["betas"] == (0.5, 0.9)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.discriminator.parameters()}
+    batch = SimpleNamespace(originals=torch.rand(2, 3, 32, 32))
+    before = stage.losses(batch, torch.Generator().manual_seed(0))
+    assert float(before["adversarial"]) == 0 and int(model.discriminator.steps) == 1  # step 0 < disc_start
+
+    seen, adversarial = {}, model._adversarial
+
+    def spy(*args):
+        seen["args"] = args
+        return adversarial(*args)
+    model._adversarial = spy
+    after = stage.losses(batch, torch.Generator().manual_seed(0))
+    base, _, x, recon = seen["args"]
+    disc, last = list(model.discriminator.parameters()), model.autoencoder.decoder.conv_out.weight
+    # The discriminator learns from the hinge loss alone (the autoencoder's term does not push it) ...
+    total = torch.autograd.grad(after["loss"], disc, retain_graph=True)
+    hinge = torch.autograd.grad(hinge_discriminator_loss(model.discriminator(x), model.discriminator(recon.detach())), disc)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(total, hinge))
+    # ... and the autoencoder gets the adversarial term on top of its reconstruction + KL loss.
+    assert not torch.allclose(torch.autograd.grad(after["loss"], last, retain_graph=True)[0],
+                              torch.autograd.grad(base["loss"], last, retain_graph=True)[0])
+    assert float(after["disc"]) > 0 and int(model.discriminator.steps) == 2
+
+
+def test_finetuned_pretrained_autoencoder_is_trained_and_stored(mobilenet_weights, tmp_path):
+    torch.manual_seed(4)
+    DiAD(_recipe(mobilenet_weights).config, ["a"]).autoencoder.save_pretrained(tmp_path / "sd" / "vae")
+    vae = str(tmp_path / "sd")
+    frozen = DiAD(_recipe(mobilenet_weights, [f"autoencoder.pretrained={vae}"]).config, ["a"])
+    assert "autoencoder" not in [s.name for s in frozen.stages()]
+    assert [p.part for p in frozen.frozen_pretrained()] == ["autoencoder"]
+    tuned = DiAD(_recipe(mobilenet_weights, [f"autoencoder.pretrained={vae}", "autoencoder.finetune=true"]).config, ["a"])
+    assert tuned.stages()[0].name == "autoencoder" and tuned.frozen_pretrained() == []
+    assert torch.equal(tuned.autoencoder.decoder.conv_out.weight, frozen.autoencoder.decoder.conv_out.weight)  # starts from it
+    with pytest.raises(RecipeError, match="finetune needs autoencoder.pretrained"):
+        _recipe(mobilenet_weights, ["autoencoder.finetune=true"])
+
+
 def test_three_stages_kept_and_bundle_predicts(run):
     assert sorted(p.name for p in (run / "stages").iterdir()) == ["autoencoder.safetensors", "denoiser.safetensors", "sg.safetensors"]
     assert set(json.loads((run / "meta.json").read_text())["stage_seconds"]) == {"autoencoder", "denoiser", "sg"}
     weights = load_file(run / "model.safetensors")
+    assert not any(k.startswith("discriminator.") for k in weights)  # training only (the test profile has one)
+    assert "disc" in (run / "results.csv").read_text().splitlines()[0]
     scale = float(weights["latent_scale"])
     assert scale > 0 and scale != 1.0  # fitted: scale_factor null in the test profile
     model, _ = RunFolder(run).load_model()
@@ -131,3 +181,56 @@ def test_pretrained_autoencoder_and_denoiser_leave_only_the_sg_stage(mobilenet_w
     assert [s.name for s in model.stages()] == ["sg"]
     assert torch.equal(model.unet.conv_out.weight, source.unet.conv_out.weight)
     assert float(model.latent_scale) == 0.5
+
+
+def test_bundle_references_frozen_pretrained_weights_and_packs_them(prepared, mobilenet_weights, tmp_path, monkeypatch):
+    config = _recipe(mobilenet_weights).config
+    torch.manual_seed(2)
+    source = DiAD(config, ["a"])
+    weights_dir = tmp_path / "weights"
+    source.autoencoder.save_pretrained(weights_dir / "tiny-sd" / "vae")
+    source.unet.save_pretrained(weights_dir / "tiny-sd" / "unet")
+    monkeypatch.setenv("ADCLI_WEIGHTS_DIR", str(weights_dir))  # found by name, as SD 1.5 would be
+    recipe = _recipe(mobilenet_weights, ["autoencoder.pretrained=tiny-sd", "unet.pretrained=tiny-sd", "autoencoder.scale_factor=0.5"])
+    out = train(prepared, tmp_path / "run", recipe, device="cpu")
+
+    stored = load_file(out / "model.safetensors")
+    assert not any(k.startswith(("autoencoder.", "unet.down_blocks.", "unet.mid_block.", "unet.conv_in.")) for k in stored)
+    assert any(k.startswith("unet.up_blocks.") for k in stored) and any(k.startswith("sg.") for k in stored)
+    assert not any(k.startswith("autoencoder.") for k in load_file(out / "stages" / "sg.safetensors"))
+    references = {r["part"]: r for r in json.loads((out / "meta.json").read_text())["pretrained"]}
+    from adcli.nets.weights import sha256_file
+    assert references["autoencoder"]["sha256"] == sha256_file(weights_dir / "tiny-sd" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert references["unet"]["source"] == "tiny-sd"
+
+    images = torch.rand(2, 3, 32, 32)
+    model, _ = RunFolder(out).load_model()
+    expected = model.predict(images, torch.tensor([0, 0])).score
+    assert torch.equal(model.autoencoder.decoder.conv_out.weight, source.autoencoder.decoder.conv_out.weight)
+    model_id = RunFolder(out).model_id()
+
+    # Other content under the same name is refused, not silently used.
+    vae_file = weights_dir / "tiny-sd" / "vae" / "diffusion_pytorch_model.safetensors"
+    original = vae_file.read_bytes()
+    torch.manual_seed(3)
+    DiAD(config, ["a"]).autoencoder.save_pretrained(weights_dir / "tiny-sd" / "vae")
+    with pytest.raises(BundleError, match="not the autoencoder weights"):
+        RunFolder(out).load_model()
+    vae_file.write_bytes(original)
+
+    from typer.testing import CliRunner
+
+    from adcli.cli import app
+    result = CliRunner().invoke(app, ["weights", "pack", str(out)])
+    assert result.exit_code == 0 and result.output.count("copied") == 2, result.output
+    assert sorted(p.name for p in (out / "pretrained" / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    monkeypatch.delenv("ADCLI_WEIGHTS_DIR")
+    packed, _ = RunFolder(out).load_model()  # the folder alone is enough now
+    assert torch.equal(packed.predict(images, torch.tensor([0, 0])).score, expected)
+    assert RunFolder(out).model_id() == model_id  # a calibration stays valid
+    assert RunFolder(out).pack() == []  # nothing left to copy
+    assert CliRunner().invoke(app, ["weights", "pack", str(out)]).output.count("already packed") == 2
+
+    (out / "pretrained" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(BundleError, match="does not hold.*tiny-sd"):
+        RunFolder(out).load_model()

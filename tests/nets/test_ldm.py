@@ -66,5 +66,23 @@ def test_pretrained_folders_load_and_must_match_the_recipe(tmp_path, monkeypatch
     with pytest.raises(AdcliError, match="block_out_channels: recipe \\[8, 32\\]"):
         ldm.build_autoencoder(ldm.AutoencoderArch(block_out_channels=(8, 32), layers_per_block=1, norm_groups=4,
                                                   mid_attention=False), 32, pretrained="sd")
-    with pytest.raises(AdcliError, match="no diffusers model at .*missing.*ADCLI_WEIGHTS_DIR"):
+    with pytest.raises(AdcliError, match="no diffusers model 'missing' at .*missing.*ADCLI_WEIGHTS_DIR"):
         ldm.build_denoiser(UNET, 4, 16, pretrained="missing")
+
+
+def test_pretrained_folders_are_found_in_the_hugging_face_cache_and_must_be_safetensors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("ADCLI_WEIGHTS_DIR", raising=False)
+    snapshot = tmp_path / "hub" / "models--someorg--tiny-sd" / "snapshots" / "0123abc"
+    torch.manual_seed(0)
+    saved = ldm.build_denoiser(UNET, 4, 16)
+    saved.save_pretrained(snapshot / "unet")
+    for name in ("someorg/tiny-sd", "tiny-sd"):  # as on the Hub, or by its name alone
+        assert ldm.model_folder(name, "unet") == snapshot / "unet"
+        unet = ldm.build_denoiser(UNET, 4, 16, pretrained=name)
+        assert torch.equal(unet.conv_out.weight, saved.conv_out.weight)
+    with pytest.raises(AdcliError, match="or the Hugging Face cache"):
+        ldm.model_folder("otherorg/tiny-sd", "unet")
+    (snapshot / "unet" / "diffusion_pytorch_model.safetensors").rename(snapshot / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(AdcliError, match="safetensors only, never pickled"):
+        ldm.model_folder("tiny-sd", "unet")
