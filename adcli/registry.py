@@ -18,7 +18,7 @@ class MethodSpec:
 
 _METHODS: dict[str, MethodSpec] = {}
 # Modules imported on first lookup, so that `import adcli` stays light.
-_BUILTIN_MODULES = ("adcli.methods.diad", "adcli.methods.diffusionad", "adcli.methods.knn", "adcli.methods.timenet")
+_BUILTIN_MODULES = ("adcli.methods.diad", "adcli.methods.diffusionad", "adcli.methods.drdc", "adcli.methods.knn", "adcli.methods.timenet", "adcli.methods.uniad")
 
 
 def register(name: str, config_cls: type):

@@ -155,7 +155,10 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data, sy
         for p in g["params"]:
             p.requires_grad_(True)
     base_lrs = [g["lr"] for g in groups]
-    optimizer = torch.optim.Adam(groups)
+    # AdamW's default weight decay is 0.01: a group without one gets 0, as with Adam.
+    optimizer = (torch.optim.AdamW([{"weight_decay": 0.0, **g} for g in groups]) if stage.optimizer == "adamw"
+                 else torch.optim.Adam(groups))
+    trained = [p for g in groups for p in g["params"]]
     position = {"stage": stage.name, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "seconds": 0.0, "history": []}
     if resume:
         position = run.load_checkpoint(model, optimizer)
@@ -193,6 +196,8 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data, sy
                                     "lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
+                if stage.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(trained, stage.clip_grad_norm)
                 optimizer.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -281,7 +286,8 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
                    if any(stage.keeps for stage in stages) else {}),
                 "train_images": counts, "epochs": first.epochs if isinstance(first, GradientStage) else 0,
                 "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
-                "prepared": str(Path(prepared).resolve()), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "prepared": str(Path(prepared).resolve()), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **model.bundle_meta()}
         model.eval()
         run.write_model(model, config, meta)
         reused = position.get("reused")

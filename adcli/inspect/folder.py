@@ -206,6 +206,8 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder")
     detector = Detector.load(model_dir, device, batch_size)
+    if detector.meta.get("unet_calls_per_image"):
+        console.print(f"{detector.meta['method']}: {detector.meta['unet_calls_per_image']} UNet calls per image", highlight=False)
     missing = detector.uncalibrated(category)
     if missing and not scores_only:
         example = f" --category {missing[0]}" if len(detector.categories) > 1 else ""

@@ -79,6 +79,12 @@ class GradientStage:
     # (training images, context) -> the stage's data: len() and batch(indices, rng, synthesizer).
     # None = the training images themselves.
     make_data: Callable[[Any, StageContext], Any] | None = None
+    optimizer: str = "adam"  # "adam" or "adamw" (decoupled weight decay: give each group its weight_decay)
+    clip_grad_norm: float | None = None  # clip the trained parameters' gradient norm before each step
+
+    def __post_init__(self):
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"stage {self.name}: optimizer must be adam or adamw")
 
 
 @dataclasses.dataclass
@@ -126,6 +132,10 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) int64 -> AnomalyOutput."""
+
+    def bundle_meta(self) -> dict:
+        """Facts about the trained model for RUN/meta.json (DRDC: UNet calls per image)."""
+        return {}
 
     def training_only(self) -> tuple[str, ...]:
         """State-dict key prefixes that training needs (checkpoints keep them) and a bundle does not

@@ -1,0 +1,78 @@
+"""DRDC on tiny generated data: stages, base reuse from uniad, one UNet call per step, fusion."""
+
+import json
+
+import pytest
+import torch
+
+from adcli.errors import RecipeError
+from adcli.methods.drdc import DRDC
+from adcli.recipe import load_recipe
+from adcli.registry import get_method
+from adcli.run import RunFolder
+from adcli.train import train
+
+
+def _recipe(name, weights, overrides=()):
+    return load_recipe(name, "test", [f"backbone.weights={weights}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def runs(prepared, mobilenet_weights, tmp_path_factory):
+    root = tmp_path_factory.mktemp("drdc")
+    base = train(prepared, root / "uniad", _recipe("uniad", mobilenet_weights), device="cpu")
+    return base, train(prepared, root / "drdc", _recipe("drdc", mobilenet_weights), device="cpu", stages_from=base)
+
+
+def test_registered_with_the_papers_settings(no_weights):
+    assert get_method("drdc").method_cls is DRDC
+    c = load_recipe("drdc").config
+    assert (c.data.image_size, c.fusion.alpha, c.fusion.sets, c.inference.start_t, c.inference.steps) == (224, 0.9, 2, 250, 10)
+    assert (c.backbone.name, c.reconstruction.grid, c.reconstruction.neighbour) == ("efficientnet_b4", 14, 7)
+    assert load_recipe("uniad").config.reconstruction == c.reconstruction and load_recipe("uniad").config.train == c.train
+    for profile in ("cpu", "demo", "test"):
+        load_recipe("drdc", profile)
+    uniad_cpu, drdc_cpu = load_recipe("uniad", "cpu").config, load_recipe("drdc", "cpu").config
+    assert (uniad_cpu.data, uniad_cpu.backbone, uniad_cpu.reconstruction, uniad_cpu.train) == \
+        (drdc_cpu.data, drdc_cpu.backbone, drdc_cpu.reconstruction, drdc_cpu.train)  # a uniad cpu run serves DRDC's base
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(RecipeError, match="does not divide"):
+        load_recipe("drdc", "test", ["fusion.grid_sizes=[5]"])
+    with pytest.raises(RecipeError, match="alpha"):
+        load_recipe("drdc", "test", ["fusion.alpha=1.5"])
+
+
+def test_base_stage_reused_from_uniad_and_calls_in_meta(runs):
+    base, drdc = runs
+    log = (drdc / "train.log").read_text()
+    assert "stage base: reusing" in log
+    seconds = json.loads((drdc / "meta.json").read_text())["stage_seconds"]
+    assert seconds["base"] == json.loads((base / "meta.json").read_text())["stage_seconds"]["base"]
+    meta = json.loads((drdc / "meta.json").read_text())
+    assert meta["unet_calls_per_image"] == 3 * 2 * 2  # steps × sets × grid sizes
+    assert "12 UNet calls per image" in log
+
+
+def test_one_unet_call_per_step_for_all_sets_grids_and_images(runs):
+    model, _ = RunFolder(runs[1]).load_model()
+    rows = []
+    model.refine.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    images = torch.rand(3, 3, 32, 32)
+    out = model.predict(images, torch.tensor([0, 1, 0]))
+    assert rows == [3 * 2 * 2] * 3  # 3 DDIM steps, each one call on images × sets × grid sizes
+    assert out.anomaly_map.shape == (3, 32, 32) and torch.isfinite(out.score).all()
+    assert torch.equal(model.predict(images, torch.tensor([0, 1, 0])).score, out.score)  # fixed noise: same score
+
+
+def test_fusion_weighs_each_map_in_its_training_normal_unit(runs, monkeypatch):
+    model, _ = RunFolder(runs[1]).load_model()
+    assert (model.base_unit > 0).all() and (model.refine_unit > 0).all() and not torch.equal(model.base_unit, torch.ones(2))
+    model.base_unit.copy_(torch.tensor([2.0, 4.0]))
+    model.refine_unit.copy_(torch.tensor([0.5, 1.0]))
+    monkeypatch.setattr(model.base, "anomaly_map", lambda images: torch.full((len(images), 32, 32), 8.0))
+    monkeypatch.setattr(model, "refinement_map", lambda images: torch.full((len(images), 32, 32), 3.0))
+    out = model.predict(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+    expected = torch.tensor([0.9 * 3.0 / 0.5 + 0.1 * 8.0 / 2.0, 0.9 * 3.0 / 1.0 + 0.1 * 8.0 / 4.0])
+    assert torch.allclose(out.anomaly_map[:, 5, 5], expected) and torch.allclose(out.score, expected)
