@@ -4,8 +4,8 @@ a UniAD base model (adcli/methods/uniad.py) refined by a diffusion model that in
 Stages (each kept in RUN/stages/, reusable with --stages-from; `base` also from a `uniad` run):
   base     UniAD's feature reconstructor (AdamW, feature jitter, feature MSE).
   refine   the shared ADM UNet with 3 extra input channels, the model condition: the image with the
-           cells of a random grid set filled with Gaussian noise; ε-MSE on normal images, t ~ U{0..T−1},
-           one grid size and one of `sets` random sets per image.
+           cells of a random grid set filled with Gaussian noise; ε-MSE on normal images, t ~ U{0..T−1}
+           (or below `refine.t_max`), one grid size and one of `sets` random sets per image.
   fusion   per category, the mean of the base map and of the refinement map over a few training
            images: the two maps are fused in those units (the paper's equations are lost; a raw
            feature distance and a pixel distance have no common scale for α to weigh).
@@ -50,10 +50,13 @@ class RefineTrainConfig:
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 1e-4  # AdamW (the paper's value is lost; UniAD's)
+    t_max: int | None = None  # training timesteps ~ U{0..t_max − 1}; null = all T (inference visits only t <= start_t)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise ValueError("refine.epochs must be >= 1, refine.batch_size >= 2, refine.lr > 0")
+        if self.t_max is not None and self.t_max < 1:
+            raise ValueError("refine.t_max must be >= 1 (or null: every timestep)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +156,8 @@ class DRDC(Method):
             k = int(torch.randint(f.sets, (1,), generator=generator, device=x0.device))
             known[i] = grid_partition(h, w, cell, f.sets, _cpu_generator(generator))[k].to(x0.device)
         fill = torch.randn(x0.shape, generator=generator, device=x0.device)
-        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator, device=x0.device)
+        t_max = min(self.config.refine.t_max or self.schedule.num_timesteps, self.schedule.num_timesteps)
+        t = torch.randint(0, t_max, (b,), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         x_t = self.schedule.q_sample(x0, t, noise)
         eps = self.refine(torch.cat([x_t, masked_condition(x0, known, fill)], 1), t)

@@ -76,3 +76,18 @@ def test_fusion_weighs_each_map_in_its_training_normal_unit(runs, monkeypatch):
     out = model.predict(torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
     expected = torch.tensor([0.9 * 3.0 / 0.5 + 0.1 * 8.0 / 2.0, 0.9 * 3.0 / 1.0 + 0.1 * 8.0 / 4.0])
     assert torch.allclose(out.anomaly_map[:, 5, 5], expected) and torch.allclose(out.score, expected)
+
+
+def test_refine_training_draws_timesteps_below_t_max(mobilenet_weights, monkeypatch):
+    from types import SimpleNamespace
+
+    from adcli.diffusion.schedules import NoiseSchedule
+    model = DRDC(_recipe("drdc", mobilenet_weights, ["refine.t_max=5"]).config, ["a"])
+    seen, real = [], NoiseSchedule.q_sample
+
+    def spy(self, x0, t, noise):
+        seen.append(t)
+        return real(self, x0, t, noise)
+    monkeypatch.setattr(NoiseSchedule, "q_sample", spy)
+    losses = model._refine_losses(SimpleNamespace(originals=torch.rand(16, 3, 32, 32)), torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["loss"]) and int(seen[0].max()) < 5 and len(seen[0]) == 16
