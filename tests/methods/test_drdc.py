@@ -91,3 +91,15 @@ def test_refine_training_draws_timesteps_below_t_max(mobilenet_weights, monkeypa
     monkeypatch.setattr(NoiseSchedule, "q_sample", spy)
     losses = model._refine_losses(SimpleNamespace(originals=torch.rand(16, 3, 32, 32)), torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["loss"]) and int(seen[0].max()) < 5 and len(seen[0]) == 16
+
+
+def test_inspect_says_how_many_unet_calls_an_image_costs(runs, demo_root, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from adcli.inspect import inspect_folder
+    said = StringIO()
+    inspect_folder(demo_root / "disc" / "test", runs[1], tmp_path / "out", category="disc", device="cpu", settle_seconds=0,
+                   scores_only=True, console=Console(file=said, width=200))
+    assert "drdc: 12 UNet calls per image" in said.getvalue()
