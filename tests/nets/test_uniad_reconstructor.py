@@ -1,4 +1,4 @@
-"""UniAD's reconstructor: the neighbour mask, masked attention's reach, feature jitter."""
+"""UniAD's reconstructor (adcli/nets/uniad.py): the neighbour mask, masked attention's reach, feature jitter."""
 
 import pytest
 import torch
