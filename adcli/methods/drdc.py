@@ -11,8 +11,8 @@ Stages (each kept in RUN/stages/, reusable with --stages-from; `base` also from 
            feature distance and a pixel distance have no common scale for α to weigh).
 
 Inference, per grid size g and set k (all of them and the batch's images in one UNet call per step):
-the condition c = image with set k's cells noise-filled; start x = the forward-noised c at
-`inference.start_t`; deterministic DDIM over `inference.steps` steps, RePaint at every step (known
+the condition c = image with set k's cells noise-filled; start x = the image forward-noised to
+`inference.start_t` (the paper: the start keeps the low frequencies, diffusion redoes the high ones); deterministic DDIM over `inference.steps` steps, RePaint at every step (known
 cells = the real image noised to that step, adcli/diffusion/inpaint.py). At every step, each cell's
 prediction x̂0 comes from the set that inpainted it; per scale s the map is the L2 distance over RGB of
 image and prediction after s×s average pooling, upsampled back; spatio-temporal fusion = mean over
@@ -80,6 +80,15 @@ class FusionConfig:
 class InferenceConfig(InferenceLoopConfig):
     start_t: int = 250  # DDIM starts here (the paper: near 200-250)
     steps: int = 10  # evenly spaced DDIM steps from start_t towards 0
+    # The state DDIM starts from: "image" = the image forward-noised to start_t (the paper keeps its low
+    # frequencies and lets diffusion redo the high ones; also what training shows the model), or
+    # "condition" = the noise-filled condition forward-noised (measured far worse: see the README).
+    start_from: str = "image"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.start_from not in ("image", "condition"):
+            raise ValueError("inference.start_from must be image or condition")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +216,8 @@ class DRDC(Method):
         fill = fixed_noise(c.seed + 1, (1, 3, h, w), images.device).expand_as(rows)
         condition = masked_condition(rows, known, fill)
         steps = ddim_timesteps(self.schedule.num_timesteps, c.inference.steps, c.inference.start_t)
-        state = self.schedule.q_sample(condition, torch.full((len(rows),), steps[0], device=x.device, dtype=torch.long), noise)
+        start = rows if c.inference.start_from == "image" else condition
+        state = self.schedule.q_sample(start, torch.full((len(rows),), steps[0], device=x.device, dtype=torch.long), noise)
         fused = torch.zeros(b, h, w, device=x.device)
         for i, t in enumerate(steps):
             state = repaint_known(self.schedule, state, rows, known, t, noise)

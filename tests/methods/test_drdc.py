@@ -103,3 +103,17 @@ def test_inspect_says_how_many_unet_calls_an_image_costs(runs, demo_root, tmp_pa
     inspect_folder(demo_root / "disc" / "test", runs[1], tmp_path / "out", category="disc", device="cpu", settle_seconds=0,
                    scores_only=True, console=Console(file=said, width=200))
     assert "drdc: 12 UNet calls per image" in said.getvalue()
+
+
+def test_ddim_starts_from_the_image_noised_to_start_t(runs):
+    from adcli.runtime import fixed_noise
+    model, _ = RunFolder(runs[1]).load_model()
+    first = []
+    model.refine.register_forward_hook(lambda module, args, out: first.append(args[0][:, :3].clone()) if not first else None)
+    images = torch.rand(1, 3, 32, 32)
+    model.predict(images, torch.tensor([0]))
+    c = model.config
+    rows = (images * 2 - 1).repeat_interleave(4, 0)  # 2 grid sizes × 2 sets
+    start = torch.full((4,), c.inference.start_t)
+    expected = model.schedule.q_sample(rows, start, fixed_noise(c.seed, (1, 3, 32, 32)).expand_as(rows))
+    assert torch.allclose(first[0], expected, atol=1e-6)  # every cell, known or not: the image's low frequencies stay
