@@ -100,6 +100,8 @@ def train(
                                                         "the finished stages of this run where the recipe and data match.")] = None,
     pack: Annotated[bool, typer.Option("--pack", help="Copy referenced pretrained weights (DiAD's Stable Diffusion) "
                                        "into the run folder (see adcli weights pack).")] = False,
+    devices: Annotated[int, typer.Option("--devices", min=1, help="Train in N processes on this machine through "
+                                         "torchrun (N GPUs; gloo on CPU). Several machines: run torchrun yourself.")] = 1,
 ):
     """Train one model for all categories of the prepared data."""
     from adcli.recipe import load_recipe
@@ -109,7 +111,14 @@ def train(
         raise AdcliError("--resume continues with the run's stored recipe; drop --recipe/--profile/--set")
     if not resume and not recipe:
         raise AdcliError("--recipe is required (e.g. --recipe diffusionad)")
-    loaded = None if resume else load_recipe(recipe, profile, overrides or [])
+    loaded = None if resume else load_recipe(recipe, profile, overrides or [])  # a bad recipe: one line, no launch
+    if devices > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside a torchrun launch
+        from adcli.distributed import torchrun_argv
+
+        command = torchrun_argv(sys.argv[1:], devices)
+        console.print(" ".join(command), highlight=False)
+        sys.stdout.flush()
+        os.execv(command[0], command)
     run = train_model(data, out, loaded, resume=resume, device=device, console=console, stages_from=stages_from)
     if pack:
         weights_pack(run)

@@ -49,6 +49,35 @@ class SynthConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """How the shared training loop runs any recipe's gradient stages (the `engine:` section).
+
+    accumulate: micro-batches per optimiser step in each process; a global batch is cut into
+    processes × accumulate of them (adcli/distributed.py), so the step is the same whichever way it is
+    shared. ema_decay: keep an exponential moving average of the trained weights (e.g. 0.9999) and
+    store it at each stage's end instead of the last weights; null = none. amp: mixed precision on
+    CUDA (CPU training is always fp32): auto = bf16 where the GPU supports it, else fp16 with a
+    gradient scaler; bf16; fp16; off. clip_grad_norm: clip each gradient stage's gradient norm at this
+    value, where the method sets none of its own (uniad's train.clip_grad_norm wins); null = no clipping.
+    """
+
+    accumulate: int = 1
+    ema_decay: float | None = None
+    amp: str = "auto"
+    clip_grad_norm: float | None = None
+
+    def __post_init__(self):
+        if self.accumulate < 1:
+            raise ValueError("engine.accumulate must be >= 1")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError("engine.ema_decay must be between 0 and 1 (or null for none)")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError("engine.amp must be auto, bf16, fp16 or off")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ValueError("engine.clip_grad_norm must be > 0 (or null for none)")
+
+
+@dataclasses.dataclass(frozen=True)
 class LoopConfig:
     """What the shared training loop needs."""
 

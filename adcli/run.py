@@ -1,7 +1,7 @@
 """The run folder: every path of a run and every read and write of it, in one place. No pickle.
 
     RUN/recipe.yaml                 the fully resolved recipe (written first)
-    RUN/run.json                    the recipe file and profile the run started from
+    RUN/run.json                    the recipe file, profile and micro-batches the run started from
     RUN/results.csv                 loss per epoch (per stage and epoch for multi-stage methods)
     RUN/train.log                   what training said, time-stamped, with progress lines (appended on --resume)
     RUN/checkpoint/last.safetensors resumable training state: weights, optimizer, position
@@ -168,11 +168,13 @@ class RunFolder:
             raise BundleError(f"nothing to resume in {self.path}: no {self.RECIPE} (it is not an adcli run)")
 
     # ---- recipe ----------------------------------------------------------------------------------
-    def start(self, config: Any, recipe_file: Path, profile: str | None) -> None:
-        """The run's first files; written only once everything that can fail early has passed."""
+    def start(self, config: Any, recipe_file: Path, profile: str | None, micro_batches: int = 1) -> None:
+        """The run's first files; written only once everything that can fail early has passed.
+        micro_batches: how each global batch is cut (processes × accumulate), which a resume keeps."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.write_recipe(config)
-        atomic_write_json(self.path / self.RUN_INFO, {"recipe_file": str(recipe_file), "profile": profile})
+        atomic_write_json(self.path / self.RUN_INFO, {"recipe_file": str(recipe_file), "profile": profile,
+                                                      "micro_batches": micro_batches})
 
     def write_recipe(self, config: Any) -> None:
         from adcli.recipe import to_dict
@@ -187,17 +189,35 @@ class RunFolder:
             raise BundleError(f"{self.path} is not an adcli run folder (no {self.RECIPE})")
         return config_from_dict(read_yaml(path), str(path))
 
-    def profile(self) -> str | None:
+    def _run_info(self) -> dict:
         path = self.path / self.RUN_INFO
-        return json.loads(path.read_text(encoding="utf-8")).get("profile") if path.is_file() else None
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def profile(self) -> str | None:
+        return self._run_info().get("profile")
+
+    def micro_batches(self, accumulate: int) -> int:
+        """The micro-batches per global batch the run started with (runs before 0.2: `accumulate`)."""
+        return int(self._run_info().get("micro_batches", accumulate))
 
     # ---- checkpoint --------------------------------------------------------------------------------
-    def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, position: dict) -> None:
+    def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, position: dict,
+                        extra_tensors: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> None:
+        """extra_tensors: the loop's own state (EMA weights, stored as `extra.NAME`); extra: JSON-able
+        state (the gradient scaler's)."""
         tensors = {f"model.{k}": v for k, v in _trained_state(model).items()}
         optim_tensors, rest = _optimizer_tensors(optimizer)
         tensors.update(optim_tensors)
+        tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
         # Position and optimizer settings live in the same file's metadata, so they can never disagree.
-        save_tensors(self.checkpoint_path, tensors, metadata={"position": json.dumps(position), "optimizer": json.dumps(rest)})
+        save_tensors(self.checkpoint_path, tensors, metadata={"position": json.dumps(position), "optimizer": json.dumps(rest),
+                                                              "extra": json.dumps(extra or {})})
+
+    def checkpoint_extras(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The loop state save_checkpoint was given: (extra_tensors, extra); empty for older checkpoints."""
+        tensors = load_tensors(self.checkpoint_path)
+        meta = file_metadata(self.checkpoint_path)
+        return {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}, json.loads(meta.get("extra", "{}"))
 
     def checkpoint_position(self) -> dict | None:
         if not self.checkpoint_path.is_file():

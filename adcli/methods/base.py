@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from adcli.config import SynthConfig
+from adcli.distributed import Ranks
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class StageContext:
     scratch: Path  # kept until training ends and across --resume (reflow pairs live here)
     progress: Callable[..., Any]  # progress(description, total) -> context manager yielding a ProgressTask
     log: Callable[[str], None]  # one line for the user
+    ranks: Ranks = Ranks()  # the processes training together (adcli/distributed.py); one by default
 
     @classmethod
     def silent(cls, device: torch.device | str, scratch: Path) -> StageContext:
@@ -81,6 +83,9 @@ class GradientStage:
     make_data: Callable[[Any, StageContext], Any] | None = None
     optimizer: str = "adam"  # "adam" or "adamw" (decoupled weight decay: give each group its weight_decay)
     clip_grad_norm: float | None = None  # clip the trained parameters' gradient norm before each step
+    # Some trained parameters get no gradient in some steps (DiAD's discriminator before disc_start):
+    # DistributedDataParallel must then look for them in every step's graph, at some cost.
+    unused_parameters: bool = False
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw"):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adcli.config import DataConfig, InferenceLoopConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import TrainBatch, to_tensor
 from adcli.diffusion.ddim import ddim_sample, ddim_timesteps
 from adcli.diffusion.schedules import ScheduleConfig
@@ -148,6 +148,7 @@ class DiADConfig:
     backbone: BackboneConfig
     scoring: ScoringConfig
     inference: InferenceConfig
+    engine: EngineConfig = EngineConfig()
 
     def __post_init__(self):
         ae, size = self.autoencoder, self.data.image_size
@@ -228,7 +229,8 @@ class DiAD(Method):
             stages.append(GradientStage("autoencoder", c.autoencoder.epochs, c.autoencoder.batch_size,
                                         self._autoencoder_groups, self._autoencoder_losses,
                                         keeps=("autoencoder.",), settings={"autoencoder": dataclasses.asdict(c.autoencoder),
-                                                                           "perceptual": self._perceptual[0].description}))
+                                                                           "perceptual": self._perceptual[0].description},
+                                        unused_parameters=bool(c.autoencoder.disc_start)))
         latent_settings = {"autoencoder": dataclasses.asdict(c.autoencoder), "schedule": dataclasses.asdict(c.schedule)}
         if c.unet.pretrained is None:
             stages.append(GradientStage("denoiser", c.denoiser.epochs, c.denoiser.batch_size,

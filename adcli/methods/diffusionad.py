@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig
 from adcli.diffusion.norm_guided import norm_guided_x0
 from adcli.diffusion.schedules import ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
@@ -91,6 +91,7 @@ class DiffusionADConfig:
     synth: SynthConfig
     train: TrainConfig
     inference: InferenceConfig
+    engine: EngineConfig = EngineConfig()
 
     def __post_init__(self):
         t = self.schedule.num_timesteps

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adcli.config import DataConfig, InferenceLoopConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import TrainBatch, to_tensor
 from adcli.diffusion.ddim import ddim_step, ddim_timesteps
 from adcli.diffusion.inpaint import grid_partition, masked_condition, repaint_known
@@ -104,6 +104,7 @@ class DRDCConfig:
     refine: RefineTrainConfig
     fusion: FusionConfig
     inference: InferenceConfig
+    engine: EngineConfig = EngineConfig()
 
     def __post_init__(self):
         size = self.data.image_size

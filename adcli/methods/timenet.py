@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adcli.config import DataConfig, InferenceLoopConfig, LoopConfig, SynthConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig
 from adcli.data.batches import TrainBatch, to_tensor
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
@@ -125,6 +125,7 @@ class TimeNetConfig:
     backbone: BackboneConfig
     scoring: ScoringConfig
     inference: InferenceConfig
+    engine: EngineConfig = EngineConfig()
 
     def __post_init__(self):
         if not 0 < self.inference.t < 1:
@@ -241,28 +242,52 @@ class TimeNet(Method):
         model's dtype, in chunks of `reflow.solve_batch` rows that may mix categories (each row carries
         its own class), so few pairs per category still fill a batch. Each chunk is saved to its own
         file in the scratch folder, so an interrupted generation resumes where it stopped; each chunk's
-        noise comes from (seed, round, chunk number)."""
+        noise comes from (seed, round, chunk number). Several processes share the chunks (every
+        world-th each) and then send each other the results, so every rank trains on all pairs."""
         rc = self.config.reflow
         size = self.config.data.image_size
+        ranks = ctx.ranks
         chunk_dir = ctx.scratch / f"reflow{round_k}_pairs_mixed"
         labels = torch.arange(len(self.categories)).repeat_interleave(rc.pairs_per_category)
         chunks = list(labels.split(rc.solve_batch))
-        parts = []
+        paths = [chunk_dir / f"{number:05d}.safetensors" for number in range(len(chunks))]
+
+        def noise(number: int, rows: int) -> torch.Tensor:
+            g = torch.Generator().manual_seed(int(np.random.default_rng([self.config.seed, round_k, number]).integers(2**62)))
+            return torch.randn((rows, 3, size, size), generator=g)
+
+        # Rank 0's disk decides which chunks are done, so every rank agrees even on separate disks.
+        on_disk = ranks.broadcast(torch.tensor([p.is_file() for p in paths], dtype=torch.uint8, device=ctx.device), 0)
+        on_disk = on_disk.bool().tolist()
+        solved: dict[int, torch.Tensor] = {}
         self.denoiser.eval()
-        with ctx.progress(f"reflow {round_k}: RK45 pairs", len(labels)) as task:
-            for number, y in enumerate(chunks):
-                path = chunk_dir / f"{number:05d}.safetensors"
-                if path.is_file():
-                    parts.append(load_tensors(path))
+        # Rank 0 reads the chunks already on disk; each missing chunk is solved by its owner.
+        mine = [n for n in range(len(chunks)) if (ranks.is_main if on_disk[n] else ranks.owner(n) == ranks.rank)]
+        with ctx.progress(f"reflow {round_k}: RK45 pairs", sum(len(chunks[n]) for n in mine)) as task:
+            for number in mine:
+                y = chunks[number]
+                if on_disk[number]:
+                    solved[number] = load_tensors(paths[number])["x1"].to(ctx.device)
                     task.advance(len(y))
                     continue
-                g = torch.Generator().manual_seed(int(np.random.default_rng([self.config.seed, round_k, number]).integers(2**62)))
-                x0 = torch.randn((len(y), 3, size, size), generator=g)
-                x1, nfe = rf.rk45(self.denoiser, x0.to(ctx.device), rtol=rc.rtol, atol=rc.atol, y=y.to(ctx.device))
-                parts.append({"x0": x0, "x1": x1.cpu(), "y": y.clone()})
-                chunk_dir.mkdir(parents=True, exist_ok=True)
-                save_tensors(path, parts[-1])
+                solved[number], nfe = rf.rk45(self.denoiser, noise(number, len(y)).to(ctx.device), rtol=rc.rtol,
+                                              atol=rc.atol, y=y.to(ctx.device))
+                if ranks.is_main:  # an interrupted generation resumes from here
+                    chunk_dir.mkdir(parents=True, exist_ok=True)
+                    save_tensors(paths[number], {"x0": noise(number, len(y)), "x1": solved[number].cpu(), "y": y.clone()})
                 task.advance(len(y), evaluations=nfe)
+        parts = []
+        for number, y in enumerate(chunks):
+            x0 = noise(number, len(y))
+            source = 0 if on_disk[number] else ranks.owner(number)
+            x1 = solved.get(number)
+            if x1 is None:
+                x1 = torch.empty(x0.shape, dtype=x0.dtype, device=ctx.device)
+            x1 = ranks.broadcast(x1.contiguous(), source)
+            if ranks.is_main and not paths[number].is_file():
+                chunk_dir.mkdir(parents=True, exist_ok=True)
+                save_tensors(paths[number], {"x0": x0, "x1": x1.cpu(), "y": y.clone()})
+            parts.append({"x0": x0, "x1": x1.cpu(), "y": y.clone()})
         self.denoiser.train()
         return ReflowPairs(*(torch.cat([part[k] for part in parts]) for k in ("x0", "x1", "y")), self.categories)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcli.config import DataConfig, InferenceLoopConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import to_tensor
 from adcli.methods.base import AnomalyOutput, GradientStage, Method, StageContext
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
@@ -75,6 +75,7 @@ class UniADConfig:
     train: BaseTrainConfig
     scoring: UniADScoringConfig = UniADScoringConfig()
     inference: InferenceLoopConfig = InferenceLoopConfig()
+    engine: EngineConfig = EngineConfig()
 
 
 @dataclasses.dataclass
