@@ -59,6 +59,28 @@ def test_greedy_coreset_matches_brute_force():
     assert idx.tolist() == chosen
 
 
+def _farthest_point_reference(x, count):
+    chosen, nearest = [0], torch.cdist(x, x[:1]).squeeze(1)
+    for _ in range(count - 1):
+        chosen.append(int(nearest.argmax()))
+        nearest = torch.minimum(nearest, torch.cdist(x, x[chosen[-1]:chosen[-1] + 1]).squeeze(1))
+    return chosen
+
+
+@pytest.mark.parametrize("layout", ["clusters", "uniform"])
+def test_greedy_coreset_skipping_rows_picks_what_reading_all_picks(layout):
+    """Clustered rows (object patches) take the path that reads only rows that may move; uniform rows
+    (texture) the path that reads all and tests again later. Both must pick the brute-force rows."""
+    g = torch.Generator().manual_seed(1)
+    if layout == "clusters":
+        modes = torch.randn(12, 16, generator=g) * 6
+        x = modes[torch.randint(0, 12, (3000,), generator=g)] + torch.randn(3000, 16, generator=g)
+    else:
+        x = torch.rand(3000, 3, generator=g)
+    idx = greedy_coreset(x, 150, projection_dim=None)
+    assert idx.tolist() == _farthest_point_reference(x, 150)
+
+
 def test_combine_ddad_with_fixed_maxima_keeps_the_size_of_d1():
     d1, d2 = torch.tensor([[[1.0, 4.0]]]), torch.tensor([[[2.0, 4.0]]])
     fixed = (torch.tensor([2.0]), torch.tensor([8.0]))
