@@ -58,3 +58,17 @@ def recipe_with_weights(name, weights, overrides=()):
     tree = resolve_tree(recipes_dir() / f"{name}.yaml", "test")
     extra = [f"backbone.weights={weights}"] if "backbone" in tree else []
     return load_recipe(name, "test", [*extra, *overrides])
+
+
+def interrupt_on_call(monkeypatch, owner, name: str, call: int) -> None:
+    """Make `owner.name` (a stage's loss function) raise KeyboardInterrupt on its `call`-th call — a run
+    killed mid-stage; `monkeypatch.undo()` (or the test's end) restores it."""
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def dies(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, dies)

@@ -16,6 +16,7 @@ from adcli.errors import AdcliError
 from adcli.recipe import load_recipe
 from adcli.run import RunFolder
 from adcli.train import train
+from tests.conftest import interrupt_on_call
 
 
 @pytest.mark.parametrize("world, accumulate", [(1, 1), (1, 3), (2, 1), (2, 2), (3, 2)])
@@ -94,15 +95,7 @@ def test_two_gloo_processes_through_torchrun_equal_one_process(prepared, mobilen
     # Started in one process (accumulate 2), killed in its last stage, resumed on two: the same model.
     from adcli.methods.timenet import TimeNet
 
-    original, calls = TimeNet._tpn_losses, {"n": 0}
-
-    def dies_in_tpn_stage(self, batch, gen):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, batch, gen)
-
-    monkeypatch.setattr(TimeNet, "_tpn_losses", dies_in_tpn_stage)
+    interrupt_on_call(monkeypatch, TimeNet, "_tpn_losses", 3)
     with pytest.raises(KeyboardInterrupt):
         train(prepared, tmp_path / "killed", load_recipe("timenet", "test", [f"backbone.weights={mobilenet_weights}",
                                                                              "engine.accumulate=2"]), device="cpu")
@@ -124,19 +117,10 @@ def test_accumulated_run_with_ema_and_dropout_resumes_exactly(prepared, mobilene
 
     full = train(prepared, tmp_path / "full", recipe("engine.ema_decay=0.5"), device="cpu")
     plain = train(prepared, tmp_path / "plain", recipe(), device="cpu")
-    calls = {"n": 0}
-    original = UniADBase.losses
-
-    def dies_in_second_epoch(self, batch, gen):
-        calls["n"] += 1
-        if calls["n"] == 11:  # 16 images, batches of 4 in 2 micro-batches: 8 calls an epoch
-            raise KeyboardInterrupt
-        return original(self, batch, gen)
-
-    monkeypatch.setattr(UniADBase, "losses", dies_in_second_epoch)
+    interrupt_on_call(monkeypatch, UniADBase, "losses", 11)  # 16 images, batches of 4 in 2 micro-batches: 8 calls an epoch
     with pytest.raises(KeyboardInterrupt):
         train(prepared, tmp_path / "killed", recipe("engine.ema_decay=0.5"), device="cpu")
-    monkeypatch.setattr(UniADBase, "losses", original)
+    monkeypatch.undo()
     train(prepared, tmp_path / "killed", None, resume=True, device="cpu")
     a, b, c = _weights(full), _weights(tmp_path / "killed"), _weights(plain)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -14,6 +14,7 @@ from adcli.nets.unet import UNet
 from adcli.recipe import load_recipe
 from adcli.registry import get_method, method_names
 from adcli.train import train
+from tests.conftest import interrupt_on_call
 
 
 @pytest.fixture(scope="module")
@@ -109,19 +110,10 @@ def test_ablations_reuse_the_stages_they_share(run, prepared, backbone_weights, 
 
 
 def test_interrupted_in_the_last_stage_resumes_exactly(run, prepared, backbone_weights, tmp_path, monkeypatch):
-    original = TimeNet._tpn_losses
-    calls = {"n": 0}
-
-    def dies_in_tpn_stage(self, batch, gen):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, batch, gen)
-
-    monkeypatch.setattr(TimeNet, "_tpn_losses", dies_in_tpn_stage)
+    interrupt_on_call(monkeypatch, TimeNet, "_tpn_losses", 2)
     with pytest.raises(KeyboardInterrupt):
         train(prepared, tmp_path / "killed", _recipe(backbone_weights), device="cpu")
-    monkeypatch.setattr(TimeNet, "_tpn_losses", original)
+    monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / "killed" / "stages").iterdir()) == ["flow.safetensors", "reflow1.safetensors"]
     train(prepared, tmp_path / "killed", None, resume=True, device="cpu")
     a, b = _weights(run), _weights(tmp_path / "killed")
