@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from adcli import __version__
@@ -117,8 +119,9 @@ def train(
 
         command = torchrun_argv(sys.argv[1:], devices)
         console.print(" ".join(command), highlight=False)
-        sys.stdout.flush()
-        os.execv(command[0], command)
+        code = subprocess.run(command).returncode
+        # torchrun exits 1 when a process fails; in adcli 1 means "defects found", so a failure is 2.
+        raise typer.Exit(2 if code == 1 else code)
     run = train_model(data, out, loaded, resume=resume, device=device, console=console, stages_from=stages_from)
     if pack:
         weights_pack(run)
@@ -350,7 +353,7 @@ def main() -> None:
     try:
         app()
     except AdcliError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -359,7 +362,7 @@ def main() -> None:
         if exc.errno not in OUTPUT_ERRNOS:
             _crash(exc)
         where = f": {exc.filename}" if exc.filename else ""
-        console.print(f"[red]error:[/] {exc.strerror or exc}{where}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc.strerror or exc) + where)}", highlight=False)
         sys.exit(OutputError.exit_code)
     except Exception as exc:  # a bug: never exit 1, which means "defects found"
         _crash(exc)
@@ -383,5 +386,6 @@ def _crash(exc: BaseException) -> None:
         where = f"traceback in {log}"
     except OSError:
         where = "traceback: " + "".join(traceback.format_exception(exc)).replace("\n", " | ")
-    console.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} ({where}); please report it", highlight=False)
+    # Messages may hold brackets (paths, C++ source locations) that rich would read as markup.
+    console.print(f"[red]internal error:[/] {escape(f'{type(exc).__name__}: {exc} ({where})')}; please report it", highlight=False)
     sys.exit(CRASH_EXIT_CODE)

@@ -365,9 +365,8 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
 def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, dev: torch.device, console: Console,
            stages_from, ranks: Ranks) -> Path:
     out = run.path
-    if ranks.is_main:  # the others would see the folder rank 0 has just started
-        run.check_resumable() if resume else run.check_new()
-    ranks.barrier()
+    run.check_resumable() if resume else run.check_new()  # every rank, so every rank stops with the same line
+    ranks.barrier()  # rank 0 starts the folder only after this (later), so no rank sees it half-made
     samples = [s for s in load_manifest(prepared) if s.split == "train"]  # never calib, never test
     if not samples:
         raise DataError(f"no training images in {prepared}")

@@ -28,6 +28,9 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: --set train.epoch=3: section 'train' has no key 'epoch'"), bad.stderr
     missing = _adcli("prepare", tmp_path / "nope", "--out", tmp_path / "p")
     assert missing.returncode == 2 and "dataset folder not found" in missing.stderr and "Traceback" not in missing.stderr
+    # Brackets in a message (a path, a C++ location in a torch error) are text, not console markup.
+    odd = _adcli("prepare", tmp_path / "line[/b]", "--out", tmp_path / "p")
+    assert odd.returncode == 2 and "line[/b]" in odd.stderr and "Traceback" not in odd.stderr, odd.stderr
 
 
 def test_prepare_train_inspect_through_the_cli(demo_root, tmp_path):
