@@ -44,16 +44,12 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
         chosen[i] = nxt
         c = x[nxt]
         centres[i] = c
-        if dense and i % 16:
-            dist = (sq_norms - 2 * (x @ c) + sq_norms[nxt]).clamp_min(0)
-            nearest = torch.where(dist < min_dist, i, nearest)
-            min_dist = torch.minimum(min_dist, dist)
-            continue
-        if dense:
-            bound = margin * min_dist + 1e-12
-        centre_sq = (sq_norms[chosen[:i]] - 2 * (centres[:i] @ c) + sq_norms[nxt]).clamp_min(0)  # |a − c|² per centre
-        rows = torch.nonzero(centre_sq[nearest] <= bound).squeeze(1)
-        dense = rows.numel() > n // 8  # gathering that many rows would cost more than reading all
+        if not dense or i % 16 == 0:
+            if dense:
+                bound = margin * min_dist + 1e-12  # not kept up while reading all rows
+            centre_sq = (sq_norms[chosen[:i]] - 2 * (centres[:i] @ c) + sq_norms[nxt]).clamp_min(0)  # |a − c|² per centre
+            rows = torch.nonzero(centre_sq[nearest] <= bound).squeeze(1)
+            dense = rows.numel() > n // 8  # gathering that many rows would cost more than reading all
         if dense:
             dist = (sq_norms - 2 * (x @ c) + sq_norms[nxt]).clamp_min(0)
             nearest = torch.where(dist < min_dist, i, nearest)

@@ -270,11 +270,11 @@ class TimeNet(Method):
                     solved[number] = load_tensors(paths[number])["x1"].to(ctx.device)
                     task.advance(len(y))
                     continue
-                solved[number], nfe = rf.rk45(self.denoiser, noise(number, len(y)).to(ctx.device), rtol=rc.rtol,
-                                              atol=rc.atol, y=y.to(ctx.device))
+                x0 = noise(number, len(y))
+                solved[number], nfe = rf.rk45(self.denoiser, x0.to(ctx.device), rtol=rc.rtol, atol=rc.atol, y=y.to(ctx.device))
                 if ranks.is_main:  # an interrupted generation resumes from here
                     chunk_dir.mkdir(parents=True, exist_ok=True)
-                    save_tensors(paths[number], {"x0": noise(number, len(y)), "x1": solved[number].cpu(), "y": y.clone()})
+                    save_tensors(paths[number], {"x0": x0, "x1": solved[number].cpu(), "y": y.clone()})
                 task.advance(len(y), evaluations=nfe)
         parts = []
         for number, y in enumerate(chunks):
