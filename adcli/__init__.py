@@ -8,8 +8,9 @@
 __version__ = "0.1.0"
 
 
-def load(run, device: str = "auto", batch_size: int | None = None):
-    """A trained run folder -> adcli.detector.Detector (imported here, so `import adcli` stays light)."""
+def load(run, device: str = "auto", batch_size: int | None = None, backend: str = "torch"):
+    """A trained run folder -> adcli.detector.Detector (imported here, so `import adcli` stays light).
+    backend: torch, or onnx / openvino after `adcli export`."""
     from adcli.detector import Detector
 
-    return Detector.load(run, device, batch_size)
+    return Detector.load(run, device, batch_size, backend)

@@ -26,6 +26,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 @dataclasses.dataclass
 class BenchRow:
+    backend: str
     batch: int
     dtype: str
     threads: int
@@ -112,51 +113,93 @@ def count_flops(model, images: torch.Tensor, category_ids: torch.Tensor, dtype: 
 
 
 def bench_model(model, categories: list[str], image_size: int, device: torch.device, batches: list[int],
-                dtypes: list[str], threads: int, images: int, warmup: int = 1) -> list[BenchRow]:
-    """Time `model.predict` on random images (cost does not depend on content) for every batch × dtype."""
+                dtypes: list[str], threads: int, images: int, warmup: int = 1,
+                backends: dict | None = None) -> list[BenchRow]:
+    """Time `predict` on random images (cost does not depend on content) for every backend × batch ×
+    dtype. backends: name -> model with `predict` (default {"torch": model}); FLOPs are always
+    counted on the torch model (an exported graph computes the same); exported graphs are float32,
+    so they get fp32 rows only."""
     torch.set_num_threads(threads)
+    backends = backends or {"torch": model}
     generator = torch.Generator().manual_seed(0)
+    peaks = {dtype: matmul_peak_gflops(dtype, device) for dtype in dtypes}
     rows = []
-    for dtype in dtypes:
-        peak = matmul_peak_gflops(dtype, device)
-        for batch in batches:
-            x = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
-            ids = (torch.arange(batch) % max(1, len(categories))).to(device)
-            flops = count_flops(model, x, ids, dtype)
-            _reset_peak_rss()
-            calls = max(1, -(-images // batch))
-            seconds = []
-            with torch.inference_mode(), autocast(dtype, device):
-                for i in range(warmup + calls):
-                    _sync(device)
-                    start = time.perf_counter()
-                    model.predict(x, ids)
-                    _sync(device)
-                    if i >= warmup:
-                        seconds.append(time.perf_counter() - start)
-            per_image = statistics.median(seconds) / batch
-            achieved = flops / per_image / 1e9
-            rows.append(BenchRow(batch, dtype, threads, round(flops / 1e9, 3), round(1000 * per_image, 2),
-                                 round(1 / per_image, 1), round(_peak_rss_mb(), 1), round(achieved, 1),
-                                 round(peak, 1), round(achieved / peak, 3)))
+    for name, scorer in backends.items():
+        for dtype in dtypes if name == "torch" else [d for d in dtypes if d == "fp32"]:
+            for batch in batches:
+                x = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
+                ids = (torch.arange(batch) % max(1, len(categories))).to(device)
+                flops = count_flops(model, x, ids, dtype)
+                _reset_peak_rss()
+                calls = max(1, -(-images // batch))
+                seconds = []
+                with torch.inference_mode(), autocast(dtype if name == "torch" else "fp32", device):
+                    for i in range(warmup + calls):
+                        _sync(device)
+                        start = time.perf_counter()
+                        scorer.predict(x, ids)
+                        _sync(device)
+                        if i >= warmup:
+                            seconds.append(time.perf_counter() - start)
+                per_image = statistics.median(seconds) / batch
+                achieved = flops / per_image / 1e9
+                peak = peaks[dtype]
+                rows.append(BenchRow(name, batch, dtype, threads, round(flops / 1e9, 3), round(1000 * per_image, 2),
+                                     round(1 / per_image, 1), round(_peak_rss_mb(), 1), round(achieved, 1),
+                                     round(peak, 1), round(achieved / peak, 3)))
     return rows
 
 
-def bench(run: str | Path, batches: list[int], dtypes: list[str], threads: int | None = None, images: int = 32,
-          device: str = "cpu") -> tuple[list[BenchRow], dict]:
-    """Load a run folder and bench it. -> (rows, facts about the model and machine)."""
+def untrained_model(recipe: str, profile: str | None, categories: int, train_images: int, device: torch.device):
+    """A recipe's model with random weights, for timing a profile without training it (the cost of
+    these networks does not depend on their weights). Data-sized state (knn's banks) is filled as
+    `train_images` training images per category would fill it. -> (model, category names, config)."""
+    from adcli.recipe import load_recipe
+    from adcli.registry import get_method
+
+    if categories < 1 or train_images < 1:
+        raise UsageError("--categories and --train-images must be >= 1")
+    loaded = load_recipe(recipe, profile)
+    spec = get_method(loaded.config.method, source=str(loaded.path))
+    names = [f"category{i}" for i in range(categories)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.method_cls(loaded.config, names, load_pretrained=False)
+        model.fill_untrained(train_images)
+    return model.to(device).eval(), names, loaded.config
+
+
+def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads: int | None = None, images: int = 32,
+          device: str = "cpu", backends: list[str] | None = None, recipe: str | None = None, profile: str | None = None,
+          categories: int = 1, train_images: int = 200) -> tuple[list[BenchRow], dict]:
+    """Load a run folder (or build a recipe's untrained model) and bench it. -> (rows, facts)."""
+    from adcli.export import BACKENDS, ExportedModel
     from adcli.run import RunFolder
     from adcli.runtime import resolve_device
 
     if images < 1:
         raise UsageError("--images must be >= 1")
+    if (run is None) == (recipe is None):
+        raise UsageError("give a run folder or --recipe (not both)")
+    backends = backends or ["torch"]
+    bad = [b for b in backends if b not in BACKENDS]
+    if bad:
+        raise UsageError(f"--backend: unknown {', '.join(bad)} (choose from {', '.join(BACKENDS)})")
     dev = resolve_device(device)
-    folder = RunFolder(run)
-    model, meta = folder.load_model(dev)
-    config = folder.read_config()
+    if any(b != "torch" for b in backends) and (dev.type != "cpu" or run is None):
+        raise UsageError("--backend onnx/openvino: the exported graph of a run folder, on the CPU")
     threads = threads or torch.get_num_threads()
-    rows = bench_model(model, meta["categories"], config.data.image_size, dev, batches, dtypes, threads, images)
-    facts = {"run": str(run), "method": config.method, "profile": folder.profile(), "image_size": config.data.image_size,
+    torch.set_num_threads(threads)
+    if run is not None:
+        folder = RunFolder(run)
+        model, meta = folder.load_model(dev)
+        config, names, profile = folder.read_config(), meta["categories"], folder.profile()
+    else:
+        model, names, config = untrained_model(recipe, profile, categories, train_images, dev)
+    scorers = {b: model if b == "torch" else ExportedModel(folder, b, threads) for b in backends}
+    rows = bench_model(model, names, config.data.image_size, dev, batches, dtypes, threads, images, backends=scorers)
+    facts = {"run": str(run) if run is not None else f"recipe {recipe} (untrained)", "method": config.method,
+             "profile": profile, "image_size": config.data.image_size, "categories": len(names),
              "device": str(dev), "threads": threads, "torch": torch.__version__,
              "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     return rows, facts

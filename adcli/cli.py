@@ -27,6 +27,8 @@ console = Console(stderr=True, soft_wrap=True)  # one message = one line, whatev
 # Shared by the commands that score images.
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call "
                                                   "(default: the recipe's inference.batch_size).")]
+Backend = Annotated[str, typer.Option("--backend", help="torch, or onnx / openvino: the graph `adcli export` wrote "
+                                      "(CPU).")]
 
 
 def _version(value: bool):
@@ -180,6 +182,7 @@ def inspect(
                                               "verdict 'uncalibrated', exit code 6.")] = False,
     heatmaps: Annotated[str, typer.Option("--heatmaps", help="Heatmap pictures for: all | defects (every image "
                                           "not OK) | none.")] = "defects",
+    backend: Backend = "torch",
 ):
     import json
 
@@ -188,7 +191,7 @@ def inspect(
     quiet = Console(stderr=True, quiet=True) if as_json else console
     summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
                              settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
-                             scores_only=scores_only, heatmaps=heatmaps)
+                             scores_only=scores_only, heatmaps=heatmaps, backend=backend)
     if as_json:
         print(json.dumps(json.loads((out / "summary.json").read_text())))
     else:
@@ -211,11 +214,12 @@ def report(
     split: Annotated[str, typer.Option(help="Split to evaluate: test (default), calib or train.")] = "test",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: BatchSize = None,
+    backend: Backend = "torch",
 ):
     """Evaluate a model on a labelled split: seven metrics per category, ROC, histograms, gallery."""
     from adcli.report import make_report
 
-    make_report(model, data, out, split=split, device=device, console=console, batch_size=batch_size)
+    make_report(model, data, out, split=split, device=device, console=console, batch_size=batch_size, backend=backend)
 
 
 @app.command(epilog="Example: adcli review inspected/   (then open inspected/review.html)")
@@ -262,14 +266,21 @@ def checks(
     raise typer.Exit(0 if result["ok"] else OutputError.exit_code)
 
 
-@app.command(epilog="Example: adcli bench runs/knn --batch 1,8 --dtype fp32,bf16 --threads 2")
+@app.command(epilog="Example: adcli bench runs/knn --batch 1,8 --dtype fp32,bf16 --backend torch,onnx --threads 2")
 def bench(
-    model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
+    model: Annotated[Optional[Path], typer.Argument(help="Trained model (run folder); or give --recipe.")] = None,
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes to time, comma-separated.")] = "1,4,8",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 and/or bf16 (autocast), comma-separated.")] = "fp32",
+    backend: Annotated[str, typer.Option("--backend", help="torch, onnx, openvino (after `adcli export`), comma-separated.")] = "torch",
     threads: Annotated[Optional[int], typer.Option("--threads", help="Torch threads (default: torch's choice).")] = None,
     images: Annotated[int, typer.Option("--images", help="Images timed per setting, after one warm-up call.")] = 32,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto.")] = "cpu",
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Time a recipe's untrained model instead of a run "
+                                                 "(random weights: same cost).")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="With --recipe: the profile (default: the paper's settings).")] = None,
+    categories: Annotated[int, typer.Option("--categories", help="With --recipe: number of categories.")] = 1,
+    train_images: Annotated[int, typer.Option("--train-images", help="With --recipe: training images per category "
+                                              "(sizes knn's banks).")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout.")] = False,
 ):
     """How fast a model scores here: FLOPs/image, ms/image, images/s, peak memory, GFLOP/s and the share
@@ -278,21 +289,41 @@ def bench(
     import json
 
     from adcli.bench import DTYPES, bench as run_bench, parse_list
+    from adcli.export import BACKENDS
     from adcli.progress import print_table
 
-    rows, facts = run_bench(model, parse_list(batch, "batch"), parse_list(dtype, "dtype", list(DTYPES)), threads, images, device)
+    rows, facts = run_bench(model, parse_list(batch, "batch"), parse_list(dtype, "dtype", list(DTYPES)), threads, images,
+                            device, parse_list(backend, "backend", list(BACKENDS)), recipe, profile, categories, train_images)
     if as_json:
         print(json.dumps({**facts, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
         return
     console = Console()
-    table = Table(title=f"adcli bench {facts['run']}: {facts['method']} ({facts['profile'] or '-'}), "
+    table = Table(title=f"adcli bench {facts['run']}: {facts['method']} ({facts['profile'] or 'paper'}), "
                         f"{facts['image_size']} px, {facts['device']}, {facts['threads']} threads, torch {facts['torch']}")
-    for column in ("batch", "dtype", "GFLOP/img", "ms/img", "img/s", "peak RSS MB", "GFLOP/s", "matmul peak", "of peak"):
+    for column in ("backend", "batch", "dtype", "GFLOP/img", "ms/img", "img/s", "peak RSS MB", "GFLOP/s", "matmul peak", "of peak"):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(str(r.batch), r.dtype, f"{r.gflop_per_image:.3f}", f"{r.ms_per_image:.1f}", f"{r.images_per_s:.1f}",
+        table.add_row(r.backend, str(r.batch), r.dtype, f"{r.gflop_per_image:.3f}", f"{r.ms_per_image:.1f}", f"{r.images_per_s:.1f}",
                       f"{r.peak_rss_mb:.0f}", f"{r.achieved_gflops:.1f}", f"{r.matmul_peak_gflops:.0f}", f"{100 * r.fraction_of_peak:.0f}%")
     print_table(console, table)
+
+
+@app.command(epilog="Example: adcli export runs/knn --format onnx,openvino")
+def export(
+    model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
+    format: Annotated[str, typer.Option("--format", help="onnx and/or openvino, comma-separated.")] = "onnx",
+):
+    """Write the model's scoring as one graph (RUN/export/): ONNX for onnxruntime, OpenVINO IR. It takes a
+    batch of any size and each image's category; it is checked against torch before it is written.
+    Then: adcli inspect ... --backend onnx. Needs `pip install 'adcli[onnx]'` (and `adcli[openvino]`)."""
+    from adcli.bench import parse_list
+    from adcli.export import FORMATS, export as run_export
+
+    info = run_export(model, parse_list(format, "format", list(FORMATS)))
+    for check in info["checked"]:
+        console.print(f"{check['backend']}: scores within {check['max_score_diff']:.2g} of torch "
+                      f"(maps {check['max_map_diff']:.2g}) on a batch of {check['batch']}", highlight=False)
+    console.print(f"exported to {model / 'export'}")
 
 
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for air-gapped PCs.", context_settings=HELP_OPTIONS)

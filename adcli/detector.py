@@ -66,27 +66,38 @@ class Scored:
 
 class Detector:
     def __init__(self, run: RunFolder, model, meta: dict, model_id: str, calibration: Calibration | None,
-                 device: torch.device, batch_size: int):
+                 device: torch.device, batch_size: int, backend: str = "torch"):
         self.run, self.model, self.meta, self.model_id, self.calibration = run, model, meta, model_id, calibration
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size, self.backend = device, batch_size, backend
         self.categories: list[str] = list(meta["categories"])
         self.image_size: int = int(meta["image_size"])
         self.router = run.read_router(calibration)  # CategoryRouter or None (adcli/routing.py)
 
     @classmethod
-    def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None) -> Detector:
-        """A finished run folder -> Detector. batch_size: None = the recipe's `inference.batch_size`."""
+    def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None,
+             backend: str = "torch") -> Detector:
+        """A finished run folder -> Detector. batch_size: None = the recipe's `inference.batch_size`.
+        backend: torch, or onnx / openvino for the graph `adcli export` wrote (CPU only)."""
+        from adcli.export import BACKENDS, ExportedModel
+
         run = run if isinstance(run, RunFolder) else RunFolder(run)
-        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        if backend not in BACKENDS:
+            raise AdcliError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        if backend != "torch" and str(device) not in ("auto", "cpu"):
+            raise AdcliError(f"--backend {backend} runs on the CPU; leave --device at auto or cpu")
+        dev = device if isinstance(device, torch.device) else resolve_device("cpu" if backend != "torch" else device)
         if batch_size is not None and batch_size < 1:
             raise AdcliError(f"batch size must be >= 1, got {batch_size}")
-        model, meta = run.load_model(dev)
+        if backend == "torch":
+            model, meta = run.load_model(dev)
+        else:
+            meta, model = run.read_meta(), ExportedModel(run, backend)
         model_id = run.model_id()
         calibration = run.read_calibration()
         if calibration is not None and calibration.model_id != model_id:
             raise BundleError(f"{run.path / run.CALIBRATION} was made for another model ({calibration.model_id}; this one "
                               f"is {model_id}); run `adcli calibrate {run.path}` again")
-        return cls(run, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size)
+        return cls(run, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size, backend)
 
     # ---- categories and thresholds -------------------------------------------------------------
     @property

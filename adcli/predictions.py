@@ -73,7 +73,7 @@ def _cached(cache: Path, key: str, samples: list[Sample]) -> SplitOutputs | None
 
 def predict_samples(detector: Detector, samples: list[Sample], cache_dir: Path,
                     progress: Callable[[], None] | None = None) -> SplitOutputs:
-    key = _cache_key(detector.model_id, samples)
+    key = _cache_key(detector.model_id if detector.backend == "torch" else f"{detector.model_id} {detector.backend}", samples)
     cached = _cached(cache_dir / CACHE_NAME, key, samples)
     if cached is not None:
         return cached
@@ -91,6 +91,10 @@ def predict_samples(detector: Detector, samples: list[Sample], cache_dir: Path,
             progress()
     ms = (time.perf_counter() - start) * 1e3 / max(len(samples), 1)
     save_tensors(cache_dir / CACHE_NAME, {"scores": torch.from_numpy(scores), "maps": torch.from_numpy(maps)},
-                 metadata={"key": key, "ms_per_image": f"{ms:.3f}", "device": str(detector.device),
+                 metadata={"key": key, "ms_per_image": f"{ms:.3f}", "device": _where(detector),
                            "paths": json.dumps([s.path for s in samples])[:100_000]})
-    return SplitOutputs(samples, scores, maps, ms, str(detector.device))
+    return SplitOutputs(samples, scores, maps, ms, _where(detector))
+
+
+def _where(detector: Detector) -> str:
+    return str(detector.device) if detector.backend == "torch" else f"{detector.device} ({detector.backend})"

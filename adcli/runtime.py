@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -23,7 +24,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def fixed_noise(seed: int, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
     """Gaussian noise drawn on the CPU from `seed` alone, so inference noise is the same for every image,
-    batch and device: a score never depends on what came before."""
+    batch and device: a score never depends on what came before. Read-only: the tensor is shared
+    between calls (drawn once per seed, shape and device), which also makes it a constant of an
+    exported graph rather than a random-number call."""
+    return _fixed_noise(seed, tuple(shape), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=32)
+def _fixed_noise(seed: int, shape: tuple[int, ...], device: str) -> torch.Tensor:
     g = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(shape, generator=g).to(device)
 

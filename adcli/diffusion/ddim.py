@@ -30,7 +30,7 @@ def ddim_timesteps(num_timesteps: int, steps: int, start: int | None = None) -> 
 
 
 def _alpha_bar(schedule: NoiseSchedule, t: int) -> float:
-    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+    return 1.0 if t < 0 else schedule.alpha_bar_values[t]
 
 
 def ddim_step(schedule: NoiseSchedule, x_t: torch.Tensor, t: int, t_prev: int, eps: torch.Tensor, eta: float = 0.0,

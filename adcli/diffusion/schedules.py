@@ -47,6 +47,11 @@ class NoiseSchedule:
     betas: torch.Tensor  # (T,) float64
     alphas_cumprod: torch.Tensor  # (T,) float64
 
+    def __post_init__(self):
+        # Also as Python floats: DDIM's per-step coefficients are numbers, never read back from a tensor
+        # (which an exported graph cannot do).
+        object.__setattr__(self, "alpha_bar_values", tuple(self.alphas_cumprod.tolist()))
+
     @classmethod
     def make(cls, kind: str, num_timesteps: int, beta_start: float, beta_end: float) -> "NoiseSchedule":
         if kind not in BETA_SCHEDULES:

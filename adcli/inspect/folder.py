@@ -184,10 +184,11 @@ class _FolderInspection:
 def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, category: str | None = None,
                    device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                    console: Console | None = None, batch_size: int | None = None,
-                   scores_only: bool = False, heatmaps: str = "defects") -> InspectSummary:
+                   scores_only: bool = False, heatmaps: str = "defects", backend: str = "torch") -> InspectSummary:
     """scores_only: inspect with a model (or categories) not calibrated yet; their rows get the verdict
     `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect.
-    heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none."""
+    heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none.
+    backend: torch, or onnx / openvino for the graph `adcli export` wrote."""
     if heatmaps not in HEATMAPS:
         raise DataError(f"--heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
     console = console or Console(stderr=True)
@@ -205,7 +206,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
         raise DataError(f"--out {out} is the folder being inspected; choose another (a folder inside it is fine)")
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder")
-    detector = Detector.load(model_dir, device, batch_size)
+    detector = Detector.load(model_dir, device, batch_size, backend)
     if detector.meta.get("unet_calls_per_image"):
         console.print(f"{detector.meta['method']}: {detector.meta['unet_calls_per_image']} UNet calls per image", highlight=False)
     missing = detector.uncalibrated(category)

@@ -138,6 +138,17 @@ class Method(nn.Module, abc.ABC):
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) int64 -> AnomalyOutput."""
 
+    def scoring_graph(self) -> nn.Module:
+        """A module (images, category_ids) -> (anomaly_map, score) that `torch.export` can trace for
+        `adcli export`: no Python decision may depend on a tensor's value. Default: `predict` itself;
+        a method whose `predict` picks per-image state in Python (knn's banks) gives its own."""
+        return PredictGraph(self)
+
+    def fill_untrained(self, train_images: int) -> None:
+        """Give state that training sizes from the data (knn's banks) random values of the size
+        `train_images` images per category would give, so `adcli bench --recipe` can time an untrained
+        model. Default: nothing (weights already exist at construction)."""
+
     def bundle_meta(self) -> dict:
         """Facts about the trained model for RUN/meta.json (DRDC: UNet calls per image)."""
         return {}
@@ -163,3 +174,15 @@ class Method(nn.Module, abc.ABC):
     @property
     def inference_batch_size(self) -> int:
         return self.config.inference.batch_size
+
+
+class PredictGraph(nn.Module):
+    """`Method.predict` as a module with plain tensor outputs, for export."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor, category_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.method.predict(images, category_ids)
+        return out.anomaly_map.float(), out.score.float()

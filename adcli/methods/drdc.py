@@ -128,6 +128,7 @@ class DRDC(Method):
         self.base = UniADBase(config.backbone, config.reconstruction, size, load_pretrained=load_pretrained)
         self.refine = UNet(config.unet, size, in_channels=6, out_channels=3)
         self.schedule = config.schedule.make()
+        self._mask_cache: dict = {}  # (size, device) -> the known-masks of _masks
         n = len(categories)
         self.register_buffer("base_unit", torch.ones(n))
         self.register_buffer("refine_unit", torch.ones(n))
@@ -198,10 +199,14 @@ class DRDC(Method):
 
     # ---- inference --------------------------------------------------------------------------------
     def _masks(self, size: int, device) -> torch.Tensor:
-        """(G·K, 1, H, W) known-masks: every grid size's K sets, partitioned once per recipe seed."""
-        f = self.config.fusion
-        g = torch.Generator().manual_seed(self.config.seed)
-        return torch.cat([grid_partition(size, size, cell, f.sets, g) for cell in f.grid_sizes]).to(device)
+        """(G·K, 1, H, W) known-masks: every grid size's K sets, partitioned once per recipe seed (and
+        kept, so an exported graph holds them as constants)."""
+        key = (size, str(device))
+        if key not in self._mask_cache:
+            f = self.config.fusion
+            g = torch.Generator().manual_seed(self.config.seed)
+            self._mask_cache[key] = torch.cat([grid_partition(size, size, cell, f.sets, g) for cell in f.grid_sizes]).to(device)
+        return self._mask_cache[key]
 
     @torch.no_grad()
     def refinement_map(self, images: torch.Tensor) -> torch.Tensor:
@@ -218,11 +223,11 @@ class DRDC(Method):
         condition = masked_condition(rows, known, fill)
         steps = ddim_timesteps(self.schedule.num_timesteps, c.inference.steps, c.inference.start_t)
         start = rows if c.inference.start_from == "image" else condition
-        state = self.schedule.q_sample(start, torch.full((len(rows),), steps[0], device=x.device, dtype=torch.long), noise)
+        state = self.schedule.q_sample(start, torch.full((rows.shape[0],), steps[0], device=x.device, dtype=torch.long), noise)
         fused = torch.zeros(b, h, w, device=x.device)
         for i, t in enumerate(steps):
             state = repaint_known(self.schedule, state, rows, known, t, noise)
-            eps = self.refine(torch.cat([state, condition], 1), torch.full((len(rows),), t, device=x.device, dtype=torch.long))
+            eps = self.refine(torch.cat([state, condition], 1), torch.full((rows.shape[0],), t, device=x.device, dtype=torch.long))
             state, x0_hat = ddim_step(self.schedule, state, t, steps[i + 1] if i + 1 < len(steps) else -1, eps, clip_x0=1.0)
             # each cell from the set that inpainted it: Σ_k (1 − mask_k)·x̂0_k per grid size
             predicted = (x0_hat * (1 - known)).reshape(b, groups, f.sets, 3, h, w).sum(2)  # (B, G, 3, H, W)

@@ -93,6 +93,14 @@ class Knn(Method):
                     bank = bank[greedy_coreset(bank.to(ctx.device), count, kc.projection_dim, g).cpu()]
                 self.banks[cat] = nn.Parameter(bank.to(ctx.device), requires_grad=False)
 
+    def fill_untrained(self, train_images: int) -> None:
+        size = self.config.data.image_size
+        with torch.no_grad():
+            f = self.patch_features(torch.zeros(1, 3, size, size))
+        rows = max(1, int(round(self.config.knn.coreset_ratio * train_images * f.shape[2] * f.shape[3])))
+        for cat in self.categories:
+            self.banks[cat] = nn.Parameter(torch.randn(rows, f.shape[1]), requires_grad=False)
+
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         for key, value in state.items():  # bank sizes are known only from the saved weights
             if key.startswith("banks."):
@@ -108,10 +116,46 @@ class Knn(Method):
             bank = self.banks[self.categories[int(category_ids[i])]]
             query = feats[i].permute(1, 2, 0).reshape(-1, d)  # (D, h, w) -> (h*w, D)
             maps.append(torch.cdist(query, bank).amin(dim=1).reshape(h, w))
-        patch_map = torch.stack(maps)  # (B, h, w)
-        full = F.interpolate(patch_map[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return self.output(torch.stack(maps), images.shape[-2:])
+
+    def output(self, patch_map: torch.Tensor, size) -> AnomalyOutput:
+        """Nearest-bank distances (B, h, w) -> the image-size map and the image score."""
+        full = F.interpolate(patch_map[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         anomaly_map = gaussian_blur(full, self.config.knn.gaussian_sigma)
         # PatchCore scores an image by its most anomalous patch; the Gaussian is for the map only (it
         # spreads a one-patch defect over σ² pixels and lowers its peak below normal texture's).
         return AnomalyOutput(anomaly_map, patch_map.flatten(1).amax(dim=1))
+
+    def scoring_graph(self) -> nn.Module:
+        return KnnGraph(self)
+
+
+class KnnGraph(nn.Module):
+    """knn's scoring with no per-image Python, for export: every category's bank in one (C, M, D)
+    tensor chosen by index, the rows past a shorter bank's end kept out of reach by an infinite
+    squared distance. Distances by |q|² − 2 q·b + |b|², the product form torch.cdist itself uses
+    for inputs of this size."""
+
+    def __init__(self, knn: Knn):
+        super().__init__()
+        self.knn = knn
+        banks = [knn.banks[c].detach().float().cpu() for c in knn.categories]
+        rows, dim = max(len(b) for b in banks), banks[0].shape[1]
+        padded = torch.zeros(len(banks), rows, dim)
+        offset = torch.full((len(banks), rows), float("inf"))
+        for i, bank in enumerate(banks):
+            padded[i, :len(bank)] = bank
+            offset[i, :len(bank)] = bank.square().sum(dim=1)
+        self.register_buffer("banks", padded)
+        self.register_buffer("bank_sq", offset)  # |b|², or inf for padding
+
+    def forward(self, images: torch.Tensor, category_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.knn.patch_features(images)  # (B, D, h, w)
+        b, d, h, w = feats.shape
+        query = feats.flatten(2).transpose(1, 2)  # (B, h*w, D)
+        sq = (query.square().sum(dim=2, keepdim=True) - 2 * query @ self.banks[category_ids].transpose(1, 2)
+              + self.bank_sq[category_ids][:, None, :])  # (B, h*w, M)
+        patch_map = sq.amin(dim=2).clamp_min(0).sqrt().reshape(b, h, w)
+        out = self.knn.output(patch_map, images.shape[-2:])
+        return out.anomaly_map.float(), out.score.float()
 

@@ -70,6 +70,9 @@ class FeatureExtractor(nn.Module):
         if state is None:
             state = load_state_dict(resolve_weights(name, config.weights))
         self.body = (_timm_body if is_timm else _torchvision_body)(name, config.layers, state)
+        # Channels-last: oneDNN's CPU convolutions run 1.4-1.6x faster so here (MobileNetV2 at 256 px;
+        # `adcli bench`), and the features come out the same up to float rounding.
+        self.body.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -79,7 +82,7 @@ class FeatureExtractor(nn.Module):
         return super().train(False)  # BatchNorm statistics stay ImageNet's
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        out = self.body((images - self.mean) / self.std)
+        out = self.body(((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
         return list(out.values()) if isinstance(out, dict) else list(out)
 
 

@@ -76,13 +76,14 @@ def _pct(value: float | None) -> str:
 
 
 def make_report(model_dir: str | Path, prepared: str | Path, out: str | Path, split: str = "test",
-                device: str = "auto", console: Console | None = None, batch_size: int | None = None) -> list[dict]:
+                device: str = "auto", console: Console | None = None, batch_size: int | None = None,
+                backend: str = "torch") -> list[dict]:
     """The only place that reads test labels and masks. Returns per-category rows plus the mean."""
     console = console or Console(stderr=True)
     model_dir, out = Path(model_dir), Path(out)
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}' (choose {', '.join(SPLITS)})")
-    detector = Detector.load(model_dir, device, batch_size)
+    detector = Detector.load(model_dir, device, batch_size, backend)
     meta, categories, size = detector.meta, detector.categories, detector.image_size
     samples = [s for s in load_manifest(prepared) if s.split == split and s.category in categories]
     if not samples:

@@ -52,3 +52,24 @@ def test_patch_averages_count_the_zero_padding_at_borders(mobilenet_weights):
     model.backbone = ConstantFeatures()
     feats = model.patch_features(torch.zeros(1, 3, 32, 32))[0, 0]  # (h, w)
     assert feats[0, 0] == pytest.approx(4 / 9) and feats[0, 1] == pytest.approx(6 / 9) and feats[1, 1] == 1.0
+
+
+def test_export_graph_with_padded_banks_equals_predict(mobilenet_weights):
+    """The export form (banks of unequal size padded into one tensor, chosen by index) finds the same
+    nearest patches as the per-image loop, for every category in one batch."""
+    from adcli.methods.knn import Knn
+
+    recipe = load_recipe("knn", "test", [f"backbone.weights={mobilenet_weights}"])
+    model = Knn(recipe.config, ["a", "b", "c"]).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        d = model.patch_features(images[:1]).shape[1]
+    for cat, rows in zip(model.categories, (5, 40, 17)):  # padding rows must never be a nearest neighbour
+        model.banks[cat] = torch.nn.Parameter(torch.randn(rows, d, generator=g), requires_grad=False)
+    ids = torch.tensor([0, 1, 2, 2, 1, 0])
+    with torch.no_grad():
+        want = model.predict(images, ids)
+        maps, scores = model.scoring_graph()(images, ids)
+    torch.testing.assert_close(scores, want.score, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(maps, want.anomaly_map, rtol=1e-5, atol=1e-5)
