@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import re
 import resource
 import statistics
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from adcli.errors import UsageError
 
@@ -104,11 +105,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB (peak of the whole run)
 
 
-def count_flops(model, images: torch.Tensor, category_ids: torch.Tensor, dtype: str) -> float:
-    """Forward FLOPs of one predict call, per image."""
+@register_flop_formula([torch.ops.aten._euclidean_dist, torch.ops.aten._cdist_forward])
+def _cdist_flops(x1_shape, x2_shape, *args, **kwargs) -> int:
+    """torch.cdist (knn's search) as the matrix product it is computed with; the counter has no formula for it."""
+    batch = math.prod(x1_shape[:-2])
+    return 2 * batch * x1_shape[-2] * x2_shape[-2] * x1_shape[-1]
+
+
+def count_flops(model, images: torch.Tensor, category_ids: torch.Tensor, dtype: str, graph: bool = False) -> float:
+    """Forward FLOPs of one scoring call, per image: of `predict`, or (graph=True) of the model's export
+    graph, which an exported backend runs (knn's there searches every category's bank padded to the
+    largest one)."""
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), autocast(dtype, images.device), counter:
-        model.predict(images, category_ids)
+        if graph:
+            model.scoring_graph()(images, category_ids)
+        else:
+            model.predict(images, category_ids)
     return counter.get_total_flops() / images.shape[0]
 
 
@@ -122,14 +135,13 @@ def bench_model(model, categories: list[str], image_size: int, device: torch.dev
     torch.set_num_threads(threads)
     backends = backends or {"torch": model}
     generator = torch.Generator().manual_seed(0)
-    peaks = {dtype: matmul_peak_gflops(dtype, device) for dtype in dtypes}
     rows = []
     for name, scorer in backends.items():
         for dtype in dtypes if name == "torch" else [d for d in dtypes if d == "fp32"]:
             for batch in batches:
                 x = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
                 ids = (torch.arange(batch) % max(1, len(categories))).to(device)
-                flops = count_flops(model, x, ids, dtype)
+                flops = count_flops(model, x, ids, dtype, graph=name != "torch")
                 _reset_peak_rss()
                 calls = max(1, -(-images // batch))
                 seconds = []
@@ -143,7 +155,8 @@ def bench_model(model, categories: list[str], image_size: int, device: torch.dev
                             seconds.append(time.perf_counter() - start)
                 per_image = statistics.median(seconds) / batch
                 achieved = flops / per_image / 1e9
-                peak = peaks[dtype]
+                # measured next to each setting: a shared or throttled PC's speed drifts within a run
+                peak = matmul_peak_gflops(dtype, device)
                 rows.append(BenchRow(name, batch, dtype, threads, round(flops / 1e9, 3), round(1000 * per_image, 2),
                                      round(1 / per_image, 1), round(_peak_rss_mb(), 1), round(achieved, 1),
                                      round(peak, 1), round(achieved / peak, 3)))
@@ -166,7 +179,7 @@ def untrained_model(recipe: str, profile: str | None, categories: int, train_ima
         torch.manual_seed(0)
         model = spec.method_cls(loaded.config, names, load_pretrained=False)
         model.fill_untrained(train_images)
-    return model.to(device).eval(), names, loaded.config
+    return model.to(device).eval().requires_grad_(False), names, loaded.config
 
 
 def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads: int | None = None, images: int = 32,

@@ -32,6 +32,9 @@ BACKENDS = ("torch",) + FORMATS
 EXPORT_DIR = "export"
 TOLERANCE = 1e-4  # largest score difference to torch, relative to max(1, |score|)
 OPSET = 18
+# Largest batch the graph is traced for: diffusers' UNet upsampler (DiAD) branches at a batch of 64.
+# Larger batches are cut into pieces of this size when scored.
+MAX_BATCH = 63
 
 
 def _require(module: str, extra: str):
@@ -105,7 +108,7 @@ def export(run: str | Path, formats: list[str], *, check_batch: int = 3, seed: i
         info = {"model_id": folder.model_id(), "method": model.name, "categories": categories, "image_size": size,
                 "formats": formats, "map_range": list(model.map_range) if model.map_range else None,
                 "inference_batch_size": model.inference_batch_size,
-                "inputs": {"images": ["batch", 3, size, size], "category_ids": ["batch"]},
+                "inputs": {"images": ["batch", 3, size, size], "category_ids": ["batch"]}, "max_batch": MAX_BATCH,
                 "outputs": {"anomaly_map": ["batch", size, size], "score": ["batch"]},
                 "opset": OPSET, "torch": torch.__version__,
                 "checked": [dataclasses.asdict(a) for a in agreements]}
@@ -127,7 +130,7 @@ def export(run: str | Path, formats: list[str], *, check_batch: int = 3, seed: i
 def _export_onnx(graph: torch.nn.Module, sample: tuple[torch.Tensor, torch.Tensor], path: Path) -> None:
     import warnings
 
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # torch.export first and alone: its errors name the line, and no fallback may fix the batch size
@@ -208,6 +211,8 @@ class ExportedModel:
         self._run = _open_backend(backend, folder, threads or torch.get_num_threads())
 
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
-        maps, scores = self._run(np.ascontiguousarray(images.detach().float().cpu().numpy()),
-                                 category_ids.detach().cpu().numpy().astype(np.int64))
-        return AnomalyOutput(torch.from_numpy(np.asarray(maps)), torch.from_numpy(np.asarray(scores)))
+        pixels = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        ids = category_ids.detach().cpu().numpy().astype(np.int64)
+        parts = [self._run(pixels[i:i + MAX_BATCH], ids[i:i + MAX_BATCH]) for i in range(0, len(pixels), MAX_BATCH)]
+        return AnomalyOutput(torch.from_numpy(np.concatenate([np.asarray(m) for m, _ in parts])),
+                             torch.from_numpy(np.concatenate([np.asarray(s) for _, s in parts])))

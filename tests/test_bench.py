@@ -32,6 +32,16 @@ def test_flops_are_counted_not_estimated():
     assert all(r.ms_per_image > 0 and r.matmul_peak_gflops > 0 and r.peak_rss_mb > 0 for r in rows)
 
 
+class NearestNeighbour(torch.nn.Module):
+    def predict(self, images, category_ids):
+        return torch.cdist(images.flatten(1), torch.ones(7, 48)).amin(dim=1)
+
+
+def test_nearest_neighbour_search_is_counted_as_its_matrix_product():
+    x = torch.rand(3, 3, 4, 4)
+    assert count_flops(NearestNeighbour(), x, torch.zeros(3, dtype=torch.long), "fp32") == 2 * 7 * 48
+
+
 def test_lists_are_checked():
     assert parse_list("1, 4,8", "batch") == [1, 4, 8]
     with pytest.raises(UsageError, match="whole numbers"):

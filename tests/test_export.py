@@ -93,5 +93,6 @@ def test_export_and_inspect_commands(knn_run, demo_root, tmp_path):
                          capture_output=True, text=True)
     assert run.returncode == 6, run.stderr  # scores, no verdicts: the model is not calibrated
     assert "Speed:" in run.stdout + run.stderr and (out / "results.csv").is_file()
+    assert json.loads((out / "summary.json").read_text())["backend"] == "onnx"
     bad = subprocess.run([sys.executable, "-m", "adcli", "export", str(tmp_path / "nothing")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.count("\n") <= 2 and "nothing" in bad.stderr

@@ -267,7 +267,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
             "folder": display_path(folder), "model": str(model_dir), "model_id": detector.model_id,
             "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "counts": counts, "skipped_already_inspected": skipped, "exit_code": summary.exit_code,
-            "batch_size": detector.batch_size,
+            "batch_size": detector.batch_size, "backend": detector.backend,
             "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
             "drift": drift})
     return summary
