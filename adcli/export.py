@@ -79,6 +79,8 @@ def export(run: str | Path, formats: list[str], *, check_batch: int = 3, seed: i
     with torch.no_grad():
         graph(*sample)  # eager first: draws the methods' fixed noise, which the trace then holds as constants
 
+    for stale in folder.path.glob(".export-*"):  # left by an export that was killed (no cleanup ran)
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.path))
     try:
         onnx_path = staging / "model.onnx"

@@ -49,7 +49,9 @@ def knn_run(prepared, mobilenet_weights, tmp_path_factory):
 @pytest.mark.slow
 def test_knn_exports_to_onnx_and_openvino_and_scores_like_torch(knn_run, prepared):
     pytest.importorskip("openvino", reason="OpenVINO not installed: pip install 'adcli[openvino]'")
+    (knn_run / ".export-killed").mkdir()  # an earlier export killed mid-way: cleared, never read
     info = export(knn_run, ["onnx", "openvino"])
+    assert not (knn_run / ".export-killed").exists()
     assert {c["backend"] for c in info["checked"]} == {"onnx", "openvino"}
     assert info["inputs"]["category_ids"] == ["batch"] and info["model_id"]
     assert {p.name for p in (knn_run / "export").iterdir()} == {"model.onnx", "model.xml", "model.bin", "export.json"}
