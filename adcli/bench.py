@@ -206,6 +206,7 @@ def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads
     if run is not None:
         folder = RunFolder(run)
         model, meta = folder.load_model(dev)
+        model.requires_grad_(False)  # the FLOP counter's module tracker trips over inputs that require grad (DiAD)
         config, names, profile = folder.read_config(), meta["categories"], folder.profile()
     else:
         model, names, config = untrained_model(recipe, profile, categories, train_images, dev)

@@ -60,3 +60,17 @@ def test_bench_command_on_a_bundle(prepared, mobilenet_weights, tmp_path):
     assert table.exit_code == 0 and "ms/img" in table.output
     bad = subprocess.run([sys.executable, "-m", "adcli", "bench", str(run), "--dtype", "fp8"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown fp8 (choose from fp32, bf16)" in bad.stderr
+
+
+def test_bench_times_an_untrained_recipe():
+    """`--recipe`: DiAD's untrained model (its cross-attention input is a parameter, which the FLOP
+    counter's module tracker could not take while it required grad) and knn with banks sized from
+    --train-images."""
+    from adcli.bench import bench
+
+    rows, facts = bench(None, [2], ["fp32"], threads=1, images=2, recipe="diad", profile="test")
+    assert facts["method"] == "diad" and rows[0].gflop_per_image > 0 and "untrained" in facts["run"]
+    rows, _ = bench(None, [1], ["fp32"], threads=1, images=1, recipe="knn", profile="test", categories=2, train_images=4)
+    assert rows[0].gflop_per_image > 0
+    with pytest.raises(UsageError, match="not both"):
+        bench("somewhere", [1], ["fp32"], recipe="knn")
