@@ -129,9 +129,9 @@ def bench_model(model, categories: list[str], image_size: int, device: torch.dev
                 dtypes: list[str], threads: int, images: int, warmup: int = 1,
                 backends: dict | None = None) -> list[BenchRow]:
     """Time `predict` on random images (cost does not depend on content) for every backend × batch ×
-    dtype. backends: name -> model with `predict` (default {"torch": model}); FLOPs are always
-    counted on the torch model (an exported graph computes the same); exported graphs are float32,
-    so they get fp32 rows only."""
+    dtype. backends: name -> model with `predict` (default {"torch": model}); FLOPs are counted on
+    the torch model: its `predict` for torch rows, its export graph for exported ones (float32, so
+    fp32 rows only)."""
     torch.set_num_threads(threads)
     backends = backends or {"torch": model}
     generator = torch.Generator().manual_seed(0)
