@@ -1,6 +1,7 @@
 """`adcli export`: a run folder's scoring as one ONNX graph (or OpenVINO IR), and scoring through it.
 
-The graph takes `images` (B, 3, S, S) float32 in [0, 1] at the model's size, B any, and
+The graph takes `images` (B, 3, S, S) float32 in [0, 1] at the model's size, B from 1 to
+`MAX_BATCH` (`ExportedModel` cuts larger batches), and
 `category_ids` (B,) int64 (indices into the bundle's categories), and returns `anomaly_map`
 (B, S, S) and `score` (B,) float32: the same contract as `Method.predict`. The exporter traces
 `Method.scoring_graph()` with `torch.export` (ONNX through onnxscript), then checks the result
