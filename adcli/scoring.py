@@ -79,6 +79,23 @@ def pooled_max(maps: torch.Tensor, kernel: int = 8, rounds: int = 8) -> torch.Te
     return x.flatten(1).amax(dim=1)
 
 
+def pixel_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean and spread of normal images' anomaly maps. (N, H, W) -> (H, W), (H, W).
+
+    spread = the per-pixel standard deviation (population) plus its mean over the image: the floor keeps
+    a pixel where every normal map agrees (flat background) from turning rounding noise into a score.
+    """
+    mean = maps.mean(dim=0)
+    std = maps.std(dim=0, correction=0)
+    return mean, (std + std.mean()).clamp_min(torch.finfo(maps.dtype).tiny)
+
+
+def standardise(maps: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """(S − μ) / spread per pixel: how unusual each pixel's value is for a normal image at that place.
+    maps (B, H, W); mean, spread (B, H, W) or (H, W) -> (B, H, W)."""
+    return (maps - mean) / spread
+
+
 def top_k_mean(anomaly_map: torch.Tensor, k: int) -> torch.Tensor:
     """Image score = mean of the k largest pixels. (B, H, W) -> (B,)."""
     flat = anomaly_map.flatten(1)  # (B, H, W) -> (B, H*W)

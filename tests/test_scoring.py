@@ -89,3 +89,19 @@ def test_combine_ddad_with_fixed_maxima_keeps_the_size_of_d1():
     assert torch.equal(S.combine_ddad(3 * d1, d2, 1.0), S.combine_ddad(d1, d2, 1.0))
     assert S.combine_ddad(3 * d1, d2, 1.0, *fixed).tolist() == [[[14.0, 52.0]]]
     assert S.map_maxima(d1, d2).tolist() == [[4.0, 4.0]]
+
+
+def test_pixel_statistics_and_standardise_against_numpy():
+    rng = np.random.default_rng(3)
+    maps = rng.gamma(2.0, 1.0, (9, 5, 6)).astype(np.float32)
+    maps[:, 0, 0] = 0.25  # every normal agrees here: the floor, not zero, divides
+    mean, spread = S.pixel_statistics(torch.from_numpy(maps))
+    std = maps.std(axis=0)  # numpy's default: population standard deviation
+    assert np.allclose(mean.numpy(), maps.mean(axis=0), atol=1e-6)
+    assert np.allclose(spread.numpy(), std + std.mean(), atol=1e-6)
+    assert float(spread[0, 0]) == pytest.approx(float(std.mean()), rel=1e-5)
+    test = torch.from_numpy(rng.gamma(2.0, 1.0, (2, 5, 6)).astype(np.float32))
+    z = S.standardise(test, mean, spread)
+    assert np.allclose(z.numpy(), (test.numpy() - maps.mean(axis=0)) / (std + std.mean()), atol=1e-5)
+    # per image: (B, H, W) statistics broadcast the same way
+    assert torch.allclose(S.standardise(test, mean.expand(2, -1, -1), spread.expand(2, -1, -1)), z)

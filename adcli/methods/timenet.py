@@ -15,7 +15,8 @@ Inference: X_t = t·X + (1 − t)·ε from one fixed noise draw per recipe seed 
 and one TPN call, X̂ as above. Scores (DDAD-style, eq. 5): per backbone layer F(d1 = Euclidean,
 d2 = cosine, w) upsampled and summed = S_f; S_p = ‖X − X̂‖² over channels; S = F(S_p, S_f, λ),
 Gaussian-smoothed; image score = max after rounds of k×k average pooling. F's maxima are each image's
-own, or (scoring.normaliser: normals) fixed per category from training normals by a `score_scale` stage.
+own, or (scoring.normaliser: normals) fixed per category from training normals by a `score_scale` stage,
+which also fits (scoring.image_score: standardised) the per-pixel mean and spread the image score uses.
 Images are [0, 1] outside this module and [−1, 1] inside the flow (X_0 ~ N(0, I)).
 """
 
@@ -38,7 +39,8 @@ from adcli.nets.tpn import TimestepPerceptiveNet
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
 from adcli.runtime import fixed_noise
-from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pooled_max, upsample_sum
+from adcli.scoring import (combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pixel_statistics, pooled_max,
+                           standardise, upsample_sum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,12 +100,26 @@ class ScoringConfig:
     # `score_scale`), so an image with larger errors than normal keeps a larger pixel term.
     normaliser: str = "image"
     normaliser_images: int = 64
+    # What the image score pools: "map" = S itself (paper); "standardised" = S standardised per pixel by
+    # the same training normals, (S − μ) / (σ + σ̄) per category (stage `score_scale`), so places where
+    # normal images always reconstruct worse (an object's edges) do not decide the score. The anomaly
+    # map stays S. Ours: measured in README "Measured on ../shared/data".
+    image_score: str = "map"
 
     def __post_init__(self):
         if self.normaliser not in ("image", "normals"):
             raise ValueError(f"scoring.normaliser must be 'image' or 'normals', not {self.normaliser!r}")
-        if self.normaliser_images < 1:
-            raise ValueError("scoring.normaliser_images must be >= 1")
+        if self.image_score not in ("map", "standardised"):
+            raise ValueError(f"scoring.image_score must be 'map' or 'standardised', not {self.image_score!r}")
+        min_images = 2 if self.image_score == "standardised" else 1
+        if self.normaliser_images < min_images:
+            raise ValueError(f"scoring.normaliser_images must be >= {min_images}"
+                             + (" (a per-pixel spread needs two images)" if min_images == 2 else ""))
+
+    @property
+    def fitted(self) -> bool:
+        """Whether a `score_scale` stage fits constants from training normals."""
+        return self.normaliser == "normals" or self.image_score == "standardised"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +191,9 @@ class TimeNet(Method):
         self.backbone = FeatureExtractor(config.backbone, state=state)
         if config.scoring.normaliser == "normals":  # (category, site, (max d1, max d2)); sites: layers, then pixel vs feature
             self.register_buffer("score_maxima", torch.ones(len(categories), len(config.backbone.layers) + 1, 2))
+        if config.scoring.image_score == "standardised":  # (category, H, W): normal maps' per-pixel mean and spread
+            self.register_buffer("score_mean", torch.zeros(len(categories), size, size))
+            self.register_buffer("score_spread", torch.ones(len(categories), size, size))
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
 
     # ---- training -------------------------------------------------------------------------------
@@ -196,9 +215,14 @@ class TimeNet(Method):
                                         self._tpn_losses, keeps=("tpn.",), synth=c.synth,
                                         settings={"tpn": dataclasses.asdict(c.tpn), "synth": dataclasses.asdict(c.synth),
                                           "perceptual": self._perceptual[0].description}))
-        if c.scoring.normaliser == "normals":
-            scoring = {k: getattr(c.scoring, k) for k in ("normaliser", "normaliser_images", "feature_weight", "pixel_weight")}
-            stages.append(FitStage("score_scale", self._fit_score_maxima, keeps=("score_maxima",),
+        if c.scoring.fitted:
+            names = ("normaliser", "normaliser_images", "feature_weight", "pixel_weight")
+            keeps = ("score_maxima",) if c.scoring.normaliser == "normals" else ()
+            if c.scoring.image_score == "standardised":  # only then named: existing score_scale stages stay valid
+                names += ("image_score", "gaussian_sigma")
+                keeps += ("score_mean", "score_spread")
+            scoring = {k: getattr(c.scoring, k) for k in names}
+            stages.append(FitStage("score_scale", self._fit_score_scale, keeps=keeps,
                                    settings={"scoring": scoring, "inference": dataclasses.asdict(c.inference),
                                              "backbone": dataclasses.asdict(c.backbone)}))
         return stages
@@ -334,11 +358,12 @@ class TimeNet(Method):
         return ((self.reconstruct(x_t, t, category_ids) + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
-    def _fit_score_maxima(self, data, ctx: StageContext) -> None:
-        """scoring.normaliser "normals": per category, the mean per-image maxima of every site over up to
-        `normaliser_images` evenly spaced training images. The layers' maxima are fitted first, since
-        S_f (the last site's d2) is made with them."""
+    def _fit_score_scale(self, data, ctx: StageContext) -> None:
+        """Constants of the score from up to `normaliser_images` evenly spaced training images per category.
+        normaliser "normals": the mean per-image maxima of every site (the layers' first, since S_f is made
+        with them). image_score "standardised": the per-pixel mean and spread of those images' maps S."""
         sc, batch = self.config.scoring, self.config.inference.batch_size
+        fixed = sc.normaliser == "normals"
         was_training = self.training
         self.eval()
         counts = [min(sc.normaliser_images, int((data.category_ids == c).sum())) for c in range(len(self.categories))]
@@ -355,17 +380,28 @@ class TimeNet(Method):
                     layer_records.append(torch.stack(record[:-1], dim=1))  # (B, L, 2)
                     pairs.append((x, r))
                     task.advance(len(x))
-                maxima = torch.ones_like(self.score_maxima[cat])
-                maxima[:-1] = torch.cat(layer_records).mean(dim=0)
-                finals = []
+                maxima = None
+                if fixed:
+                    maxima = torch.ones_like(self.score_maxima[cat])
+                    maxima[:-1] = torch.cat(layer_records).mean(dim=0)
+                finals, maps = [], []
                 for x, r in pairs:
                     record = []
-                    self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1), record=record)
+                    maps.append(self.anomaly_maps(x, r, norms=None if maxima is None else maxima.expand(len(x), -1, -1), record=record))
                     finals.append(record[-1])
-                maxima[-1] = torch.cat(finals).mean(dim=0)
-                self.score_maxima[cat] = maxima
-        ctx.log("score normalisers: " + "; ".join(
-            f"{name} pixel {float(m[-1, 0]):.4g} feature {float(m[-1, 1]):.4g}" for name, m in zip(self.categories, self.score_maxima)))
+                if fixed:
+                    maxima[-1] = torch.cat(finals).mean(dim=0)
+                    self.score_maxima[cat] = maxima
+                if sc.image_score == "standardised":
+                    if fixed:  # the maps above were made with the layers' maxima only; S needs the final ones too
+                        maps = [self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1)) for x, r in pairs]
+                    self.score_mean[cat], self.score_spread[cat] = pixel_statistics(torch.cat(maps))
+        if fixed:
+            ctx.log("score normalisers: " + "; ".join(
+                f"{name} pixel {float(m[-1, 0]):.4g} feature {float(m[-1, 1]):.4g}" for name, m in zip(self.categories, self.score_maxima)))
+        if sc.image_score == "standardised":
+            ctx.log("per-pixel spread of normal maps: " + "; ".join(
+                f"{name} {float(v.min()):.4g}..{float(v.max()):.4g}" for name, v in zip(self.categories, self.score_spread)))
         self.train(was_training)
 
     @torch.no_grad()
@@ -375,4 +411,7 @@ class TimeNet(Method):
         reconstruction = self._reconstruct_images(images, category_ids)
         norms = self.score_maxima[category_ids] if sc.normaliser == "normals" else None
         anomaly_map = self.anomaly_maps(images, reconstruction, norms)
-        return AnomalyOutput(anomaly_map, pooled_max(anomaly_map, sc.pool_kernel, sc.pool_rounds), reconstruction)
+        pooled = anomaly_map
+        if sc.image_score == "standardised":
+            pooled = standardise(anomaly_map, self.score_mean[category_ids], self.score_spread[category_ids])
+        return AnomalyOutput(anomaly_map, pooled_max(pooled, sc.pool_kernel, sc.pool_rounds), reconstruction)

@@ -193,7 +193,7 @@ def test_normals_normaliser_is_the_mean_of_training_maxima(backbone_weights, tmp
     assert [s.name for s in model.stages()][-1] == "score_scale"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
-    model._fit_score_maxima(_Images(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
+    model._fit_score_scale(_Images(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
     picked = torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
     with torch.no_grad():
         recon = model._reconstruct_images(picked, torch.zeros(3, dtype=torch.long))
@@ -207,6 +207,49 @@ def test_normals_normaliser_is_the_mean_of_training_maxima(backbone_weights, tmp
     before = model.predict(x, torch.zeros(2, dtype=torch.long)).score
     model.score_maxima[0, -1, 0] *= 2
     assert bool((model.predict(x, torch.zeros(2, dtype=torch.long)).score < before).all())
+
+
+def test_standardised_image_score_uses_the_normals_per_pixel_statistics(backbone_weights, tmp_path):
+    from adcli.methods.base import StageContext
+    from adcli.scoring import pixel_statistics, pooled_max
+
+    with pytest.raises(RecipeError, match="scoring.image_score must be 'map' or 'standardised'"):
+        load_recipe("timenet", "test", ["scoring.image_score=zscore"])
+    with pytest.raises(RecipeError, match="a per-pixel spread needs two images"):
+        load_recipe("timenet", "test", ["scoring.image_score=standardised", "scoring.normaliser_images=1"])
+    config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "scoring.normaliser=normals",
+                                              "scoring.image_score=standardised", "scoring.normaliser_images=3"]).config
+    model = TimeNet(config, ["a", "b"]).eval()
+    assert [s.name for s in model.stages()][-1] == "score_scale"
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    model._fit_score_scale(_Images(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
+    picked = torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
+    zeros = torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        normal_maps = model.predict(picked, zeros).anomaly_map  # S with the fitted maxima
+    mean, spread = pixel_statistics(normal_maps)
+    assert torch.allclose(model.score_mean[0], mean, atol=1e-6) and torch.allclose(model.score_spread[0], spread, atol=1e-6)
+    assert not torch.equal(model.score_mean[0], model.score_mean[1])  # per category
+    # The image score pools (S − μ) / spread; the anomaly map stays S.
+    x = torch.from_numpy(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255
+    out = model.predict(x, torch.zeros(2, dtype=torch.long))
+    sc = config.scoring
+    expected = pooled_max((out.anomaly_map - mean) / spread, sc.pool_kernel, sc.pool_rounds)
+    assert torch.allclose(out.score, expected, rtol=1e-5)
+    model.score_mean[0] += 1.0
+    shifted = model.predict(x, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(shifted.anomaly_map, out.anomaly_map) and bool((shifted.score < out.score).all())
+
+
+def test_standardised_image_score_refits_only_the_score_stage(run, prepared, backbone_weights, tmp_path):
+    z = train(prepared, tmp_path / "z", _recipe(backbone_weights, ["scoring.normaliser=normals", "scoring.image_score=standardised"]),
+              device="cpu", stages_from=run)
+    w = _weights(z)
+    assert all(torch.equal(w[k], v) for k, v in _weights(run).items())
+    assert w["score_mean"].shape == w["score_spread"].shape == (2, 32, 32) and bool((w["score_spread"] > 0).all())
+    model, _ = RunFolder(z).load_model()
+    assert torch.equal(model.score_spread, w["score_spread"])
 
 
 def test_normals_normaliser_reuses_the_trained_stages(run, prepared, backbone_weights, tmp_path):
