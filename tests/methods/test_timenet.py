@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from adcli.data.manifest import load_manifest
 from adcli.run import RunFolder
 from adcli.errors import RecipeError
 from adcli.methods.timenet import TimeNet
@@ -261,3 +262,21 @@ def test_normals_normaliser_reuses_the_trained_stages(run, prepared, backbone_we
     assert w["score_maxima"].shape == (2, 3, 2) and bool((w["score_maxima"] > 0).all())
     model, _ = RunFolder(fixed).load_model()
     assert torch.equal(model.score_maxima, w["score_maxima"])
+
+
+def test_probe_defects_example_reports_every_defect_type(run, prepared):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "probe_defects.py"
+    done = subprocess.run([sys.executable, str(script), str(run), str(prepared), "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ") and "defect type" not in line]
+    samples = [s for s in load_manifest(prepared) if s.split == "test"]
+    assert {(r[0].strip(), r[1].strip()) for r in rows} == {(s.category, s.defect) for s in samples}
+    for r in rows:
+        assert len(r) == 10  # TimeNet has a reconstruction: error columns are filled
+        if r[1].strip() != "good":
+            assert float(r[6]) > 0 and float(r[9]) > 0  # both ratios measured
