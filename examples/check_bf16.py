@@ -8,7 +8,6 @@ moves by at most 0.002 and every rank correlation exceeds 0.999 (issue #16's bar
 Speed comes from `adcli bench RUN --dtype fp32,bf16` (this script times whole batches, decoding aside).
 """
 
-import argparse
 import time
 
 import numpy as np
@@ -16,10 +15,10 @@ import torch
 from scipy.stats import spearmanr
 
 from adcli.data.batches import resized
-from adcli.data.manifest import load_manifest
 from adcli.detector import Detector
 from adcli.io import read_image
 from adcli.metrics import curve_summary
+from split_args import model_and_split
 
 AUROC_TOLERANCE, RANK_CORRELATION = 0.002, 0.999
 
@@ -33,19 +32,7 @@ def score_all(detector: Detector, pixels: np.ndarray, categories: list[str], bf1
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("prepared")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    detector = Detector.load(args.run, "cpu", args.batch_size)
-    samples = [s for s in load_manifest(args.prepared) if s.split == args.split and s.category in detector.categories]
-    if not samples:
-        raise SystemExit(f"no {args.split} images of {', '.join(detector.categories)} in {args.prepared}")
+    args, detector, samples = model_and_split(__doc__.splitlines()[0])
     pixels = np.stack([resized(read_image(s.path), detector.image_size) for s in samples])
     categories = [s.category for s in samples]
     labels = np.array([s.label for s in samples])

@@ -11,17 +11,15 @@ A ratio near 1 means the model does not see that defect at all: a reconstruction
 masks; scores every image once at the model's resolution (no calibration needed).
 """
 
-import argparse
 import collections
 
 import numpy as np
 import torch
 
 from adcli.data.batches import resized, to_tensor
-from adcli.data.manifest import load_manifest
-from adcli.detector import Detector
 from adcli.io import read_image
 from adcli.predictions import ground_truth
+from split_args import model_and_split
 
 
 def inside_outside(values: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
@@ -31,20 +29,8 @@ def inside_outside(values: np.ndarray, masks: np.ndarray) -> tuple[float, float]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("prepared")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    detector = Detector.load(args.run, "cpu", args.batch_size)
+    args, detector, samples = model_and_split(__doc__.splitlines()[0])
     size = detector.image_size
-    samples = [s for s in load_manifest(args.prepared) if s.split == args.split and s.category in detector.categories]
-    if not samples:
-        raise SystemExit(f"no {args.split} images of the model's categories ({', '.join(detector.categories)}) in {args.prepared}")
     groups: dict[tuple[str, str], dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
     model = detector.model
     with torch.inference_mode():

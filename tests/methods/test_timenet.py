@@ -184,18 +184,24 @@ class _Images:
         return self.images[self.category_ids == index]
 
 
-def test_normals_normaliser_is_the_mean_of_training_maxima(backbone_weights, tmp_path):
+def _fitted_on_random_images(backbone_weights, tmp_path, overrides, seed):
+    """A TimeNet `test` model with normals maxima whose score stage was fitted on random images (5 of category
+    a, 2 of b, 3 normals each at most) -> (model, the 3 images of a it picked, as a tensor)."""
     from adcli.methods.base import StageContext
-    from adcli.scoring import euclidean_distance
 
     config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "scoring.normaliser=normals",
-                                              "scoring.normaliser_images=3"]).config
+                                              "scoring.normaliser_images=3", *overrides]).config
     model = TimeNet(config, ["a", "b"]).eval()
     assert [s.name for s in model.stages()][-1] == "score_scale"
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    images = np.random.default_rng(seed).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
     model._fit_score_scale(_Images(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
-    picked = torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
+    return model, torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
+
+
+def test_normals_normaliser_is_the_mean_of_training_maxima(backbone_weights, tmp_path):
+    from adcli.scoring import euclidean_distance
+
+    model, picked = _fitted_on_random_images(backbone_weights, tmp_path, [], seed=0)
     with torch.no_grad():
         recon = model._reconstruct_images(picked, torch.zeros(3, dtype=torch.long))
         by_hand = [float(euclidean_distance(a, b).flatten(1).amax(1).mean()) for a, b in zip(model.backbone(picked), model.backbone(recon))]
@@ -211,21 +217,14 @@ def test_normals_normaliser_is_the_mean_of_training_maxima(backbone_weights, tmp
 
 
 def test_standardised_image_score_uses_the_normals_per_pixel_statistics(backbone_weights, tmp_path):
-    from adcli.methods.base import StageContext
     from adcli.scoring import pixel_statistics, pooled_max
 
     with pytest.raises(RecipeError, match="scoring.image_score must be 'map' or 'standardised'"):
         load_recipe("timenet", "test", ["scoring.image_score=zscore"])
     with pytest.raises(RecipeError, match="a per-pixel spread needs two images"):
         load_recipe("timenet", "test", ["scoring.image_score=standardised", "scoring.normaliser_images=1"])
-    config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "scoring.normaliser=normals",
-                                              "scoring.image_score=standardised", "scoring.normaliser_images=3"]).config
-    model = TimeNet(config, ["a", "b"]).eval()
-    assert [s.name for s in model.stages()][-1] == "score_scale"
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
-    model._fit_score_scale(_Images(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
-    picked = torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
+    model, picked = _fitted_on_random_images(backbone_weights, tmp_path, ["scoring.image_score=standardised"], seed=1)
+    config, rng = model.config, np.random.default_rng(2)
     zeros = torch.zeros(3, dtype=torch.long)
     with torch.no_grad():
         normal_maps = model.predict(picked, zeros).anomaly_map  # S with the fitted maxima
