@@ -103,7 +103,7 @@ class ScoringConfig:
     # What the image score pools: "map" = S itself (paper); "standardised" = S standardised per pixel by
     # the same training normals, (S − μ) / (σ + σ̄) per category (stage `score_scale`), so places where
     # normal images always reconstruct worse (an object's edges) do not decide the score. The anomaly
-    # map stays S. Ours: measured in README "Measured on ../shared/data".
+    # map stays S. Ours: measured in README "TimeNet (--recipe timenet)".
     image_score: str = "map"
 
     def __post_init__(self):
