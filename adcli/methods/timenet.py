@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig
-from adcli.data.batches import TrainBatch, to_tensor
+from adcli.data.batches import TrainBatch
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
@@ -39,8 +39,8 @@ from adcli.nets.tpn import TimestepPerceptiveNet
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
 from adcli.runtime import fixed_noise
-from adcli.scoring import (combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pixel_statistics, pooled_max,
-                           standardise, upsample_sum)
+from adcli.normal_maps import NormalMapStatistics, check_image_score, evenly_spaced
+from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pooled_max, upsample_sum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +109,9 @@ class ScoringConfig:
     def __post_init__(self):
         if self.normaliser not in ("image", "normals"):
             raise ValueError(f"scoring.normaliser must be 'image' or 'normals', not {self.normaliser!r}")
-        if self.image_score not in ("map", "standardised"):
-            raise ValueError(f"scoring.image_score must be 'map' or 'standardised', not {self.image_score!r}")
-        min_images = 2 if self.image_score == "standardised" else 1
-        if self.normaliser_images < min_images:
-            raise ValueError(f"scoring.normaliser_images must be >= {min_images}"
-                             + (" (a per-pixel spread needs two images)" if min_images == 2 else ""))
+        if self.normaliser_images < 1:
+            raise ValueError("scoring.normaliser_images must be >= 1")
+        check_image_score(self.image_score, self.normaliser_images, "scoring.normaliser_images")
 
     @property
     def fitted(self) -> bool:
@@ -191,9 +188,8 @@ class TimeNet(Method):
         self.backbone = FeatureExtractor(config.backbone, state=state)
         if config.scoring.normaliser == "normals":  # (category, site, (max d1, max d2)); sites: layers, then pixel vs feature
             self.register_buffer("score_maxima", torch.ones(len(categories), len(config.backbone.layers) + 1, 2))
-        if config.scoring.image_score == "standardised":  # (category, H, W): normal maps' per-pixel mean and spread
-            self.register_buffer("score_mean", torch.zeros(len(categories), size, size))
-            self.register_buffer("score_spread", torch.ones(len(categories), size, size))
+        if config.scoring.image_score == "standardised":
+            self.map_stats = NormalMapStatistics(len(categories), size)
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
 
     # ---- training -------------------------------------------------------------------------------
@@ -220,7 +216,7 @@ class TimeNet(Method):
             keeps = ("score_maxima",) if c.scoring.normaliser == "normals" else ()
             if c.scoring.image_score == "standardised":  # only then named: existing score_scale stages stay valid
                 names += ("image_score", "gaussian_sigma")
-                keeps += ("score_mean", "score_spread")
+                keeps += ("map_stats.",)
             scoring = {k: getattr(c.scoring, k) for k in names}
             stages.append(FitStage("score_scale", self._fit_score_scale, keeps=keeps,
                                    settings={"scoring": scoring, "inference": dataclasses.asdict(c.inference),
@@ -369,8 +365,7 @@ class TimeNet(Method):
         counts = [min(sc.normaliser_images, int((data.category_ids == c).sum())) for c in range(len(self.categories))]
         with ctx.progress("score normalisers", sum(counts)) as task:
             for cat, count in enumerate(counts):
-                own = data.of_category(cat)
-                picked = to_tensor(own[np.linspace(0, len(own) - 1, count).round().astype(int)])
+                picked = evenly_spaced(data, cat, count)
                 pairs, layer_records = [], []
                 for i in range(0, count, batch):
                     x = picked[i:i + batch].to(ctx.device)
@@ -395,13 +390,12 @@ class TimeNet(Method):
                 if sc.image_score == "standardised":
                     if fixed:  # the maps above were made with the layers' maxima only; S needs the final ones too
                         maps = [self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1)) for x, r in pairs]
-                    self.score_mean[cat], self.score_spread[cat] = pixel_statistics(torch.cat(maps))
+                    self.map_stats.set(cat, torch.cat(maps))
         if fixed:
             ctx.log("score normalisers: " + "; ".join(
                 f"{name} pixel {float(m[-1, 0]):.4g} feature {float(m[-1, 1]):.4g}" for name, m in zip(self.categories, self.score_maxima)))
         if sc.image_score == "standardised":
-            ctx.log("per-pixel spread of normal maps: " + "; ".join(
-                f"{name} {float(v.min()):.4g}..{float(v.max()):.4g}" for name, v in zip(self.categories, self.score_spread)))
+            ctx.log(self.map_stats.summary(self.categories))
         self.train(was_training)
 
     @torch.no_grad()
@@ -413,5 +407,5 @@ class TimeNet(Method):
         anomaly_map = self.anomaly_maps(images, reconstruction, norms)
         pooled = anomaly_map
         if sc.image_score == "standardised":
-            pooled = standardise(anomaly_map, self.score_mean[category_ids], self.score_spread[category_ids])
+            pooled = self.map_stats.standardise(anomaly_map, category_ids)
         return AnomalyOutput(anomaly_map, pooled_max(pooled, sc.pool_kernel, sc.pool_rounds), reconstruction)

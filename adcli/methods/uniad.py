@@ -25,7 +25,8 @@ from torch import nn
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import to_tensor
-from adcli.methods.base import AnomalyOutput, GradientStage, Method, StageContext
+from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
+from adcli.normal_maps import NormalMapStatistics, check_image_score
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.uniad import FeatureReconstructor, ReconstructorArch, feature_jitter
 from adcli.registry import register
@@ -63,6 +64,15 @@ class BaseTrainConfig:
 @dataclasses.dataclass(frozen=True)
 class UniADScoringConfig:
     pool_kernel: int = 16  # image score: max of the k×k average-pooled map (stride 1)
+    # What that max pools: "map" (authors) or "standardised": the map per pixel against training normals'
+    # mean and spread (adcli/normal_maps.py; ours, a `score_scale` stage after `base`).
+    image_score: str = "map"
+    normal_images: int = 64  # training images per category that fit it
+
+    def __post_init__(self):
+        if self.pool_kernel < 1:
+            raise ValueError("scoring.pool_kernel must be >= 1")
+        check_image_score(self.image_score, self.normal_images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +171,29 @@ class UniAD(Method):
     def __init__(self, config: UniADConfig, categories: list[str], *, load_pretrained: bool = True):
         super().__init__(config, categories, load_pretrained=load_pretrained)
         self.base = UniADBase(config.backbone, config.reconstruction, config.data.image_size, load_pretrained=load_pretrained)
+        if config.scoring.image_score == "standardised":
+            self.map_stats = NormalMapStatistics(len(categories), config.data.image_size)
 
-    def stages(self) -> list[GradientStage]:
-        return [self.base.stage(self.config.train, self.config.inference.batch_size, keeps=("base.",))]
+    def stages(self) -> list[GradientStage | FitStage]:
+        c = self.config
+        stages: list[GradientStage | FitStage] = [self.base.stage(c.train, c.inference.batch_size, keeps=("base.",))]
+        if c.scoring.image_score == "standardised":
+            stages.append(FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",),
+                                   settings={"scoring": {"image_score": c.scoring.image_score, "normal_images": c.scoring.normal_images}}))
+        return stages
+
+    def _fit_map_stats(self, data, ctx: StageContext) -> None:
+        was_training = self.training
+        self.eval()  # the maps inference makes: no dropout
+        c = self.config
+        self.map_stats.fit(lambda x, ids: self.base.anomaly_map(x), data, self.categories, c.scoring.normal_images,
+                           c.inference.batch_size, ctx)
+        self.train(was_training)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         anomaly_map = self.base.anomaly_map(images)
-        return AnomalyOutput(anomaly_map, pooled_max(anomaly_map, self.config.scoring.pool_kernel, 1))
+        pooled = anomaly_map
+        if self.config.scoring.image_score == "standardised":
+            pooled = self.map_stats.standardise(anomaly_map, category_ids)
+        return AnomalyOutput(anomaly_map, pooled_max(pooled, self.config.scoring.pool_kernel, 1))

@@ -229,15 +229,15 @@ def test_standardised_image_score_uses_the_normals_per_pixel_statistics(backbone
     with torch.no_grad():
         normal_maps = model.predict(picked, zeros).anomaly_map  # S with the fitted maxima
     mean, spread = pixel_statistics(normal_maps)
-    assert torch.allclose(model.score_mean[0], mean, atol=1e-6) and torch.allclose(model.score_spread[0], spread, atol=1e-6)
-    assert not torch.equal(model.score_mean[0], model.score_mean[1])  # per category
+    assert torch.allclose(model.map_stats.mean[0], mean, atol=1e-6) and torch.allclose(model.map_stats.spread[0], spread, atol=1e-6)
+    assert not torch.equal(model.map_stats.mean[0], model.map_stats.mean[1])  # per category
     # The image score pools (S − μ) / spread; the anomaly map stays S.
     x = torch.from_numpy(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255
     out = model.predict(x, torch.zeros(2, dtype=torch.long))
     sc = config.scoring
     expected = pooled_max((out.anomaly_map - mean) / spread, sc.pool_kernel, sc.pool_rounds)
     assert torch.allclose(out.score, expected, rtol=1e-5)
-    model.score_mean[0] += 1.0
+    model.map_stats.mean[0] += 1.0
     shifted = model.predict(x, torch.zeros(2, dtype=torch.long))
     assert torch.equal(shifted.anomaly_map, out.anomaly_map) and bool((shifted.score < out.score).all())
 
@@ -247,9 +247,9 @@ def test_standardised_image_score_refits_only_the_score_stage(run, prepared, bac
               device="cpu", stages_from=run)
     w = _weights(z)
     assert all(torch.equal(w[k], v) for k, v in _weights(run).items())
-    assert w["score_mean"].shape == w["score_spread"].shape == (2, 32, 32) and bool((w["score_spread"] > 0).all())
+    assert w["map_stats.mean"].shape == w["map_stats.spread"].shape == (2, 32, 32) and bool((w["map_stats.spread"] > 0).all())
     model, _ = RunFolder(z).load_model()
-    assert torch.equal(model.score_spread, w["score_spread"])
+    assert torch.equal(model.map_stats.spread, w["map_stats.spread"])
 
 
 def test_normals_normaliser_reuses_the_trained_stages(run, prepared, backbone_weights, tmp_path):

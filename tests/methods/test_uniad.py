@@ -55,3 +55,35 @@ def test_trains_with_adamw_clipping_and_the_lr_drop(prepared, mobilenet_weights,
     assert out.anomaly_map.shape == (2, 32, 32)
     assert torch.allclose(out.anomaly_map[:, 0, 0], distance[:, 0, 0])  # corners aligned: the grid's corner cell
     assert torch.allclose(out.score, torch.nn.functional.avg_pool2d(out.anomaly_map[:, None], 4, stride=1).flatten(1).amax(1))
+
+
+def test_standardised_image_score_is_fitted_after_the_base_stage(prepared, mobilenet_weights, tmp_path):
+    from adcli.data.batches import TrainImages
+    from adcli.data.manifest import load_manifest
+    from adcli.errors import RecipeError
+    from adcli.normal_maps import evenly_spaced
+    from adcli.scoring import pixel_statistics
+
+    with pytest.raises(RecipeError, match="scoring.normal_images must be >= 2"):
+        load_recipe("uniad", "test", ["scoring.image_score=standardised", "scoring.normal_images=1"])
+    plain = train(prepared, tmp_path / "plain", load_recipe("uniad", "test", [f"backbone.weights={mobilenet_weights}"]), device="cpu")
+    recipe = load_recipe("uniad", "test", [f"backbone.weights={mobilenet_weights}", "scoring.image_score=standardised",
+                                            "scoring.normal_images=3"])
+    z = train(prepared, tmp_path / "z", recipe, device="cpu", stages_from=plain)
+    assert sorted(p.name for p in (z / "stages").iterdir()) == ["base.safetensors", "score_scale.safetensors"]
+    model, meta = RunFolder(z).load_model()
+    plain_model, _ = RunFolder(plain).load_model()
+    assert all(torch.equal(v, plain_model.state_dict()[k]) for k, v in model.state_dict().items() if k.startswith("base."))
+    cats = meta["categories"]
+    data = TrainImages([s for s in load_manifest(prepared) if s.split == "train" and s.category in cats], cats, 32)
+    for c in range(len(cats)):
+        with torch.no_grad():
+            maps = model.base.anomaly_map(evenly_spaced(data, c, 3))
+        mean, spread = pixel_statistics(maps)
+        assert torch.allclose(model.map_stats.mean[c], mean, atol=1e-5) and torch.allclose(model.map_stats.spread[c], spread, atol=1e-5)
+    images = torch.rand(2, 3, 32, 32)
+    ids = torch.tensor([0, 1])
+    out, before = model.predict(images, ids), plain_model.predict(images, ids)
+    assert torch.equal(out.anomaly_map, before.anomaly_map)  # the map is the plain model's
+    z_map = (out.anomaly_map - model.map_stats.mean[ids]) / model.map_stats.spread[ids]
+    assert torch.allclose(out.score, torch.nn.functional.avg_pool2d(z_map[:, None], 4, stride=1).flatten(1).amax(1), rtol=1e-5)
