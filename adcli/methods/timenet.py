@@ -366,30 +366,27 @@ class TimeNet(Method):
         with ctx.progress("score normalisers", sum(counts)) as task:
             for cat, count in enumerate(counts):
                 picked = evenly_spaced(data, cat, count)
-                pairs, layer_records = [], []
+                pairs, layer_records, own_maps = [], [], []  # own_maps: S with each image's own maxima
                 for i in range(0, count, batch):
                     x = picked[i:i + batch].to(ctx.device)
                     r = self._reconstruct_images(x, torch.full((len(x),), cat, dtype=torch.long, device=ctx.device))
                     record: list = []
-                    self.anomaly_maps(x, r, record=record)
+                    own_maps.append(self.anomaly_maps(x, r, record=record))
                     layer_records.append(torch.stack(record[:-1], dim=1))  # (B, L, 2)
                     pairs.append((x, r))
                     task.advance(len(x))
-                maxima = None
                 if fixed:
                     maxima = torch.ones_like(self.score_maxima[cat])
                     maxima[:-1] = torch.cat(layer_records).mean(dim=0)
-                finals, maps = [], []
-                for x, r in pairs:
-                    record = []
-                    maps.append(self.anomaly_maps(x, r, norms=None if maxima is None else maxima.expand(len(x), -1, -1), record=record))
-                    finals.append(record[-1])
-                if fixed:
+                    finals = []
+                    for x, r in pairs:  # S_f with the layers' fixed maxima, for the last site's maxima
+                        record = []
+                        self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1), record=record)
+                        finals.append(record[-1])
                     maxima[-1] = torch.cat(finals).mean(dim=0)
                     self.score_maxima[cat] = maxima
                 if sc.image_score == "standardised":
-                    if fixed:  # the maps above were made with the layers' maxima only; S needs the final ones too
-                        maps = [self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1)) for x, r in pairs]
+                    maps = [self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1)) for x, r in pairs] if fixed else own_maps
                     self.map_stats.set(cat, torch.cat(maps))
         if fixed:
             ctx.log("score normalisers: " + "; ".join(

@@ -242,6 +242,17 @@ def test_standardised_image_score_uses_the_normals_per_pixel_statistics(backbone
     assert torch.equal(shifted.anomaly_map, out.anomaly_map) and bool((shifted.score < out.score).all())
 
 
+def test_standardised_image_score_with_each_images_own_maxima(backbone_weights, tmp_path):
+    from adcli.scoring import pixel_statistics
+
+    model, picked = _fitted_on_random_images(backbone_weights, tmp_path, ["scoring.normaliser=image",
+                                                                          "scoring.image_score=standardised"], seed=3)
+    assert not hasattr(model, "score_maxima")
+    with torch.no_grad():
+        mean, spread = pixel_statistics(model.predict(picked, torch.zeros(3, dtype=torch.long)).anomaly_map)
+    assert torch.allclose(model.map_stats.mean[0], mean, atol=1e-6) and torch.allclose(model.map_stats.spread[0], spread, atol=1e-6)
+
+
 def test_standardised_image_score_refits_only_the_score_stage(run, prepared, backbone_weights, tmp_path):
     z = train(prepared, tmp_path / "z", _recipe(backbone_weights, ["scoring.normaliser=normals", "scoring.image_score=standardised"]),
               device="cpu", stages_from=run)
