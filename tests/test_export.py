@@ -66,6 +66,14 @@ def test_diffusionad_exports_and_scores_like_torch(prepared, tmp_path):
     _equal_to_torch(run, prepared, "onnx")
 
 
+def test_a_standardised_image_score_exports_and_scores_like_torch(prepared, mobilenet_weights, tmp_path):
+    recipe = load_recipe("uniad", "test", [f"backbone.weights={mobilenet_weights}", "scoring.image_score=standardised",
+                                            "scoring.normal_images=3"])
+    run = train(prepared, tmp_path / "uniad", recipe, device="cpu")
+    export(run, ["onnx"])
+    _equal_to_torch(run, prepared, "onnx")  # both categories' statistics, chosen by the category input
+
+
 def test_a_missing_or_stale_export_is_refused(knn_run, tmp_path):
     import shutil
 
