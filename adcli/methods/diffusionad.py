@@ -6,7 +6,9 @@ t_s ~ U{0..t_split−1}, t_b ~ U{t_split..T−1}; the norm-guided one-step recon
 output is the anomaly map. Loss = ε-MSE at both levels on normal rows only
 + focal_weight · focal + SmoothL1 on the mask; the segmentation loss flows back into the UNet.
 Inference uses fixed t_s = 200, t_b = 400 and one fixed noise draw per recipe seed, so an image
-always gets the same score. Images are in [0, 1] as in the authors' code; x̂_0 is clamped to [-1, 1].
+always gets the same score: the mean of the map's top_k pixels (the paper), or (scoring.image_score:
+standardised, ours) of the map standardised per pixel against training normals, fitted by a
+`score_scale` stage after `model`. Images are in [0, 1] as in the authors' code; x̂_0 is clamped to [-1, 1].
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from adcli.diffusion.norm_guided import norm_guided_x0
 from adcli.diffusion.schedules import ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
 from adcli.data.batches import TrainBatch
-from adcli.methods.base import AnomalyOutput, GradientStage, Method
+from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
 from adcli.nets.segnet import SegNet, SegNetConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
+from adcli.normal_maps import NormalMapStatistics, check_image_score
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import top_k_mean
@@ -81,6 +84,17 @@ class InferenceConfig(InferenceLoopConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+    # What the top_k mean pools: "map" (the paper) or "standardised": the map per pixel against the mean
+    # and spread of training normals' maps (adcli/normal_maps.py; ours).
+    image_score: str = "map"
+    normal_images: int = 64  # training images per category that fit it
+
+    def __post_init__(self):
+        check_image_score(self.image_score, self.normal_images)
+
+
+@dataclasses.dataclass(frozen=True)
 class DiffusionADConfig:
     method: str
     seed: int
@@ -91,6 +105,7 @@ class DiffusionADConfig:
     synth: SynthConfig
     train: TrainConfig
     inference: InferenceConfig
+    scoring: ScoringConfig = ScoringConfig()
     engine: EngineConfig = EngineConfig()
 
     def __post_init__(self):
@@ -129,11 +144,30 @@ class DiffusionAD(Method):
         self.unet = UNet(config.unet, config.data.image_size)
         self.segnet = SegNet(config.segnet, in_channels=6)
         self.schedule = config.schedule.make()
+        if config.scoring.image_score == "standardised":
+            self.map_stats = NormalMapStatistics(len(categories), config.data.image_size)
 
-    def stages(self) -> list[GradientStage]:
-        tc = self.config.train
-        return [GradientStage("train", tc.epochs, tc.batch_size, self.param_groups, self.training_losses,
-                              synth=self.config.synth)]
+    def stages(self) -> list[GradientStage | FitStage]:
+        c = self.config
+        # Every setting the trained weights depend on: a run that changes only the scoring reuses them.
+        settings = {"schedule": dataclasses.asdict(c.schedule), "unet": dataclasses.asdict(c.unet),
+                    "segnet": dataclasses.asdict(c.segnet), "synth": dataclasses.asdict(c.synth),
+                    "train": {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}}
+        stages: list[GradientStage | FitStage] = [
+            GradientStage("model", c.train.epochs, c.train.batch_size, self.param_groups, self.training_losses,
+                          keeps=("unet.", "segnet."), settings=settings, synth=c.synth)]
+        if c.scoring.image_score == "standardised":
+            stages.append(FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",),
+                                   settings={"scoring": dataclasses.asdict(c.scoring),
+                                             "inference": dataclasses.asdict(c.inference)}))
+        return stages
+
+    def _fit_map_stats(self, data, ctx: StageContext) -> None:
+        was_training = self.training
+        self.eval()  # the maps inference makes (batch norm in eval mode)
+        self.map_stats.fit(lambda x, ids: self.anomaly_map(x)[0], data, self.categories,
+                           self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
+        self.train(was_training)
 
     def param_groups(self, total_steps: int) -> tuple[list[dict], list]:
         """Optimizer groups and, per group, an lr multiplier function of the step."""
@@ -167,8 +201,8 @@ class DiffusionAD(Method):
         return noise[0:1], noise[1:2]
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, category_ids: torch.Tensor | None = None) -> AnomalyOutput:
-        """images (B, 3, H, W) in [0, 1] at the recipe's size -> AnomalyOutput."""
+    def anomaly_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) in [0, 1] -> (anomaly map (B, H, W), norm-guided reconstruction x̂_0^g)."""
         ic = self.config.inference
         b, dev = images.shape[0], images.device
         noise_s, noise_b = self._inference_noise(tuple(images.shape[1:]), dev)
@@ -176,5 +210,13 @@ class DiffusionAD(Method):
         t_b = torch.full((b,), ic.t_b, device=dev, dtype=torch.long)
         out = norm_guided_x0(self.unet, images, t_s, t_b, noise_s.expand_as(images), noise_b.expand_as(images),
                              self.schedule, w=ic.guidance_w)
-        anomaly_map = torch.sigmoid(self.segnet(torch.cat([images, out["x0_g"]], dim=1)))[:, 0]  # (B, H, W)
-        return AnomalyOutput(anomaly_map, top_k_mean(anomaly_map, ic.top_k), out["x0_g"].clamp(0, 1))
+        return torch.sigmoid(self.segnet(torch.cat([images, out["x0_g"]], dim=1)))[:, 0], out["x0_g"]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
+        """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) -> AnomalyOutput."""
+        anomaly_map, x0_g = self.anomaly_map(images)
+        pooled = anomaly_map
+        if self.config.scoring.image_score == "standardised":
+            pooled = self.map_stats.standardise(anomaly_map, category_ids)
+        return AnomalyOutput(anomaly_map, top_k_mean(pooled, self.config.inference.top_k), x0_g.clamp(0, 1))

@@ -92,3 +92,54 @@ def test_detached_reconstruction_keeps_the_segmentation_loss_out_of_the_unet(det
     unet_grad = sum(float(p.grad.abs().sum()) for p in model.unet.parameters() if p.grad is not None)
     seg_grad = sum(float(p.grad.abs().sum()) for p in model.segnet.parameters() if p.grad is not None)
     assert seg_grad > 0 and ((unet_grad == 0) if detach else (unet_grad > 0))
+
+
+def test_standardised_image_score_reuses_the_trained_model_and_fits_per_pixel_statistics(prepared, tmp_path):
+    from adcli.data.batches import TrainImages
+    from adcli.data.manifest import load_manifest
+    from adcli.normal_maps import evenly_spaced
+    from adcli.run import RunFolder
+    from adcli.scoring import pixel_statistics, top_k_mean
+    from adcli.train import train
+
+    with pytest.raises(RecipeError, match="scoring.normal_images must be >= 2"):
+        load_recipe("diffusionad", "test", ["scoring.image_score=standardised", "scoring.normal_images=1"])
+    assert load_recipe("diffusionad").config.scoring.image_score == "map"  # the paper's score
+    plain = train(prepared, tmp_path / "plain", load_recipe("diffusionad", "test"), device="cpu")
+    recipe = load_recipe("diffusionad", "test", ["scoring.image_score=standardised", "scoring.normal_images=3"])
+    z = train(prepared, tmp_path / "z", recipe, device="cpu", stages_from=plain)
+    assert sorted(p.name for p in (z / "stages").iterdir()) == ["model.safetensors", "score_scale.safetensors"]
+    model, meta = RunFolder(z).load_model()
+    plain_model, _ = RunFolder(plain).load_model()
+    assert all(torch.equal(v, plain_model.state_dict()[k]) for k, v in model.state_dict().items()
+               if k.startswith(("unet.", "segnet.")))
+    cats = meta["categories"]
+    data = TrainImages([s for s in load_manifest(prepared) if s.split == "train" and s.category in cats], cats, 32)
+    for c in range(len(cats)):
+        mean, spread = pixel_statistics(model.anomaly_map(evenly_spaced(data, c, 3))[0])
+        assert torch.allclose(model.map_stats.mean[c], mean, atol=1e-5)
+        assert torch.allclose(model.map_stats.spread[c], spread, atol=1e-5)
+    images, ids = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    out, before = model.predict(images, ids), plain_model.predict(images, ids)
+    assert torch.equal(out.anomaly_map, before.anomaly_map)  # heatmaps stay the segmentation net's probabilities
+    z_map = (out.anomaly_map - model.map_stats.mean[ids]) / model.map_stats.spread[ids]
+    assert torch.allclose(out.score, top_k_mean(z_map, 4), rtol=1e-5)
+    assert torch.equal(before.score, top_k_mean(before.anomaly_map, 4))
+
+
+def test_only_settings_that_change_the_weights_change_the_model_stage_fingerprint():
+    from adcli.train import _fingerprints
+
+    samples = []
+    base = load_recipe("diffusionad", "test").config
+    for key in ("train.lr_seg=0.5", "train.t_s_range=[10, 20]", "segnet.widths=[4, 8, 8]", "synth.beta_max=0.5"):
+        other = load_recipe("diffusionad", "test", [key]).config
+        assert _fingerprints(_stages(other), other, samples)[0] != _fingerprints(_stages(base), base, samples)[0], key
+    rescored = load_recipe("diffusionad", "test", ["scoring.image_score=standardised"]).config
+    assert _fingerprints(_stages(rescored), rescored, samples)[0] == _fingerprints(_stages(base), base, samples)[0]
+
+
+def _stages(config):
+    from adcli.methods.diffusionad import DiffusionAD
+
+    return DiffusionAD(config, ["a", "b"]).stages()
