@@ -21,7 +21,9 @@ training latents (LDM's scale_by_std), fitted where the latents are first made.
 Inference: encode (posterior mean), noise to `inference.start_t` with one fixed noise draw per recipe
 seed, DDIM η = 0 over `inference.steps` steps with the SG network seeing the input, decode. Score:
 cosine distance of backbone features of input and reconstruction per layer, upsampled and summed,
-Gaussian-smoothed; image score = max after rounds of k×k average pooling. The whole batch goes through
+Gaussian-smoothed; image score = max after rounds of k×k average pooling, of that map (the paper) or
+(scoring.image_score: standardised, ours) of the map standardised per pixel against training normals,
+fitted by a `score_scale` stage after the last trained one. The whole batch goes through
 every DDIM step together; no classifier-free guidance pass.
 The text prompt is empty in DiAD; we have no text encoder, so the denoiser's cross-attention context
 is one learned token (zeros at first), trained with the denoiser.
@@ -38,9 +40,10 @@ from torch import nn
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import TrainBatch, to_tensor
+from adcli.normal_maps import NormalMapStatistics, check_image_score
 from adcli.diffusion.ddim import ddim_sample, ddim_timesteps
 from adcli.diffusion.schedules import ScheduleConfig
-from adcli.methods.base import AnomalyOutput, FrozenPretrained, GradientStage, Method, StageContext
+from adcli.methods.base import AnomalyOutput, FitStage, FrozenPretrained, GradientStage, Method, StageContext
 from adcli.nets import ldm
 from adcli.nets.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
@@ -126,6 +129,13 @@ class ScoringConfig:
     gaussian_sigma: float = 5.0
     pool_kernel: int = 8
     pool_rounds: int = 8
+    # What the pooling sees: "map" (the paper) or "standardised": the map per pixel against the mean and
+    # spread of training normals' maps (adcli/normal_maps.py; ours).
+    image_score: str = "map"
+    normal_images: int = 64  # training images per category that fit it
+
+    def __post_init__(self):
+        check_image_score(self.image_score, self.normal_images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,11 +227,13 @@ class DiAD(Method):
         self.discriminator: PatchDiscriminator | None = None  # made by stages() when the autoencoder stage is adversarial
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
         self._training_latents: TrainingLatents | None = None  # made once, shared by the denoiser and sg stages
+        if config.scoring.image_score == "standardised":
+            self.map_stats = NormalMapStatistics(len(categories), size)
 
     # ---- training -------------------------------------------------------------------------------
-    def stages(self) -> list[GradientStage]:
+    def stages(self) -> list[GradientStage | FitStage]:
         c = self.config
-        stages = []
+        stages: list[GradientStage | FitStage] = []
         if self._trains_autoencoder:
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
             if c.autoencoder.disc_start is not None and self.discriminator is None:
@@ -242,7 +254,17 @@ class DiAD(Method):
             stages.append(GradientStage("sg", c.sg.epochs, c.sg.batch_size, self._groups(self._sg_trained(), c.sg.lr),
                                         self._denoiser_losses, keeps=("sg.", "sff.", "unet.", "context", "latent_scale"),
                                         make_data=self._start_sg, settings={**latent_settings, "sg": dataclasses.asdict(c.sg)}))
+        if c.scoring.image_score == "standardised":
+            stages.append(FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",),
+                                   settings={name: dataclasses.asdict(getattr(c, name)) for name in ("backbone", "scoring", "inference")}))
         return stages
+
+    def _fit_map_stats(self, data, ctx: StageContext) -> None:
+        was_training = self.training
+        self.eval()  # the maps inference makes
+        self.map_stats.fit(lambda x, ids: self.anomaly_maps(x, self.reconstruct(x)), data, self.categories,
+                           self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
+        self.train(was_training)
 
     @property
     def _trains_autoencoder(self) -> bool:
@@ -435,4 +457,7 @@ class DiAD(Method):
         sc = self.config.scoring
         reconstruction = self.reconstruct(images)
         anomaly_map = self.anomaly_maps(images, reconstruction)
-        return AnomalyOutput(anomaly_map, pooled_max(anomaly_map, sc.pool_kernel, sc.pool_rounds), reconstruction)
+        pooled = anomaly_map
+        if sc.image_score == "standardised":
+            pooled = self.map_stats.standardise(anomaly_map, category_ids)
+        return AnomalyOutput(anomaly_map, pooled_max(pooled, sc.pool_kernel, sc.pool_rounds), reconstruction)

@@ -169,6 +169,37 @@ def test_plain_ldm_ablation_reuses_the_autoencoder_and_denoiser(run, prepared, m
                            load_file(run / "stages" / "sg.safetensors")["sg.conv_in.weight"])
 
 
+def test_standardised_image_score_is_fitted_after_the_trained_stages(run, prepared, mobilenet_weights, tmp_path):
+    from adcli.data.batches import TrainImages
+    from adcli.data.manifest import load_manifest
+    from adcli.normal_maps import evenly_spaced
+    from adcli.scoring import pixel_statistics, pooled_max
+
+    with pytest.raises(RecipeError, match="scoring.normal_images must be >= 2"):
+        _recipe(mobilenet_weights, ["scoring.image_score=standardised", "scoring.normal_images=1"])
+    z = train(prepared, tmp_path / "z", _recipe(mobilenet_weights, ["scoring.image_score=standardised", "scoring.normal_images=3"]),
+              device="cpu", stages_from=run)
+    log = (z / "train.log").read_text()
+    assert all(f"stage {name}: reusing" in log for name in ("autoencoder", "denoiser", "sg"))
+    assert (z / "stages" / "score_scale.safetensors").is_file()
+    model, meta = RunFolder(z).load_model()
+    plain, _ = RunFolder(run).load_model()
+    cats = meta["categories"]
+    data = TrainImages([s for s in load_manifest(prepared) if s.split == "train" and s.category in cats], cats, 32)
+    for c in range(len(cats)):
+        with torch.no_grad():
+            x = evenly_spaced(data, c, 3)
+            mean, spread = pixel_statistics(model.anomaly_maps(x, model.reconstruct(x)))
+        assert torch.allclose(model.map_stats.mean[c], mean, atol=1e-5)
+        assert torch.allclose(model.map_stats.spread[c], spread, atol=1e-5)
+    images, ids = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    out, before = model.predict(images, ids), plain.predict(images, ids)
+    assert torch.equal(out.anomaly_map, before.anomaly_map)  # heatmaps are the plain model's
+    sc = model.config.scoring
+    z_map = (out.anomaly_map - model.map_stats.mean[ids]) / model.map_stats.spread[ids]
+    assert torch.allclose(out.score, pooled_max(z_map, sc.pool_kernel, sc.pool_rounds), rtol=1e-5)
+
+
 def test_pretrained_autoencoder_and_denoiser_leave_only_the_sg_stage(mobilenet_weights, tmp_path):
     config = _recipe(mobilenet_weights).config
     torch.manual_seed(1)
