@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
@@ -22,6 +24,19 @@ def check_image_score(image_score: str, normal_images: int, key: str = "scoring.
         raise ValueError(f"scoring.image_score must be 'map' or 'standardised', not {image_score!r}")
     if image_score == "standardised" and normal_images < 2:
         raise ValueError(f"{key} must be >= 2 (a per-pixel spread needs two images)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageScoreConfig:
+    """A recipe's `scoring` section where it holds only these two keys."""
+
+    # What the image score pools: "map" (the papers) or "standardised": the map per pixel against the mean
+    # and spread of training normals' maps (ours).
+    image_score: str = "map"
+    normal_images: int = 64  # training images per category that fit it
+
+    def __post_init__(self):
+        check_image_score(self.image_score, self.normal_images)
 
 
 def evenly_spaced(data, category: int, count: int) -> torch.Tensor:

@@ -26,10 +26,10 @@ from adcli.data.batches import TrainBatch
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
 from adcli.nets.segnet import SegNet, SegNetConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
-from adcli.normal_maps import NormalMapStatistics, check_image_score
+from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics
 from adcli.registry import register
 from adcli.runtime import fixed_noise
-from adcli.scoring import top_k_mean
+from adcli.scoring import gaussian_blur, top_k_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,17 +81,9 @@ class InferenceConfig(InferenceLoopConfig):
     t_b: int = 400
     guidance_w: float = 1.0
     top_k: int = 50
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoringConfig:
-    # What the top_k mean pools: "map" (the paper) or "standardised": the map per pixel against the mean
-    # and spread of training normals' maps (adcli/normal_maps.py; ours).
-    image_score: str = "map"
-    normal_images: int = 64  # training images per category that fit it
-
-    def __post_init__(self):
-        check_image_score(self.image_score, self.normal_images)
+    # Gaussian σ (pixels) on the map before anything reads it; 0 = the paper's metrics (the authors'
+    # eval.py smooths with σ = 4 only for its pictures).
+    gaussian_sigma: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +97,7 @@ class DiffusionADConfig:
     synth: SynthConfig
     train: TrainConfig
     inference: InferenceConfig
-    scoring: ScoringConfig = ScoringConfig()
+    scoring: ImageScoreConfig = ImageScoreConfig()  # what the top_k mean pools
     engine: EngineConfig = EngineConfig()
 
     def __post_init__(self):
@@ -120,6 +112,8 @@ class DiffusionADConfig:
             bounds = getattr(self.train, key)
             if bounds is not None and (len(bounds) != 2 or not 0 <= bounds[0] < bounds[1] <= t):
                 raise ValueError(f"train.{key} must be [lo, hi) with 0 <= lo < hi <= {t}")
+        if self.inference.gaussian_sigma < 0:
+            raise ValueError("inference.gaussian_sigma must be >= 0")
         if not 0 <= self.inference.t_s < self.inference.t_b < t:
             raise ValueError(f"need 0 <= inference.t_s < inference.t_b < {t}")
         check_image_size(self.unet, self.data.image_size)
@@ -210,7 +204,8 @@ class DiffusionAD(Method):
         t_b = torch.full((b,), ic.t_b, device=dev, dtype=torch.long)
         out = norm_guided_x0(self.unet, images, t_s, t_b, noise_s.expand_as(images), noise_b.expand_as(images),
                              self.schedule, w=ic.guidance_w)
-        return torch.sigmoid(self.segnet(torch.cat([images, out["x0_g"]], dim=1)))[:, 0], out["x0_g"]
+        anomaly_map = torch.sigmoid(self.segnet(torch.cat([images, out["x0_g"]], dim=1)))[:, 0]
+        return gaussian_blur(anomaly_map, ic.gaussian_sigma), out["x0_g"]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:

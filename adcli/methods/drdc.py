@@ -39,6 +39,7 @@ from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, S
 from adcli.methods.uniad import BaseTrainConfig, ReconstructionConfig, UniADBase
 from adcli.nets.features import BackboneConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
+from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import pooled_max
@@ -104,6 +105,7 @@ class DRDCConfig:
     refine: RefineTrainConfig
     fusion: FusionConfig
     inference: InferenceConfig
+    scoring: ImageScoreConfig = ImageScoreConfig()  # what the final map's pooling sees
     engine: EngineConfig = EngineConfig()
 
     def __post_init__(self):
@@ -132,6 +134,8 @@ class DRDC(Method):
         n = len(categories)
         self.register_buffer("base_unit", torch.ones(n))
         self.register_buffer("refine_unit", torch.ones(n))
+        if config.scoring.image_score == "standardised":
+            self.map_stats = NormalMapStatistics(n, size)
 
     @property
     def unet_calls_per_image(self) -> int:
@@ -155,7 +159,17 @@ class DRDC(Method):
         return [self.base.stage(c.train, c.inference.batch_size, keeps=("base.",)),
                 GradientStage("refine", c.refine.epochs, c.refine.batch_size, groups, self._refine_losses,
                               keeps=("refine.",), settings=refine_settings, optimizer="adamw"),
-                FitStage("fusion", self._fit_units, keeps=("base_unit", "refine_unit"), settings=fusion_settings)]
+                FitStage("fusion", self._fit_units, keeps=("base_unit", "refine_unit"), settings=fusion_settings),
+                *([FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",), settings={"scoring": dataclasses.asdict(c.scoring)})]
+                  if c.scoring.image_score == "standardised" else [])]
+
+    def _fit_map_stats(self, data, ctx: StageContext) -> None:
+        """After `fusion`: the per-pixel statistics of the final map on training normals."""
+        was_training = self.training
+        self.eval()
+        self.map_stats.fit(lambda x, ids: self._final_map(x, ids), data, self.categories,
+                           self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
+        self.train(was_training)
 
     def _refine_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         f = self.config.fusion
@@ -250,12 +264,19 @@ class DRDC(Method):
         return total / len(self.config.fusion.scales)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
+    def _final_map(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
         f = self.config.fusion
         base = self.base.anomaly_map(images) / self.base_unit[category_ids][:, None, None]
         refined = self.refinement_map(images) / self.refine_unit[category_ids][:, None, None]
-        final = f.alpha * refined + (1 - f.alpha) * base
-        return AnomalyOutput(final, pooled_max(final, f.pool_kernel, 1))
+        return f.alpha * refined + (1 - f.alpha) * base
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
+        final = self._final_map(images, category_ids)
+        pooled = final
+        if self.config.scoring.image_score == "standardised":
+            pooled = self.map_stats.standardise(final, category_ids)
+        return AnomalyOutput(final, pooled_max(pooled, self.config.fusion.pool_kernel, 1))
 
 
 def _cpu_generator(generator: torch.Generator) -> torch.Generator:

@@ -143,3 +143,21 @@ def _stages(config):
     from adcli.methods.diffusionad import DiffusionAD
 
     return DiffusionAD(config, ["a", "b"]).stages()
+
+
+def test_the_map_is_smoothed_by_the_recipes_sigma_and_stays_a_probability():
+    from adcli.methods.diffusionad import DiffusionAD
+    from adcli.scoring import gaussian_blur, top_k_mean
+
+    plain = DiffusionAD(load_recipe("diffusionad", "test").config, ["a"]).eval()
+    smooth = DiffusionAD(load_recipe("diffusionad", "test", ["inference.gaussian_sigma=1.5"]).config, ["a"]).eval()
+    smooth.load_state_dict(plain.state_dict())
+    images, ids = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 0])
+    raw, out = plain.predict(images, ids), smooth.predict(images, ids)
+    assert torch.allclose(out.anomaly_map, gaussian_blur(raw.anomaly_map, 1.5), atol=1e-6)
+    assert not torch.allclose(out.anomaly_map, raw.anomaly_map)
+    assert 0 <= float(out.anomaly_map.min()) and float(out.anomaly_map.max()) <= 1
+    assert torch.allclose(out.score, top_k_mean(out.anomaly_map, 4))
+    assert load_recipe("diffusionad").config.inference.gaussian_sigma == 0.0  # the paper's metrics
+    with pytest.raises(RecipeError, match="gaussian_sigma must be >= 0"):
+        load_recipe("diffusionad", "test", ["inference.gaussian_sigma=-1"])

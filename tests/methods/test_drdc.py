@@ -117,3 +117,34 @@ def test_ddim_starts_from_the_image_noised_to_start_t(runs):
     start = torch.full((4,), c.inference.start_t)
     expected = model.schedule.q_sample(rows, start, fixed_noise(c.seed, (1, 3, 32, 32)).expand_as(rows))
     assert torch.allclose(first[0], expected, atol=1e-6)  # every cell, known or not: the image's low frequencies stay
+
+
+def test_standardised_image_score_is_fitted_after_fusion(runs, prepared, mobilenet_weights, tmp_path):
+    from adcli.data.batches import TrainImages
+    from adcli.data.manifest import load_manifest
+    from adcli.normal_maps import evenly_spaced
+    from adcli.scoring import pixel_statistics, pooled_max
+
+    with pytest.raises(RecipeError, match="scoring.normal_images must be >= 2"):
+        _recipe("drdc", mobilenet_weights, ["scoring.image_score=standardised", "scoring.normal_images=1"])
+    _, drdc = runs
+    z = train(prepared, tmp_path / "z", _recipe("drdc", mobilenet_weights, ["scoring.image_score=standardised",
+                                                                            "scoring.normal_images=3"]),
+              device="cpu", stages_from=drdc)
+    log = (z / "train.log").read_text()
+    assert all(f"stage {name}: reusing" in log for name in ("base", "refine", "fusion"))
+    model, meta = RunFolder(z).load_model()
+    plain, _ = RunFolder(drdc).load_model()
+    cats = meta["categories"]
+    data = TrainImages([s for s in load_manifest(prepared) if s.split == "train" and s.category in cats], cats, 32)
+    for c in range(len(cats)):
+        x = evenly_spaced(data, c, 3)
+        with torch.no_grad():
+            mean, spread = pixel_statistics(plain.predict(x, torch.full((len(x),), c)).anomaly_map)
+        assert torch.allclose(model.map_stats.mean[c], mean, atol=1e-5)
+        assert torch.allclose(model.map_stats.spread[c], spread, atol=1e-5)
+    images, ids = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    out, before = model.predict(images, ids), plain.predict(images, ids)
+    assert torch.equal(out.anomaly_map, before.anomaly_map)  # heatmaps are the plain model's final map
+    z_map = (out.anomaly_map - model.map_stats.mean[ids]) / model.map_stats.spread[ids]
+    assert torch.allclose(out.score, pooled_max(z_map, model.config.fusion.pool_kernel, 1), rtol=1e-5)
