@@ -63,10 +63,19 @@ class NormalMapStatistics(nn.Module):
         return standardise(maps, self.mean[category_ids], self.spread[category_ids])
 
     @torch.no_grad()
-    def fit(self, maps_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data, categories: list[str], count: int,
-            batch_size: int, ctx) -> None:
+    def fit(self, model: nn.Module, maps_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], data,
+            categories: list[str], count: int, batch_size: int, ctx) -> None:
         """Every category's statistics from up to `count` evenly spaced training images; maps_of(images,
-        category_ids) -> (B, H, W) is the method's anomaly map. ctx: a StageContext (device, progress, log)."""
+        category_ids) -> (B, H, W) is the method's anomaly map. `model` is in eval mode meanwhile, so the maps
+        are the ones inference makes (no dropout, batch norm's running statistics). ctx: a StageContext."""
+        was_training = model.training
+        model.eval()
+        try:
+            self._fit(maps_of, data, categories, count, batch_size, ctx)
+        finally:
+            model.train(was_training)
+
+    def _fit(self, maps_of, data, categories: list[str], count: int, batch_size: int, ctx) -> None:
         counts = [min(count, int((data.category_ids == c).sum())) for c in range(len(categories))]
         with ctx.progress("normal maps per pixel", sum(counts)) as task:
             for cat in range(len(categories)):

@@ -260,11 +260,8 @@ class DiAD(Method):
         return stages
 
     def _fit_map_stats(self, data, ctx: StageContext) -> None:
-        was_training = self.training
-        self.eval()  # the maps inference makes
-        self.map_stats.fit(lambda x, ids: self.anomaly_maps(x, self.reconstruct(x)), data, self.categories,
+        self.map_stats.fit(self, lambda x, ids: self.anomaly_maps(x, self.reconstruct(x)), data, self.categories,
                            self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
-        self.train(was_training)
 
     @property
     def _trains_autoencoder(self) -> bool:

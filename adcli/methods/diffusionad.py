@@ -157,11 +157,8 @@ class DiffusionAD(Method):
         return stages
 
     def _fit_map_stats(self, data, ctx: StageContext) -> None:
-        was_training = self.training
-        self.eval()  # the maps inference makes (batch norm in eval mode)
-        self.map_stats.fit(lambda x, ids: self.anomaly_map(x)[0], data, self.categories,
+        self.map_stats.fit(self, lambda x, ids: self.anomaly_map(x)[0], data, self.categories,
                            self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
-        self.train(was_training)
 
     def param_groups(self, total_steps: int) -> tuple[list[dict], list]:
         """Optimizer groups and, per group, an lr multiplier function of the step."""

@@ -165,11 +165,8 @@ class DRDC(Method):
 
     def _fit_map_stats(self, data, ctx: StageContext) -> None:
         """After `fusion`: the per-pixel statistics of the final map on training normals."""
-        was_training = self.training
-        self.eval()
-        self.map_stats.fit(lambda x, ids: self._final_map(x, ids), data, self.categories,
-                           self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
-        self.train(was_training)
+        self.map_stats.fit(self, self._final_map, data, self.categories, self.config.scoring.normal_images,
+                           self.config.inference.batch_size, ctx)
 
     def _refine_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         f = self.config.fusion

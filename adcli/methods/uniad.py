@@ -183,12 +183,9 @@ class UniAD(Method):
         return stages
 
     def _fit_map_stats(self, data, ctx: StageContext) -> None:
-        was_training = self.training
-        self.eval()  # the maps inference makes: no dropout
         c = self.config
-        self.map_stats.fit(lambda x, ids: self.base.anomaly_map(x), data, self.categories, c.scoring.normal_images,
+        self.map_stats.fit(self, lambda x, ids: self.base.anomaly_map(x), data, self.categories, c.scoring.normal_images,
                            c.inference.batch_size, ctx)
-        self.train(was_training)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
