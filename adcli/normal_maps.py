@@ -4,9 +4,8 @@ image score pools its anomaly map can standardise the map first (recipe key `sco
 
 from __future__ import annotations
 
-from typing import Callable
-
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import torch

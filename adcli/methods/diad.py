@@ -40,7 +40,6 @@ from torch import nn
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import TrainBatch, to_tensor
-from adcli.normal_maps import NormalMapStatistics, check_image_score
 from adcli.diffusion.ddim import ddim_sample, ddim_timesteps
 from adcli.diffusion.schedules import ScheduleConfig
 from adcli.methods.base import AnomalyOutput, FitStage, FrozenPretrained, GradientStage, Method, StageContext
@@ -48,6 +47,7 @@ from adcli.nets import ldm
 from adcli.nets.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
+from adcli.normal_maps import NormalMapStatistics, check_image_score
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import cosine_distance, gaussian_blur, pooled_max, upsample_sum
