@@ -45,6 +45,13 @@ def evenly_spaced(data, category: int, count: int) -> torch.Tensor:
     return to_tensor(own[np.linspace(0, len(own) - 1, count).round().astype(int)])
 
 
+def for_image_score(method: nn.Module, maps: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+    """What a method's image score pools: its maps standardised per pixel where it holds fitted statistics
+    (`map_stats`, present when `scoring.image_score` is standardised), else the maps themselves."""
+    stats = getattr(method, "map_stats", None)
+    return maps if stats is None else stats.standardise(maps, category_ids)
+
+
 class NormalMapStatistics(nn.Module):
     """Per category, the per-pixel mean and spread (adcli.scoring.pixel_statistics) of normal images' maps."""
 

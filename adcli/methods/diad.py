@@ -47,7 +47,7 @@ from adcli.nets import ldm
 from adcli.nets.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
-from adcli.normal_maps import NormalMapStatistics, check_image_score
+from adcli.normal_maps import NormalMapStatistics, check_image_score, for_image_score
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import cosine_distance, gaussian_blur, pooled_max, upsample_sum
@@ -454,7 +454,5 @@ class DiAD(Method):
         sc = self.config.scoring
         reconstruction = self.reconstruct(images)
         anomaly_map = self.anomaly_maps(images, reconstruction)
-        pooled = anomaly_map
-        if sc.image_score == "standardised":
-            pooled = self.map_stats.standardise(anomaly_map, category_ids)
+        pooled = for_image_score(self, anomaly_map, category_ids)
         return AnomalyOutput(anomaly_map, pooled_max(pooled, sc.pool_kernel, sc.pool_rounds), reconstruction)

@@ -26,7 +26,7 @@ from adcli.data.batches import TrainBatch
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
 from adcli.nets.segnet import SegNet, SegNetConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
-from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics
+from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics, for_image_score
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import gaussian_blur, top_k_mean
@@ -208,7 +208,5 @@ class DiffusionAD(Method):
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) -> AnomalyOutput."""
         anomaly_map, x0_g = self.anomaly_map(images)
-        pooled = anomaly_map
-        if self.config.scoring.image_score == "standardised":
-            pooled = self.map_stats.standardise(anomaly_map, category_ids)
+        pooled = for_image_score(self, anomaly_map, category_ids)
         return AnomalyOutput(anomaly_map, top_k_mean(pooled, self.config.inference.top_k), x0_g.clamp(0, 1))

@@ -39,7 +39,7 @@ from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, S
 from adcli.methods.uniad import BaseTrainConfig, ReconstructionConfig, UniADBase
 from adcli.nets.features import BackboneConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
-from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics
+from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics, for_image_score
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import pooled_max
@@ -270,9 +270,7 @@ class DRDC(Method):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         final = self._final_map(images, category_ids)
-        pooled = final
-        if self.config.scoring.image_score == "standardised":
-            pooled = self.map_stats.standardise(final, category_ids)
+        pooled = for_image_score(self, final, category_ids)
         return AnomalyOutput(final, pooled_max(pooled, self.config.fusion.pool_kernel, 1))
 
 

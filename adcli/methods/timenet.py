@@ -39,7 +39,7 @@ from adcli.nets.tpn import TimestepPerceptiveNet
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
 from adcli.runtime import fixed_noise
-from adcli.normal_maps import NormalMapStatistics, check_image_score, evenly_spaced
+from adcli.normal_maps import NormalMapStatistics, check_image_score, evenly_spaced, for_image_score
 from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pooled_max, upsample_sum
 
 
@@ -402,7 +402,5 @@ class TimeNet(Method):
         reconstruction = self._reconstruct_images(images, category_ids)
         norms = self.score_maxima[category_ids] if sc.normaliser == "normals" else None
         anomaly_map = self.anomaly_maps(images, reconstruction, norms)
-        pooled = anomaly_map
-        if sc.image_score == "standardised":
-            pooled = self.map_stats.standardise(anomaly_map, category_ids)
+        pooled = for_image_score(self, anomaly_map, category_ids)
         return AnomalyOutput(anomaly_map, pooled_max(pooled, sc.pool_kernel, sc.pool_rounds), reconstruction)

@@ -26,7 +26,7 @@ from torch import nn
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import to_tensor
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
-from adcli.normal_maps import NormalMapStatistics, check_image_score
+from adcli.normal_maps import NormalMapStatistics, check_image_score, for_image_score
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.uniad import FeatureReconstructor, ReconstructorArch, feature_jitter
 from adcli.registry import register
@@ -190,7 +190,5 @@ class UniAD(Method):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         anomaly_map = self.base.anomaly_map(images)
-        pooled = anomaly_map
-        if self.config.scoring.image_score == "standardised":
-            pooled = self.map_stats.standardise(anomaly_map, category_ids)
+        pooled = for_image_score(self, anomaly_map, category_ids)
         return AnomalyOutput(anomaly_map, pooled_max(pooled, self.config.scoring.pool_kernel, 1))
