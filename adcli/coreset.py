@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+BLOCK_ROWS = 1024  # rows per block: 1024 × 128 float32 = 512 KiB, held in cache while several centres meet it
+CENTRES_PER_PRODUCT = 2048  # pending centres per matrix product, to bound its (rows, centres) temporary
+
 
 def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128,
                    generator: torch.Generator | None = None) -> torch.Tensor:
@@ -12,13 +15,14 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
     Distances are measured after a random Gaussian projection to `projection_dim` dimensions
     (Johnson–Lindenstrauss; None or ≥ D keeps the full space). Deterministic given the generator.
 
-    Exact, but most rows are skipped at each step (the triangle inequality): a row whose nearest chosen
-    centre a lies at distance r cannot come closer to the new centre c when |a − c| ≥ 2r. So each
-    step computes the distances of the new centre to the earlier centres (count × D) and reads only
-    the rows that may move, instead of all N × D values — the plain loop is memory-bound on N × D.
-    Measured on knn `cpu` banks (128-d projections, 2 % kept): object patches (bottle, 192 k rows) leave
-    2 % of the rows to read per step, 3.6× faster; uniform texture (magnetic_tile) about half, so there
-    it reads every row as the plain loop does, testing again every 16 steps.
+    Exact, but lazy. The plain loop reads all N × D values once per chosen centre, a matrix-vector
+    product that waits on memory. Here the rows are cut into blocks, each with an upper bound on its
+    rows' distance to the nearest centre (distances only shrink as centres are added). The farthest
+    row lies in the block with the largest bound once that block is brought up to date, so each step
+    updates only blocks whose bound leads, and a block that waited meets all the centres it missed in
+    one matrix product. Measured on the knn `cpu` banks (128-d, 2 % kept, 2-core CPU whose speed
+    drifts): magnetic_tile (369 k rows) 18–35 s instead of 233–326 s, bottle (193 k) 8–9 s instead of
+    15 s; the same rows chosen.
     """
     n = features.shape[0]
     count = min(count, n)
@@ -28,37 +32,31 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
         x = x @ proj.to(x.device)  # (N, D) -> (N, projection_dim)
     x = x.contiguous()
     sq_norms = x.pow(2).sum(dim=1)  # (N,)
-    chosen = torch.empty(count, dtype=torch.long, device=x.device)
-    chosen[0] = 0
+    chosen = torch.empty(count, dtype=torch.long)
     centres = x.new_empty(count, x.shape[1])
-    centres[0] = x[0]
-    # ‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖²: one matrix-vector product instead of an (N, D) temporary
-    min_dist = (sq_norms - 2 * (x @ x[0]) + sq_norms[0]).clamp_min(0)  # squared distance to the nearest centre
-    nearest = torch.zeros(n, dtype=torch.long, device=x.device)  # which centre (position in `chosen`)
-    # A row may move when |a − c|² < 4 r²; the margin keeps rows whose test is a rounding error from the bound.
-    margin = 4.0 * (1 + 1e-4)
-    bound = margin * min_dist + 1e-12
-    dense = False  # most rows may move (uniform texture): read them all, test again every 16 steps
+    centre_sq = x.new_empty(count)
+    chosen[0], centres[0], centre_sq[0] = 0, x[0], sq_norms[0]
+
+    starts = list(range(0, n, BLOCK_ROWS))
+    min_dist = torch.full((n,), float("inf"), device=x.device)  # squared distance to the nearest centre met so far
+    bound = torch.full((len(starts),), float("inf"), device=x.device)  # per block: the largest of its min_dist
+    met = [0] * len(starts)  # per block: how many centres (chosen[:met]) its min_dist has met
     for i in range(1, count):
-        nxt = int(torch.argmax(min_dist))
-        chosen[i] = nxt
-        c = x[nxt]
-        centres[i] = c
-        if not dense or i % 16 == 0:
-            if dense:
-                bound = margin * min_dist + 1e-12  # not kept up while reading all rows
-            centre_sq = (sq_norms[chosen[:i]] - 2 * (centres[:i] @ c) + sq_norms[nxt]).clamp_min(0)  # |a − c|² per centre
-            rows = torch.nonzero(centre_sq[nearest] <= bound).squeeze(1)
-            dense = rows.numel() > n // 8  # gathering that many rows would cost more than reading all
-        if dense:
-            dist = (sq_norms - 2 * (x @ c) + sq_norms[nxt]).clamp_min(0)
-            nearest = torch.where(dist < min_dist, i, nearest)
-            min_dist = torch.minimum(min_dist, dist)
-            continue
-        dist = (sq_norms[rows] - 2 * (x.index_select(0, rows) @ c) + sq_norms[nxt]).clamp_min(0)
-        closer = dist < min_dist[rows]
-        moved = rows[closer]
-        min_dist[moved] = dist[closer]
-        bound[moved] = margin * dist[closer] + 1e-12
-        nearest[moved] = i
-    return chosen.cpu()
+        while True:
+            block = int(torch.argmax(bound))  # the first of equal bounds: ties go to the lowest row, as argmax over all rows
+            if met[block] == i:  # up to date and leading every bound: it holds the farthest row
+                break
+            rows = slice(starts[block], min(starts[block] + BLOCK_ROWS, n))
+            nearest = min_dist[rows]
+            for first in range(met[block], i, CENTRES_PER_PRODUCT):
+                new = slice(first, min(first + CENTRES_PER_PRODUCT, i))
+                # ‖x − c‖² = ‖x‖² + (‖c‖² − 2·x·c): one fused product for all the centres this block
+                # missed (3× faster than the same sum written out), ‖x‖² added after the minimum
+                dist = torch.addmm(centre_sq[None, new], x[rows], centres[new].T, alpha=-2).amin(dim=1)
+                nearest = torch.minimum(nearest, (dist + sq_norms[rows]).clamp_min(0))
+            min_dist[rows] = nearest
+            bound[block] = nearest.max()
+            met[block] = i
+        row = starts[block] + int(torch.argmax(min_dist[starts[block]:starts[block] + BLOCK_ROWS]))
+        chosen[i], centres[i], centre_sq[i] = row, x[row], sq_norms[row]
+    return chosen

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from adcli import coreset
 from adcli.coreset import greedy_coreset
 from adcli import scoring as S
 
@@ -68,9 +69,12 @@ def _farthest_point_reference(x, count):
 
 
 @pytest.mark.parametrize("layout", ["clusters", "uniform"])
-def test_greedy_coreset_skipping_rows_picks_what_reading_all_picks(layout):
-    """Clustered rows (object patches) take the path that reads only rows that may move; uniform rows
-    (texture) the path that reads all and tests again later. Both must pick the brute-force rows."""
+@pytest.mark.parametrize("block_rows, centres_per_product", [(1024, 2048), (97, 5)])
+def test_greedy_coreset_lazy_blocks_pick_what_the_plain_loop_picks(layout, block_rows, centres_per_product, monkeypatch):
+    """Clustered rows (object patches) and uniform rows (texture); blocks that wait many steps and then
+    meet their missed centres in several products must end where the plain loop over all rows ends."""
+    monkeypatch.setattr(coreset, "BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(coreset, "CENTRES_PER_PRODUCT", centres_per_product)
     g = torch.Generator().manual_seed(1)
     if layout == "clusters":
         modes = torch.randn(12, 16, generator=g) * 6
