@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from adcli.errors import UsageError
+from adcli.export import calls
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -112,14 +113,17 @@ def _cdist_flops(x1_shape, x2_shape, *args, **kwargs) -> int:
     return 2 * batch * x1_shape[-2] * x2_shape[-2] * x1_shape[-1]
 
 
-def count_flops(model, images: torch.Tensor, category_ids: torch.Tensor, dtype: str, graph=None) -> float:
+def count_flops(model, images: torch.Tensor, category_ids: torch.Tensor, dtype: str, graph=None,
+                by_category: bool = False) -> float:
     """Forward FLOPs of one scoring call, per image: of `model.predict`, or of `graph` (the model's
-    `scoring_graph()`, which an exported backend runs; knn's searches every category's bank padded
-    to the largest one)."""
+    `scoring_graph()`, which an exported backend runs: knn's searches the largest bank among a
+    call's categories) in the calls an exported model makes (`by_category`: one per category)."""
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), autocast(dtype, images.device), counter:
         if graph is not None:
-            graph(images, category_ids)
+            for group in calls(category_ids.cpu().numpy(), by_category):
+                index = torch.from_numpy(group).to(images.device)
+                graph(images[index], category_ids[index])
         else:
             model.predict(images, category_ids)
     return counter.get_total_flops() / images.shape[0]
@@ -142,7 +146,8 @@ def bench_model(model, categories: list[str], image_size: int, device: torch.dev
             for batch in batches:
                 x = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
                 ids = (torch.arange(batch) % max(1, len(categories))).to(device)
-                flops = count_flops(model, x, ids, dtype, graph=graph if name != "torch" else None)
+                flops = count_flops(model, x, ids, dtype, graph=graph if name != "torch" else None,
+                                    by_category=getattr(scorer, "batch_by_category", False))
                 _reset_peak_rss()
                 calls = max(1, -(-images // batch))
                 seconds = []

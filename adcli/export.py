@@ -111,6 +111,7 @@ def export(run: str | Path, formats: list[str], *, check_batch: int = 3, seed: i
         info = {"model_id": folder.model_id(), "method": model.name, "categories": categories, "image_size": size,
                 "formats": formats, "map_range": list(model.map_range) if model.map_range else None,
                 "inference_batch_size": model.inference_batch_size,
+                "batch_by_category": model.export_batches_by_category,
                 "inputs": {"images": ["batch", 3, size, size], "category_ids": ["batch"]}, "max_batch": MAX_BATCH,
                 "outputs": {"anomaly_map": ["batch", size, size], "score": ["batch"]},
                 "opset": OPSET, "torch": torch.__version__,
@@ -211,11 +212,21 @@ class ExportedModel:
         self.info, self.backend, self.name = info, backend, info["method"]
         self.map_range = tuple(info["map_range"]) if info.get("map_range") else None
         self.inference_batch_size = int(info["inference_batch_size"])
+        self.batch_by_category = bool(info.get("batch_by_category", False))
         self._run = _open_backend(backend, folder, threads or torch.get_num_threads())
 
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         pixels = np.ascontiguousarray(images.detach().float().cpu().numpy())
         ids = category_ids.detach().cpu().numpy().astype(np.int64)
-        parts = [self._run(pixels[i:i + MAX_BATCH], ids[i:i + MAX_BATCH]) for i in range(0, len(pixels), MAX_BATCH)]
-        return AnomalyOutput(torch.from_numpy(np.concatenate([np.asarray(m) for m, _ in parts])),
-                             torch.from_numpy(np.concatenate([np.asarray(s) for _, s in parts])))
+        maps = np.empty((len(pixels),) + pixels.shape[2:], dtype=np.float32)
+        scores = np.empty(len(pixels), dtype=np.float32)
+        for group in calls(ids, self.batch_by_category):
+            maps[group], scores[group] = self._run(pixels[group], ids[group])
+        return AnomalyOutput(torch.from_numpy(maps), torch.from_numpy(scores))
+
+
+def calls(ids: np.ndarray, by_category: bool) -> list[np.ndarray]:
+    """How an exported model splits a batch into graph calls: index arrays of at most MAX_BATCH images,
+    in order; with `by_category`, each call holds one category's images."""
+    groups = [np.flatnonzero(ids == c) for c in np.unique(ids)] if by_category else [np.arange(len(ids))]
+    return [g[i:i + MAX_BATCH] for g in groups for i in range(0, len(g), MAX_BATCH)]

@@ -42,6 +42,22 @@ def test_nearest_neighbour_search_is_counted_as_its_matrix_product():
     assert count_flops(NearestNeighbour(), x, torch.zeros(3, dtype=torch.long), "fp32") == 2 * 7 * 48
 
 
+class GraphCostingItsLargestCategory(torch.nn.Module):
+    """A scoring graph whose work grows with the largest category id in a call, as knn's banks."""
+
+    def forward(self, images, category_ids):
+        return images.flatten(1) @ torch.ones(48, 1 + int(category_ids.max()))
+
+
+def test_exported_flops_are_counted_in_the_calls_an_exported_model_makes():
+    x, ids = torch.rand(4, 3, 4, 4), torch.tensor([0, 1, 0, 1])
+    graph = GraphCostingItsLargestCategory()
+    # one call per category: 2 images × 48 × 1 column, then 2 × 48 × 2; per image (192 + 384) / 4
+    assert count_flops(graph, x, ids, "fp32", graph=graph, by_category=True) == 2 * (2 * 48 * 1 + 2 * 48 * 2) / 4
+    # one call (an export made before knn split its calls): every image pays for the largest category
+    assert count_flops(graph, x, ids, "fp32", graph=graph, by_category=False) == 2 * 48 * 2
+
+
 def test_lists_are_checked():
     assert parse_list("1, 4,8", "batch") == [1, 4, 8]
     with pytest.raises(UsageError, match="whole numbers"):

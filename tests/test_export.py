@@ -11,7 +11,7 @@ import pytest
 from adcli.data.manifest import load_manifest
 from adcli.detector import Detector
 from adcli.errors import AdcliError, BundleError, UsageError
-from adcli.export import TOLERANCE, export
+from adcli.export import MAX_BATCH, TOLERANCE, calls, export
 from adcli.io import read_image
 from adcli.recipe import load_recipe
 from adcli.data.batches import resized
@@ -51,6 +51,7 @@ def test_knn_exports_to_onnx_and_openvino_and_scores_like_torch(knn_run, prepare
     pytest.importorskip("openvino", reason="OpenVINO not installed: pip install 'adcli[openvino]'")
     (knn_run / ".export-killed").mkdir()  # an earlier export killed mid-way: cleared, never read
     info = export(knn_run, ["onnx", "openvino"])
+    assert info["batch_by_category"] is True  # knn's graph searches the largest bank in a call
     assert not (knn_run / ".export-killed").exists()
     assert {c["backend"] for c in info["checked"]} == {"onnx", "openvino"}
     assert info["inputs"]["category_ids"] == ["batch"] and info["model_id"]
@@ -108,3 +109,11 @@ def test_export_and_inspect_commands(knn_run, demo_root, tmp_path):
     assert json.loads((out / "summary.json").read_text())["backend"] == "onnx"
     bad = subprocess.run([sys.executable, "-m", "adcli", "export", str(tmp_path / "nothing")], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.count("\n") <= 2 and "nothing" in bad.stderr
+
+
+def test_calls_split_a_batch_by_category_and_max_batch():
+    ids = np.array([2, 0, 2, 1, 0])
+    assert [g.tolist() for g in calls(ids, by_category=False)] == [[0, 1, 2, 3, 4]]
+    assert [g.tolist() for g in calls(ids, by_category=True)] == [[1, 4], [3], [0, 2]]
+    long = np.zeros(MAX_BATCH + 2, dtype=np.int64)
+    assert [len(g) for g in calls(long, by_category=True)] == [MAX_BATCH, 2]

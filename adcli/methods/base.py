@@ -123,6 +123,9 @@ class Method(nn.Module, abc.ABC):
 
     name: ClassVar[str] = ""
     map_range: ClassVar[tuple[float, float] | None] = None  # None: heatmaps scale per image until calibrated
+    # True where the scoring graph's cost follows the largest category in a batch (knn's banks): an
+    # exported model then scores each category's images in a call of their own.
+    export_batches_by_category: ClassVar[bool] = False
 
     def __init__(self, config: Any, categories: list[str], *, load_pretrained: bool = True):
         """load_pretrained: False when a bundle will supply every weight (no pretrained file is read)."""

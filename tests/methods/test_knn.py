@@ -67,9 +67,26 @@ def test_export_graph_with_padded_banks_equals_predict(mobilenet_weights):
         d = model.patch_features(images[:1]).shape[1]
     for cat, rows in zip(model.categories, (5, 40, 17)):  # padding rows must never be a nearest neighbour
         model.banks[cat] = torch.nn.Parameter(torch.randn(rows, d, generator=g), requires_grad=False)
-    ids = torch.tensor([0, 1, 2, 2, 1, 0])
-    with torch.no_grad():
-        want = model.predict(images, ids)
-        maps, scores = model.scoring_graph()(images, ids)
-    torch.testing.assert_close(scores, want.score, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(maps, want.anomaly_map, rtol=1e-5, atol=1e-5)
+    graph = model.scoring_graph()
+    # mixed (cut to the longest bank present), one short bank alone (no padding at all), two short banks
+    for ids in (torch.tensor([0, 1, 2, 2, 1, 0]), torch.tensor([0, 0, 0]), torch.tensor([2, 0, 2])):
+        with torch.no_grad():
+            want = model.predict(images[:len(ids)], ids)
+            maps, scores = graph(images[:len(ids)], ids)
+        torch.testing.assert_close(scores, want.score, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(maps, want.anomaly_map, rtol=1e-5, atol=1e-5)
+
+
+def test_nearest_distances_against_cdist():
+    from adcli.methods.knn import nearest_distances
+
+    g = torch.Generator().manual_seed(0)
+    query, bank = torch.randn(50, 8, generator=g), torch.randn(30, 8, generator=g) * 2
+    want = torch.cdist(query, bank).amin(dim=1)
+    torch.testing.assert_close(nearest_distances(query, bank, bank.square().sum(dim=1)), want)
+    # batched, a row with |b|² = inf (padding) is never nearest even when its vector is the query itself
+    padded = torch.cat([bank, query[:1]])
+    sq = torch.cat([bank.square().sum(dim=1), torch.tensor([float("inf")])])
+    got = nearest_distances(query[None], padded[None], sq[None])
+    torch.testing.assert_close(got[0], want)
+    assert nearest_distances(query[:1], bank[:1], bank[:1].square().sum(dim=1)).item() >= 0
