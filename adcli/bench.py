@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from adcli.errors import UsageError
 from adcli.export import calls
+from adcli.runtime import place
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -185,7 +186,7 @@ def untrained_model(recipe: str, profile: str | None, categories: int, train_ima
         torch.manual_seed(0)
         model = spec.method_cls(loaded.config, names, load_pretrained=False)
         model.fill_untrained(train_images)
-    return model.to(device).eval().requires_grad_(False), names, loaded.config
+    return place(model, device).eval().requires_grad_(False), names, loaded.config
 
 
 def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads: int | None = None, images: int = 32,

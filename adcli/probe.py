@@ -28,7 +28,7 @@ from adcli.errors import DataError
 from adcli.methods.base import GradientStage
 from adcli.recipe import LoadedRecipe
 from adcli.registry import get_method
-from adcli.runtime import seeded
+from adcli.runtime import place, seeded
 
 
 @dataclasses.dataclass
@@ -109,7 +109,7 @@ def probe(prepared: str | Path, recipe: LoadedRecipe, steps: int, every: int, ev
     calib_samples = [s for s in calib_samples if s.category in categories]
     with seeded(config.seed):
         model = get_method(config.method).method_cls(config, categories)
-    model.to(dev).train()
+    place(model, dev).train()
     stage = next((s for s in model.stages() if isinstance(s, GradientStage) and s.synth is not None), None)
     if stage is None:
         raise DataError(f"{config.method} has no stage trained on synthetic anomalies: nothing to probe")

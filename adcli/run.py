@@ -43,6 +43,7 @@ import yaml
 from adcli import __version__
 from adcli.errors import AdcliError, BundleError
 from adcli.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from adcli.runtime import place
 
 FORMAT = "adcli-bundle"
 FORMAT_VERSION = 1
@@ -337,7 +338,7 @@ class RunFolder:
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(f"{self.path / self.WEIGHTS} does not match its recipe: {first}") from None
-        return model.to(device).eval(), meta
+        return place(model, device).eval(), meta
 
     def model_id(self) -> str:
         digest = hashlib.sha256()

@@ -40,7 +40,7 @@ from adcli.progress import track
 from adcli.recipe import LoadedRecipe
 from adcli.registry import get_method
 from adcli.run import RunFolder
-from adcli.runtime import resolve_device, seeded
+from adcli.runtime import place, resolve_device, seeded
 
 
 class TrainOutput:
@@ -381,7 +381,7 @@ def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, 
     size = config.data.image_size
     with seeded(config.seed):
         model = spec.method_cls(config, categories)
-    model.to(dev).train()
+    place(model, dev).train()
     stages = model.stages()  # may check pretrained weights: before the long image load
     micro_count = _micro_batches(config, ranks, run, resume)
     fingerprints = _fingerprints(stages, config, samples, micro_count, dev)
