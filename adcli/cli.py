@@ -49,7 +49,9 @@ def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_
     import logging
 
     from adcli import progress
+    from adcli.allocator import keep_freed_memory
 
+    keep_freed_memory()
     if threads is not None:
         import torch
 
