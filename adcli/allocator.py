@@ -17,9 +17,9 @@ def keep_freed_memory() -> bool:
     mmap, zero-filled page by page on first touch and unmapped when freed, so a network's forward pass
     faults its activations in anew on every call.
     Measured on the 2-core CPU, scoring at batch 8, three pairs of processes in turn: DiffusionAD
-    `cpu` 2.3× fewer page faults and 10–23 % less time per image, TimeNet `cpu` 3.5× fewer and 8–19 %. The process keeps its peak
-    memory until it exits; process-wide, so the command line calls it, not the library. False where
-    the C library is not glibc (nothing changed)."""
+    `cpu` 2.3× fewer page faults and 10–23 % less time per image, TimeNet `cpu` 3.5× fewer and 8–19 %.
+    The process keeps its peak memory until it exits; process-wide, so the command line calls it, not
+    the library. False where the C library is not glibc (nothing changed)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

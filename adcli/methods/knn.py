@@ -132,17 +132,13 @@ class Knn(Method):
 
 
 def nearest_distances(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of each query row to its nearest bank row: (Q, D), (M, D), |b|² (M,) -> (Q,),
-    or batched (B, Q, D), (B, M, D), (B, M) -> (B, Q). A bank row with |b|² = inf is never nearest.
+    """Euclidean distance of each query row to its nearest bank row: (Q, D), (M, D), |b|² (M,) -> (Q,).
 
     min |q − b|² = |q|² + min(|b|² − 2 q·b): one fused matrix product and the minimum over it, with
     |q|² added to the Q minima instead of to all Q × M entries (1.2× faster than torch.cdist here).
     """
-    if query.dim() == 2:
-        cross = torch.addmm(bank_sq[None, :], query, bank.T, alpha=-2)
-    else:
-        cross = torch.baddbmm(bank_sq[:, None, :], query, bank.transpose(1, 2), alpha=-2)
-    return (cross.amin(dim=-1) + query.square().sum(dim=-1)).clamp_min(0).sqrt()
+    cross = torch.addmm(bank_sq[None, :], query, bank.T, alpha=-2)
+    return (cross.amin(dim=1) + query.square().sum(dim=1)).clamp_min(0).sqrt()
 
 
 class KnnGraph(nn.Module):
