@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 
 import torch
 from torch import nn
@@ -30,9 +32,12 @@ def _torchvision_body(name: str, layers: tuple[str, ...], state: dict) -> nn.Mod
     import torchvision
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-    model = torchvision.models.get_model(name, weights=None)
+    with torch.device("meta"):  # no random initialisation: every value comes from `state`
+        model = torchvision.models.get_model(name, weights=None)
+    dtypes = {k: t.dtype for k, t in model.state_dict().items()}
+    state = {k: t.to(dtypes[k]) if k in dtypes else t for k, t in state.items()}  # e.g. fp16 files, as a copy would
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise AdcliError(f"weights do not fit torchvision's {name}: {str(exc).splitlines()[0]}") from None
     modules = dict(model.named_modules())
@@ -77,21 +82,77 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
+        self._folded: tuple | None = None  # (weights key, body with BatchNorm folded into its convolutions)
 
     def train(self, mode: bool = True):
         return super().train(False)  # BatchNorm statistics stay ImageNet's
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        out = self.body(((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+        out = self._folded_body()(((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
         return list(out.values()) if isinstance(out, dict) else list(out)
 
+    def _folded_body(self) -> nn.Module:
+        """`body` with each BatchNorm folded into the convolution before it (frozen statistics make
+        them one affine map): the same features to float rounding, MobileNetV2 1.6x faster on the CPU.
+        Built on first use and again whenever the weights change (loaded, moved, converted); `body`
+        stays as it is, so saved weights keep torchvision's names. torchvision bodies only (fx graphs)."""
+        if not isinstance(self.body, torch.fx.GraphModule):
+            return self.body
+        try:
+            key = tuple((t.data_ptr(), t.dtype, t.device, 0 if t.is_inference() else t._version)
+                        for t in itertools.chain(self.body.parameters(), self.body.buffers()))
+        except RuntimeError:  # weights without storage (torch.export traces with fake tensors): the graph as it is
+            return self.body
+        if self._folded is None or self._folded[0] != key:
+            from torch.fx.experimental.optimization import fuse
 
-def random_backbone_state(config: BackboneConfig) -> dict:
-    """A state dict of the right shapes (random values), to build an extractor whose weights a bundle supplies."""
+            # Normal tensors even when first called under inference_mode: training passes gradients
+            # through the features to the images (perceptual losses).
+            with torch.inference_mode(False), torch.no_grad():
+                body = copy.deepcopy(self.body).eval()  # (a deep copy of torchvision's extractor comes back in training mode)
+                # no_trace: the body already is a graph; tracing again would patch nn.Module calls in every
+                # thread for its duration (inspect runs the router in loader threads beside the model).
+                _fold_sequential_batchnorm(body)  # inside modules the graph calls whole (Conv2dNormActivation)
+                folded = fuse(body, inplace=True, no_trace=True).requires_grad_(False)
+                first_conv = next((m.weight for m in self.body.modules() if isinstance(m, nn.Conv2d)), None)
+                if first_conv is not None and not first_conv.is_contiguous() \
+                        and first_conv.is_contiguous(memory_format=torch.channels_last):
+                    folded.to(memory_format=torch.channels_last)
+            # Two threads (inspect's loaders) may both build it on first use: each gets a correct body.
+            self._folded = (key, folded)
+        return self._folded[1]
+
+
+def _fold_sequential_batchnorm(module: nn.Module) -> None:
+    """In every nn.Sequential, Conv2d followed by BatchNorm2d -> the folded Conv2d and an Identity. In place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            if type(seq[i]) is nn.Conv2d and type(seq[i + 1]) is nn.BatchNorm2d and seq[i + 1].track_running_stats:
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+
+
+def random_backbone_state(config: BackboneConfig, seed: int = 0) -> dict:
+    """A state dict of the right shapes, to build an extractor whose weights a bundle supplies (or to time
+    one): small random weights, variances 1, counters 0. The network is built on the meta device, so
+    none of its own initialisers run (they cost more than the rest of loading a knn model)."""
     import torchvision
 
-    if config.name.startswith("timm:"):
-        import timm
+    with torch.device("meta"):
+        if config.name.startswith("timm:"):
+            import timm
 
-        return timm.create_model(config.name[5:], pretrained=False).state_dict()
-    return torchvision.models.get_model(config.name, weights=None).state_dict()
+            shapes = timm.create_model(config.name[5:], pretrained=False).state_dict()
+        else:
+            shapes = torchvision.models.get_model(config.name, weights=None).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, t in shapes.items():
+        if not t.is_floating_point():
+            state[name] = torch.zeros(t.shape, dtype=t.dtype)
+        elif name.endswith("running_var"):
+            state[name] = torch.ones(t.shape, dtype=t.dtype)
+        else:
+            state[name] = torch.empty(t.shape, dtype=t.dtype).normal_(0.0, 0.02, generator=generator)
+    return state
