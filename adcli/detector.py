@@ -7,7 +7,9 @@ the Python API.
     r.score, r.verdict, r.threshold, r.anomaly_map.shape   # map at the image's own size
 
 Images go through the model `inference.batch_size` at a time; while one batch is in the model, a
-small thread pool decodes and resizes the next (`Detector.stream`).
+small thread pool decodes and resizes the next (`Detector.stream`). With `--category auto` the
+router sees each batch in one call on the main thread, just before the model (in the loader threads,
+one image at a time, it fought the model for the cores and cost more than knn's scoring).
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ class Prediction:
 
 @dataclasses.dataclass
 class ModelInput:
-    """What a loader hands to `Detector.stream` for an image to be scored."""
+    """What a loader hands to `Detector.stream` for an image to be scored (`Detector.model_input`)."""
 
     pixels: np.ndarray  # (S, S, 3) uint8: the image resized to the model's size
-    category: str
+    category: str | None  # None: the router decides in `stream`, and stays None if it resembles no category
     payload: Any = None  # anything the caller wants back with the result (e.g. the decoded image)
+    route_view: np.ndarray | None = None  # the router's view of the image, while category is None
 
 
 @dataclasses.dataclass
@@ -62,6 +65,12 @@ class Scored:
     score: float | None = None
     anomaly_map: np.ndarray | None = None  # (S, S) float32 at the model's resolution
     infer_ms: float = 0.0  # this image's share of its batch's model time
+    route_ms: float = 0.0  # and of its batch's routing time
+
+    @property
+    def unknown_category(self) -> bool:
+        """Routed, and resembles none of the trained categories (not scored)."""
+        return isinstance(self.loaded, ModelInput) and self.loaded.category is None
 
 
 class Detector:
@@ -117,19 +126,23 @@ class Detector:
         wanted = [self.check_category(category)] if category not in (None, "auto") else self.categories
         return [c for c in wanted if self.category_calibration(c) is None]
 
-    def category_chooser(self, category: str | None = None) -> Callable[[Image.Image], str | None]:
-        """image -> category: the given one (checked now), or the router's choice (None: the image
-        resembles no trained category); without a router, the only category."""
+    def fixed_category(self, category: str | None = None) -> str | None:
+        """`--category` -> the category every image gets, or None when the router chooses per image.
+        Checked now: an unknown category, or auto without a router on a multi-category model, fails here."""
         if category not in (None, "auto"):
-            chosen = self.check_category(category)
-            return lambda image: chosen
+            return self.check_category(category)
         if self.router is not None:
-            return self.router
+            return None
         if len(self.categories) == 1:
-            return lambda image: self.categories[0]
+            return self.categories[0]
         raise AdcliError("choosing the category automatically needs the router that `adcli calibrate` builds (with "
                          f"MobileNetV2 weights available; see `adcli weights list`); or give --category "
                          f"({', '.join(self.categories)})")
+
+    def model_input(self, image: Image.Image, category: str | None, payload: Any = None) -> ModelInput:
+        """A decoded image -> what `stream` scores; category from `fixed_category`. Any thread."""
+        view = None if category is not None else self.router.embedder.view(image)
+        return ModelInput(resized(image, self.image_size), category, payload, view)
 
     # ---- batches ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -159,7 +172,8 @@ class Detector:
                 batch = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
                 results = [Scored(item, future.result()) for item, future in batch]
                 refill()  # the next batch decodes while this one is in the model
-                to_score = [r for r in results if isinstance(r.loaded, ModelInput)]
+                self._route([r for r in results if isinstance(r.loaded, ModelInput) and r.loaded.category is None])
+                to_score = [r for r in results if isinstance(r.loaded, ModelInput) and r.loaded.category is not None]
                 if to_score:
                     start = time.perf_counter()
                     scores, maps = self.score_pixels(np.stack([r.loaded.pixels for r in to_score]),
@@ -169,23 +183,28 @@ class Detector:
                         r.score, r.anomaly_map, r.infer_ms = float(score), anomaly_map, share
                 yield from results
 
+    def _route(self, unrouted: list[Scored]) -> None:
+        """Give each of a batch's images the router's category (None: it resembles none), in one call."""
+        if not unrouted:
+            return
+        start = time.perf_counter()
+        routed = self.router.route_views(np.stack([r.loaded.route_view for r in unrouted]))
+        share = (time.perf_counter() - start) * 1e3 / len(unrouted)
+        for r, category in zip(unrouted, routed):
+            r.loaded.category, r.loaded.route_view, r.route_ms = category, None, share
+
     # ---- the Python API ---------------------------------------------------------------------------
     def predict(self, images, category: str | None = None):
         """A path, PIL image or H×W(×3) uint8 array -> Prediction; a list of them -> list of Predictions.
         category: None = the only category, or the nearest calibrated one."""
         single = not isinstance(images, (list, tuple))
         decoded = [_as_image(x) for x in ([images] if single else images)]
-        choose = self.category_chooser(category)
-
-        def load(image: Image.Image):
-            cat = choose(image)
-            return None if cat is None else ModelInput(resized(image, self.image_size), cat)
-
-        results = [self._prediction(r) for r in self.stream(decoded, load)]
+        fixed = self.fixed_category(category)
+        results = [self._prediction(r) for r in self.stream(decoded, lambda image: self.model_input(image, fixed))]
         return results[0] if single else results
 
     def _prediction(self, r: Scored) -> Prediction:
-        if r.loaded is None:
+        if r.unknown_category:
             return Prediction(None, None, None, "UNKNOWN_CATEGORY", None)
         cat = r.loaded.category
         full = np.asarray(Image.fromarray(r.anomaly_map, mode="F").resize(r.item.size, Image.BILINEAR))

@@ -50,17 +50,22 @@ class PatchEmbedder(torch.nn.Module):
         # Without a state: the ImageNet weights from the usual search (adcli/nets/weights.py).
         self.extractor = FeatureExtractor(EMBED_CONFIG, state)
 
+    @staticmethod
+    def view(image: Image.Image) -> np.ndarray:
+        """What the embedder sees of an image: uint8 (EMBED_SIZE, EMBED_SIZE, 3). Cheap; any thread."""
+        return np.asarray(image.convert("RGB").resize((EMBED_SIZE, EMBED_SIZE), Image.BILINEAR))
+
+    def forward(self, images: list[Image.Image]) -> torch.Tensor:  # 16 at a time: memory stays small
+        chunks = [self.embed_views(np.stack([self.view(im) for im in images[i:i + 16]])) for i in range(0, len(images), 16)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, 0, 0)
+
     @torch.inference_mode()
-    def forward(self, images: list[Image.Image]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(images), 16):
-            pixels = np.stack([np.asarray(im.convert("RGB").resize((EMBED_SIZE, EMBED_SIZE), Image.BILINEAR))
-                               for im in images[i:i + 16]])
-            x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255  # (B, 3, S, S)
-            (features,) = self.extractor(x)  # (B, C, h, w)
-            patches = features.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C)
-            out.append(torch.nn.functional.normalize(patches, dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, 0, 0)
+    def embed_views(self, views: np.ndarray) -> torch.Tensor:
+        """uint8 (N, S, S, 3) views -> (N, P, C) unit-length patch features."""
+        x = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2).float() / 255  # (N, 3, S, S)
+        (features,) = self.extractor(x)  # (N, C, h, w)
+        patches = features.flatten(2).transpose(1, 2)  # (N, C, h, w) -> (N, h*w, C)
+        return torch.nn.functional.normalize(patches, dim=-1)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> PatchEmbedder:
@@ -124,18 +129,23 @@ class CategoryRouter:
 
     def distances(self, images: list[Image.Image]) -> np.ndarray:
         """(N, K): each image's distance to each category."""
-        patches = self.embedder(images)
+        return self._distances(self.embedder(images))
+
+    def _distances(self, patches: torch.Tensor) -> np.ndarray:
         return torch.stack([category_distance(patches, bank) for bank in self.banks], 1).numpy()
 
     def route(self, images: list[Image.Image]) -> list[str | None]:
+        return self.route_views(np.stack([PatchEmbedder.view(im) for im in images]))
+
+    def route_views(self, views: np.ndarray) -> list[str | None]:
+        """uint8 (N, S, S, 3) from `PatchEmbedder.view` -> each image's category, None for none. One
+        network call for the whole batch (inspect routes a batch at a time, beside the model)."""
         routed = []
-        for row in self.distances(images):
+        patches = torch.cat([self.embedder.embed_views(views[i:i + 16]) for i in range(0, len(views), 16)])
+        for row in self._distances(patches):
             best = self.categories[int(row.argmin())]
             routed.append(best if row.min() <= self.radius[best] else None)
         return routed
-
-    def __call__(self, image: Image.Image) -> str | None:
-        return self.route([image])[0]
 
     # ---- RUN/routing.safetensors ---------------------------------------------------------------
     def save(self, path: Path) -> None:

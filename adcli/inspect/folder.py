@@ -25,7 +25,6 @@ import numpy as np
 from rich.console import Console
 
 from adcli.calibration import Calibration
-from adcli.data.batches import resized
 from adcli.data.manifest import IMAGE_EXTENSIONS
 from adcli.detector import Detector, ModelInput, Scored
 from adcli.errors import DataError, ImageError, OutputError
@@ -126,11 +125,11 @@ class _FolderInspection:
     def __init__(self, detector: Detector, folder: Path, out: Path, category: str | None, settle_seconds: float,
                  previous: dict, force: bool, heatmaps: str):
         self.detector, self.folder, self.out, self.heatmaps = detector, folder, out, heatmaps
-        self.choose = detector.category_chooser(category)
+        self.category = detector.fixed_category(category)  # None: routed a batch at a time
         self.settle_seconds, self.previous, self.force = settle_seconds, previous, force
 
     def load(self, path: Path):
-        """Runs in a worker thread: -> ModelInput, a finished row (ERROR, UNKNOWN_CATEGORY), or _ALREADY_DONE."""
+        """Runs in a worker thread: -> ModelInput, a finished row (ERROR), or _ALREADY_DONE."""
         shown = display_path(path)
         row = {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
                "model_id": self.detector.model_id, "heatmap": "", "error": ""}
@@ -149,19 +148,24 @@ class _FolderInspection:
         except ImageError as exc:
             row["error"] = str(exc)
             return row
-        cat = self.choose(image)
-        if cat is None:
-            row.update(verdict="UNKNOWN_CATEGORY", error="resembles none of the model's categories",
-                       ms=f"{(time.perf_counter() - t0) * 1e3:.1f}")
-            return row
-        row["category"] = cat
-        pixels = resized(image, self.detector.image_size)
-        return ModelInput(pixels, cat, _Pending(row, image, (time.perf_counter() - t0) * 1e3))
+        pending = _Pending(row, image, 0.0)
+        loaded = self.detector.model_input(image, self.category, pending)
+        pending.load_ms = (time.perf_counter() - t0) * 1e3
+        return loaded
+
+    @staticmethod
+    def unknown(result: Scored) -> dict:
+        """A routed file that resembles none of the model's categories -> its row."""
+        pending: _Pending = result.loaded.payload
+        pending.row.update(verdict="UNKNOWN_CATEGORY", error="resembles none of the model's categories",
+                           ms=f"{pending.load_ms + result.route_ms:.1f}")
+        return pending.row
 
     def finish(self, path: Path, result: Scored) -> tuple[dict, np.ndarray | None]:
         """A scored file -> its row, after its heatmap is on disk; and its (load, infer, write) ms."""
         pending: _Pending = result.loaded.payload
-        row, cat = pending.row, pending.row["category"]
+        row, cat = pending.row, result.loaded.category
+        row["category"] = cat
         t0 = time.perf_counter()
         cal = self.detector.category_calibration(cat)
         verdict = cal.verdict(result.score) if cal else "uncalibrated"
@@ -176,9 +180,10 @@ class _FolderInspection:
         else:
             heatmap.unlink(missing_ok=True)  # a heatmap from an earlier verdict would contradict this row
         write_ms = (time.perf_counter() - t0) * 1e3
+        load_ms = pending.load_ms + result.route_ms  # reading, decoding, resizing and choosing the category
         row.update(score=f"{result.score:.6g}", threshold=f"{cal.threshold:.6g}" if cal else "", verdict=verdict,
-                   ms=f"{pending.load_ms + result.infer_ms + write_ms:.1f}")
-        return row, np.array([pending.load_ms, result.infer_ms, write_ms])
+                   ms=f"{load_ms + result.infer_ms + write_ms:.1f}")
+        return row, np.array([load_ms, result.infer_ms, write_ms])
 
 
 def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, category: str | None = None,
@@ -215,7 +220,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
         raise DataError(f"model {model_dir} has no threshold for {', '.join(missing)}, so no defect could be flagged. Run "
                         f"`adcli calibrate {model_dir} --data PREPARED` (or `--normals GOOD_IMAGES_FOLDER{example}`), "
                         f"or add --scores-only to record scores without verdicts (exit code {SCORES_ONLY_EXIT_CODE})")
-    detector.category_chooser(category)  # a bad --category fails before anything is written
+    detector.fixed_category(category)  # a bad --category fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
     journal_path = out / "results.jsonl"
@@ -241,7 +246,9 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
                     if result.loaded is _ALREADY_DONE:
                         skipped += 1
                         continue
-                    if isinstance(result.loaded, ModelInput):
+                    if result.unknown_category:
+                        row = inspection.unknown(result)
+                    elif isinstance(result.loaded, ModelInput):
                         row, times = inspection.finish(result.item, result)
                         timing += times
                         n_scored += 1

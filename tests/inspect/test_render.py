@@ -30,3 +30,17 @@ def test_header_and_colour_bar_frame_the_image():
 def test_small_images_are_enlarged_and_centred_so_the_text_fits():
     picture = _render(size=(64, 48), verdict="uncalibrated", threshold=None)
     assert picture.shape[1] == MIN_WIDTH and picture.shape[0] == HEADER_PX + 48 * 4 + BAR_PX  # 64 px -> 256 px
+
+
+def test_contour_is_the_mask_pixels_next_to_the_outside_as_pillows_min_filter():
+    from PIL import ImageFilter
+
+    from adcli.inspect.render import contour
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((16, 16)) > 0.6
+    mask[:, :3] = True  # touches the border: replicated edges, no outline along it
+    for size in [(16, 16), (40, 33)]:
+        big = Image.fromarray((mask * 255).astype(np.uint8)).resize(size, Image.NEAREST)
+        expected = (np.asarray(big) > 0) & ~(np.asarray(big.filter(ImageFilter.MinFilter(3))) > 0)
+        assert (contour(mask, size) == expected).all() and expected.any()
