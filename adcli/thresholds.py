@@ -14,7 +14,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 
@@ -50,6 +49,8 @@ def clopper_pearson_upper(k: int, n: int, confidence: float = CONFIDENCE) -> flo
     """One-sided upper confidence bound on a rate after k events in n trials."""
     if k >= n:
         return 1.0
+    from scipy import stats  # here, not at the top: importing it costs `adcli inspect` ~1.2 s at every start
+
     return float(stats.beta.ppf(confidence, k + 1, n - k))
 
 
@@ -86,6 +87,8 @@ def fit_threshold(normal_scores: np.ndarray, target_fpr: float) -> Threshold:
     z = transform(scores, kind)
     mean, std = float(z.mean()), float(z.std(ddof=1))
     std = max(std, 1e-9)
+    from scipy import stats  # (see clopper_pearson_upper)
+
     threshold = float(inverse_transform(stats.norm.ppf(1 - target_fpr, mean, std), kind))
     n_above = int((scores >= threshold).sum())
     return Threshold(threshold, target_fpr, target_fpr, clopper_pearson_upper(n_above, scores.size), int(scores.size),

@@ -51,3 +51,14 @@ def test_bad_inputs():
         T.fit_threshold(np.array([0.1]), 0.01)
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         T.fit_threshold(np.array([0.1, 0.2]), 1.5)
+
+
+def test_inspecting_does_not_import_scipy():
+    """scipy.stats costs ~1.2 s at every `adcli inspect` start; only calibrating needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, adcli.inspect.folder, adcli.detector, adcli.calibration; "
+            "print('scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
