@@ -93,3 +93,15 @@ def test_readme_python_example_runs(knn_run, demo_root, tmp_path, monkeypatch):
     shutil.copy(_test_images(demo_root)[0], tmp_path / "part.png")
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_auto_category_routes_each_batch_in_one_call(knn_run, demo_root, monkeypatch):
+    det = Detector.load(knn_run, "cpu", batch_size=3)
+    calls = []
+    route_views = det.router.route_views
+    monkeypatch.setattr(det.router, "route_views", lambda views: calls.append(len(views)) or route_views(views))
+    paths = (_test_images(demo_root) * 7)[:7]
+    auto = det.predict(paths)
+    assert calls == [3, 3, 1]  # one router call per model batch, not one per image
+    fixed = det.predict(paths, category="disc")
+    assert [a.category for a in auto] == ["disc"] * 7 and [a.score for a in auto] == [f.score for f in fixed]

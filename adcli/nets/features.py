@@ -110,15 +110,15 @@ class FeatureExtractor(nn.Module):
             # through the features to the images (perceptual losses).
             with torch.inference_mode(False), torch.no_grad():
                 body = copy.deepcopy(self.body).eval()  # (a deep copy of torchvision's extractor comes back in training mode)
-                # no_trace: the body already is a graph; tracing again would patch nn.Module calls in every
-                # thread for its duration (inspect runs the router in loader threads beside the model).
+                # no_trace: the body already is a graph; tracing it again would be slow and would patch
+                # nn.Module calls in every thread while it ran.
                 _fold_sequential_batchnorm(body)  # inside modules the graph calls whole (Conv2dNormActivation)
                 folded = fuse(body, inplace=True, no_trace=True).requires_grad_(False)
                 first_conv = next((m.weight for m in self.body.modules() if isinstance(m, nn.Conv2d)), None)
                 if first_conv is not None and not first_conv.is_contiguous() \
                         and first_conv.is_contiguous(memory_format=torch.channels_last):
                     folded.to(memory_format=torch.channels_last)
-            # Two threads (inspect's loaders) may both build it on first use: each gets a correct body.
+            # Two threads calling it first at once may both build one: each gets a correct body.
             self._folded = (key, folded)
         return self._folded[1]
 
