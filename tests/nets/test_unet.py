@@ -103,3 +103,21 @@ def test_segnet_decoder_of_the_authors_narrows_after_each_upsampling():
     assert all(isinstance(m, torch.nn.Identity) for m in light.up_convs) and light.head.kernel_size == (1, 1)
     x = torch.randn(2, 6, 32, 32)
     assert authors(x).shape == light(x).shape == (2, 1, 32, 32)
+
+
+@pytest.mark.parametrize("scale_shift", [True, False])
+@pytest.mark.parametrize("per_pixel", [False, True])
+def test_resblock_scores_without_autograd_as_with_it_and_leaves_its_input(scale_shift, per_pixel):
+    from adcli.nets.unet import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, 12, 0.0, None, scale_shift).eval()
+    torch.nn.init.normal_(block.out_conv.weight, 0, 0.1)  # zero-initialised: the residual branch would vanish
+    x = torch.randn(2, 8, 16, 16)
+    emb = torch.randn(2, 12, 16, 16) if per_pixel else torch.randn(2, 12)
+    kept = x.clone()
+    with_autograd = block(x, emb)
+    with torch.inference_mode():
+        without = block(x, emb)  # in-place SiLU / sum and one addcmul
+    torch.testing.assert_close(without, with_autograd, rtol=1e-5, atol=1e-6)
+    assert torch.equal(x, kept)
