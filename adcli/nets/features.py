@@ -114,10 +114,7 @@ class FeatureExtractor(nn.Module):
                 # nn.Module calls in every thread while it ran.
                 _fold_sequential_batchnorm(body)  # inside modules the graph calls whole (Conv2dNormActivation)
                 folded = fuse(body, inplace=True, no_trace=True).requires_grad_(False)
-                first_conv = next((m.weight for m in self.body.modules() if isinstance(m, nn.Conv2d)), None)
-                if first_conv is not None and not first_conv.is_contiguous() \
-                        and first_conv.is_contiguous(memory_format=torch.channels_last):
-                    folded.to(memory_format=torch.channels_last)
+                folded.to(memory_format=torch.channels_last)  # as the body and its input (see __init__)
             # Two threads calling it first at once may both build one: each gets a correct body.
             self._folded = (key, folded)
         return self._folded[1]
