@@ -27,6 +27,7 @@ import dataclasses
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig
 from adcli.data.batches import TrainBatch
@@ -105,8 +106,14 @@ class ScoringConfig:
     # normal images always reconstruct worse (an object's edges) do not decide the score. The anomaly
     # map stays S. Ours: measured in README "TimeNet (--recipe timenet)".
     image_score: str = "map"
+    # Side (px) the images and their reconstructions are resized to (bilinear) before the backbone of the
+    # feature term; None = as they are. Ours: at 256 px the backbone's maps are the paper's 64², 32², 16²,
+    # so a model that reconstructs at 128 px can still be scored on features of that resolution.
+    feature_size: int | None = None
 
     def __post_init__(self):
+        if self.feature_size is not None and self.feature_size < 32:
+            raise ValueError(f"scoring.feature_size must be null or at least 32 px, not {self.feature_size}")
         if self.normaliser not in ("image", "normals"):
             raise ValueError(f"scoring.normaliser must be 'image' or 'normals', not {self.normaliser!r}")
         if self.normaliser_images < 1:
@@ -217,6 +224,8 @@ class TimeNet(Method):
             if c.scoring.image_score == "standardised":  # only then named: existing score_scale stages stay valid
                 names += ("image_score", "gaussian_sigma")
                 keeps += ("map_stats.",)
+            if c.scoring.feature_size is not None:  # likewise: named only when set
+                names += ("feature_size",)
             scoring = {k: getattr(c.scoring, k) for k in names}
             stages.append(FitStage("score_scale", self._fit_score_scale, keeps=keeps,
                                    settings={"scoring": scoring, "inference": dataclasses.asdict(c.inference),
@@ -333,7 +342,8 @@ class TimeNet(Method):
         size = images.shape[-2:]
         pixel = (images - reconstruction).pow(2).sum(dim=1)
         layer_maps = []
-        for i, (a, b) in enumerate(zip(self.backbone(images), self.backbone(reconstruction))):
+        features = [self.backbone(self._backbone_view(x)) for x in (images, reconstruction)]
+        for i, (a, b) in enumerate(zip(*features)):
             d1, d2 = euclidean_distance(a, b), cosine_distance(a, b)
             if record is not None:
                 record.append(map_maxima(d1, d2))
@@ -344,6 +354,13 @@ class TimeNet(Method):
             record.append(map_maxima(pixel, feature))
         fixed = (None, None) if norms is None else (norms[:, -1, 0], norms[:, -1, 1])
         return gaussian_blur(combine_ddad(pixel, feature, sc.pixel_weight, *fixed), sc.gaussian_sigma)
+
+    def _backbone_view(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) as the feature term's backbone sees them: resized to scoring.feature_size."""
+        side = self.config.scoring.feature_size
+        if side is None or tuple(images.shape[-2:]) == (side, side):
+            return images
+        return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
 
     def _reconstruct_images(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> X̂ in [0, 1], from the recipe's t and its fixed noise draw."""

@@ -253,6 +253,30 @@ def test_standardised_image_score_with_each_images_own_maxima(backbone_weights, 
     assert torch.allclose(model.map_stats.mean[0], mean, atol=1e-6) and torch.allclose(model.map_stats.spread[0], spread, atol=1e-6)
 
 
+def test_feature_size_scores_features_of_the_resized_images(backbone_weights, tmp_path):
+    with pytest.raises(RecipeError, match="scoring.feature_size must be null or at least 32 px"):
+        load_recipe("timenet", "test", ["scoring.feature_size=16"])
+    model, picked = _fitted_on_random_images(backbone_weights, tmp_path, ["scoring.feature_size=64"], seed=4)
+    fit = [s for s in model.stages() if s.name == "score_scale"][0]
+    assert fit.settings["scoring"]["feature_size"] == 64  # a new size refits the score stage
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    zeros = torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        out = model.predict(picked, zeros)
+        recon = model._reconstruct_images(picked, zeros)
+        up = [torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False) for x in (picked, recon)]
+        by_hand = [model.backbone(x) for x in up]
+    assert seen[:2] == [(3, 3, 64, 64)] * 2 and out.anomaly_map.shape == (3, 32, 32)
+    from adcli.scoring import euclidean_distance
+    first_layer = [float(euclidean_distance(a, b).flatten(1).amax(1).mean()) for a, b in zip(*(f[:1] for f in by_hand))]
+    assert float(model.score_maxima[0, 0, 0]) == pytest.approx(first_layer[0], rel=1e-5)  # fitted on the same view
+    plain = _fitted_on_random_images(backbone_weights, tmp_path, [], seed=4)[0]
+    assert "feature_size" not in [s for s in plain.stages() if s.name == "score_scale"][0].settings["scoring"]
+    with torch.no_grad():
+        assert not torch.allclose(plain.predict(picked, zeros).anomaly_map, out.anomaly_map)
+
+
 def test_standardised_image_score_refits_only_the_score_stage(run, prepared, backbone_weights, tmp_path):
     z = train(prepared, tmp_path / "z", _recipe(backbone_weights, ["scoring.normaliser=normals", "scoring.image_score=standardised"]),
               device="cpu", stages_from=run)
