@@ -5,7 +5,9 @@ reconstruction methods, the pixel error ‖X − X̂‖²) is inside the ground-
 
 Per defect type: images, mask area (% of their pixels), the anomaly map's mean inside / outside the
 masks and their ratio, and the same for the reconstruction error where `predict` returns a
-reconstruction (TimeNet, DiffusionAD, DiAD). "good" rows give the map's mean on normal test images.
+reconstruction (TimeNet, DiffusionAD, DiAD), and for TimeNet's per-pixel timestep T where it has a TPN
+(lower T inside = the TPN sees the defect and regenerates it). "good" rows give the mean on normal
+test images.
 A ratio near 1 means the model does not see that defect at all: a reconstruction that copies it
 (error inside ≈ outside) or a map that normal texture lights up as much. Reads a prepared split with
 masks; scores every image once at the model's resolution (no calibration needed).
@@ -41,38 +43,35 @@ def main() -> None:
             ids = torch.tensor([detector.categories.index(s.category) for s in chunk])
             out = model.predict(images, ids)
             error = None if out.reconstruction is None else (images - out.reconstruction.float()).pow(2).sum(1).numpy()
+            timestep = model.timestep_map(images, ids) if hasattr(model, "timestep_map") else None
             for j, s in enumerate(chunk):
                 g = groups[(s.category, s.defect)]
                 g["map"].append(out.anomaly_map[j].float().numpy())
                 g["mask"].append(ground_truth(s, size) > 0)
                 if error is not None:
                     g["error"].append(error[j])
+                if timestep is not None:
+                    g["timestep"].append(timestep[j].float().numpy())
             print(f"{min(i + args.batch_size, len(samples))}/{len(samples)}", end="\r", flush=True)
     print(f"{detector.meta.get('method', '')} {args.run}: {args.split} split, {len(samples)} images at {size} px")
-    has_error = any("error" in g for g in groups.values())
+    extras = [(key, label) for key, label in (("error", "error"), ("timestep", "T"))
+              if any(key in g for g in groups.values())]
     header = "| category | defect type | images | mask area % | map inside | map outside | ratio |"
-    header += " error inside | error outside | ratio |" if has_error else ""
+    header += "".join(f" {label} inside | {label} outside | ratio |" for _, label in extras)
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for (cat, defect), g in sorted(groups.items()):
-        masks, maps = np.stack(g["mask"]), np.stack(g["map"])
-        area = 100 * float(masks.mean())
-        row = f"| {cat} | {defect} | {len(maps)} | {area:.1f} |"
-        if defect == "good" or not masks.any():
-            row += f" – | {float(maps.mean()):.4g} | – |"
-            if has_error:
-                row += f" – | {float(np.stack(g['error']).mean()):.4g} | – |" if g.get("error") else " – | – | – |"
-        else:
-            a, b = inside_outside(maps, masks)
-            row += f" {a:.4g} | {b:.4g} | {a / b if b else float('nan'):.2f} |"
-            if has_error:
-                if g.get("error"):
-                    a, b = inside_outside(np.stack(g["error"]), masks)
-                    row += f" {a:.4g} | {b:.4g} | {a / b if b else float('nan'):.2f} |"
-                else:
-                    row += " – | – | – |"
+        masks = np.stack(g["mask"])
+        row = f"| {cat} | {defect} | {len(masks)} | {100 * float(masks.mean()):.1f} |"
+        for key in ["map"] + [key for key, _ in extras]:
+            if not g.get(key):
+                row += " – | – | – |"
+            elif defect == "good" or not masks.any():
+                row += f" – | {float(np.stack(g[key]).mean()):.4g} | – |"
+            else:
+                a, b = inside_outside(np.stack(g[key]), masks)
+                row += f" {a:.4g} | {b:.4g} | {a / b if b else float('nan'):.2f} |"
         print(row)
-
 
 if __name__ == "__main__":
     main()

@@ -362,13 +362,24 @@ class TimeNet(Method):
             return images
         return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
 
+    def _noised(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H, W) in [0, 1] -> (X_t, t (B,)) at the recipe's t, from its fixed noise draw."""
+        t = torch.full((images.shape[0],), self.config.inference.t, device=images.device)
+        noise = fixed_noise(self.config.seed, (1, *images.shape[1:]), images.device).expand_as(images)
+        return rf.interpolate(noise, images * 2 - 1, t), t
+
     def _reconstruct_images(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> X̂ in [0, 1], from the recipe's t and its fixed noise draw."""
-        x1 = images * 2 - 1
-        t = torch.full((images.shape[0],), self.config.inference.t, device=images.device)
-        noise = fixed_noise(self.config.seed, (1, *images.shape[1:]), images.device).expand_as(x1)
-        x_t = rf.interpolate(noise, x1, t)
+        x_t, t = self._noised(images)
         return ((self.reconstruct(x_t, t, category_ids) + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def timestep_map(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor | None:
+        """The TPN's per-pixel timestep T (B, H, W) for these images as `predict` computes it (lower T =
+        more of the image regenerated); None without a TPN. For probes (examples/probe_defects.py)."""
+        if self.tpn is None:
+            return None
+        return self.tpn(self._noised(images)[0], category_ids)[0][:, 0]
 
     @torch.no_grad()
     def _fit_score_scale(self, data, ctx: StageContext) -> None:

@@ -311,6 +311,21 @@ def test_probe_defects_example_reports_every_defect_type(run, prepared):
     samples = [s for s in load_manifest(prepared) if s.split == "test"]
     assert {(r[0].strip(), r[1].strip()) for r in rows} == {(s.category, s.defect) for s in samples}
     for r in rows:
-        assert len(r) == 10  # TimeNet has a reconstruction: error columns are filled
+        assert len(r) == 13  # TimeNet has a reconstruction and a TPN: error and T columns are filled
         if r[1].strip() != "good":
-            assert float(r[6]) > 0 and float(r[9]) > 0  # both ratios measured
+            assert float(r[6]) > 0 and float(r[9]) > 0 and float(r[12]) > 0  # every ratio measured
+
+
+def test_timestep_map_is_the_tpns_t_that_predict_uses(run):
+    model, _ = RunFolder(run).load_model()
+    model.eval()
+    seen = []
+    model.tpn.register_forward_hook(lambda module, args, out: seen.append(out[0]))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([0, 1])
+    model.predict(x, ids)
+    t_map = model.timestep_map(x, ids)
+    assert t_map.shape == (2, 32, 32) and torch.equal(t_map, seen[0][:, 0])
+    assert bool(((t_map > 0) & (t_map < 1)).all())
+    model.tpn = None
+    assert model.timestep_map(x, ids) is None
