@@ -108,7 +108,8 @@ class ScoringConfig:
     image_score: str = "map"
     # Side (px) the images and their reconstructions are resized to (bilinear) before the backbone of the
     # feature term; None = as they are. Ours: at 256 px the backbone's maps are the paper's 64², 32², 16²,
-    # so a model that reconstructs at 128 px can still be scored on features of that resolution.
+    # so a model that reconstructs at 128 px can be scored on features of that resolution. On ../shared/data
+    # the `cpu` model scored worse so (README "Measured"), and no profile sets it.
     feature_size: int | None = None
 
     def __post_init__(self):
