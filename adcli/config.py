@@ -95,7 +95,19 @@ class InferenceLoopConfig:
     """What the shared inference path (adcli/detector.py) needs; methods add their own keys."""
 
     batch_size: int = 8  # images per model call in inspect, calibrate, report and the Python API
+    # Scoring on a CPU: fp32; bf16 = under bf16 autocast; auto = bf16 where the CPU has bf16 instructions
+    # (AVX-512 BF16 or AMX; without them bf16 is slower), else fp32. Only for recipes where bf16 was
+    # measured to keep the results (README "Speed"). Training and fitted score stages stay fp32.
+    cpu_dtype: str = "fp32"
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError("inference.batch_size must be >= 1")
+        if self.cpu_dtype not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"inference.cpu_dtype must be fp32, bf16 or auto, not {self.cpu_dtype!r}")
+
+
+def fitting_settings(inference: InferenceLoopConfig) -> dict:
+    """The inference keys a trained or fitted stage depends on (its fingerprint): all but how a CPU
+    scores afterwards, so switching `cpu_dtype` reuses every stage."""
+    return {k: v for k, v in dataclasses.asdict(inference).items() if k != "cpu_dtype"}

@@ -30,7 +30,7 @@ from adcli.data.batches import resized, to_tensor
 from adcli.errors import AdcliError, BundleError
 from adcli.io import read_image
 from adcli.run import RunFolder
-from adcli.runtime import resolve_device
+from adcli.runtime import resolve_device, scores_in_bf16
 
 LOAD_WORKERS = 2  # decoding threads; a shop-floor PC has few cores and the model uses them too
 
@@ -81,6 +81,8 @@ class Detector:
         self.categories: list[str] = list(meta["categories"])
         self.image_size: int = int(meta["image_size"])
         self.router = run.read_router(calibration)  # CategoryRouter or None (adcli/routing.py)
+        # Exported graphs are fp32 (their runtimes choose their own kernels).
+        self.bf16 = backend == "torch" and scores_in_bf16(getattr(model, "cpu_dtype", "fp32"), device)
 
     @classmethod
     def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None,
@@ -149,7 +151,8 @@ class Detector:
     def score_pixels(self, pixels: np.ndarray, categories: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """pixels uint8 (B, S, S, 3), one category name per row -> (scores (B,), maps (B, S, S)) float32."""
         ids = torch.tensor([self.categories.index(c) for c in categories], device=self.device)
-        out = self.model.predict(to_tensor(pixels).to(self.device), ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model.predict(to_tensor(pixels).to(self.device), ids)
         return out.score.float().cpu().numpy(), out.anomaly_map.float().cpu().numpy()
 
     def stream(self, items: Iterable[Any], load: Callable[[Any], Any]) -> Iterator[Scored]:

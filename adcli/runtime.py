@@ -22,6 +22,16 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise AdcliError(f"unknown device '{name}' (use auto, cpu or cuda)") from None
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def scores_in_bf16(cpu_dtype: str, device: torch.device) -> bool:
+    """A recipe's `inference.cpu_dtype` on this device -> whether scoring runs under bf16 autocast."""
+    return device.type == "cpu" and (cpu_dtype == "bf16" or (cpu_dtype == "auto" and cpu_has_bf16()))
+
+
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """`model` moved to `device`; on the CPU its convolution weights are also laid out channels-last,
     which makes oneDNN run every convolution fed by them channels-last: measured on the 2-core CPU,

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -105,3 +106,46 @@ def test_auto_category_routes_each_batch_in_one_call(knn_run, demo_root, monkeyp
     assert calls == [3, 3, 1]  # one router call per model batch, not one per image
     fixed = det.predict(paths, category="disc")
     assert [a.category for a in auto] == ["disc"] * 7 and [a.score for a in auto] == [f.score for f in fixed]
+
+
+def test_cpu_dtype_bf16_scores_under_autocast_and_fp32_does_not(knn_run, demo_root, monkeypatch):
+    from adcli.recipe import load_recipe
+    from adcli.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="inference.cpu_dtype must be fp32, bf16 or auto"):
+        load_recipe("knn", "test", ["inference.cpu_dtype=half"])
+    det = adcli.load(knn_run, device="cpu")
+    assert det.model.cpu_dtype == "fp32" and not det.bf16
+    seen = []
+    predict = det.model.predict
+    monkeypatch.setattr(det.model, "predict", lambda *a: (seen.append(torch.is_autocast_cpu_enabled()), predict(*a))[1])
+    paths = _test_images(demo_root)[:3]
+    fp32 = det.predict(paths, category="disc")
+    det.bf16 = True  # what `inference.cpu_dtype: bf16` (or auto on a bf16 CPU) gives
+    bf16 = det.predict(paths, category="disc")
+    assert seen == [False, True]
+    assert [r.score for r in fp32] != [r.score for r in bf16]
+    assert np.isfinite([r.score for r in bf16]).all()  # (knn's tiny test distances lose most digits in bf16)
+
+
+def test_cpu_dtype_auto_is_bf16_only_on_a_cpu_with_bf16_instructions(monkeypatch):
+    from adcli import runtime
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for has in (True, False):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda has=has: has)
+        assert runtime.scores_in_bf16("auto", cpu) is has
+        assert runtime.scores_in_bf16("bf16", cpu) and not runtime.scores_in_bf16("fp32", cpu)
+        assert not runtime.scores_in_bf16("auto", cuda) and not runtime.scores_in_bf16("bf16", cuda)
+
+
+def test_cpu_dtype_changes_no_stage_fingerprint():
+    from adcli.recipe import load_recipe
+    from adcli.registry import get_method
+
+    def settings(overrides):
+        config = load_recipe("timenet", "test", ["scoring.normaliser=normals", *overrides]).config
+        return [s.settings for s in get_method("timenet").method_cls(config, ["a"], load_pretrained=False).stages()]
+
+    assert settings([]) == settings(["inference.cpu_dtype=bf16"])
+    assert load_recipe("timenet", "cpu").config.inference.cpu_dtype == "auto"

@@ -178,6 +178,10 @@ class Method(nn.Module, abc.ABC):
     def inference_batch_size(self) -> int:
         return self.config.inference.batch_size
 
+    @property
+    def cpu_dtype(self) -> str:
+        return self.config.inference.cpu_dtype
+
 
 class PredictGraph(nn.Module):
     """`Method.predict` as a module with plain tensor outputs, for export."""

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings
 from adcli.diffusion.norm_guided import norm_guided_x0
 from adcli.diffusion.schedules import ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
@@ -153,7 +153,7 @@ class DiffusionAD(Method):
         if c.scoring.image_score == "standardised":
             stages.append(FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",),
                                    settings={"scoring": dataclasses.asdict(c.scoring),
-                                             "inference": dataclasses.asdict(c.inference)}))
+                                             "inference": fitting_settings(c.inference)}))
         return stages
 
     def _fit_map_stats(self, data, ctx: StageContext) -> None:

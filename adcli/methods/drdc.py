@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, fitting_settings
 from adcli.data.batches import TrainBatch, to_tensor
 from adcli.diffusion.ddim import ddim_step, ddim_timesteps
 from adcli.diffusion.inpaint import grid_partition, masked_condition, repaint_known
@@ -155,7 +155,7 @@ class DRDC(Method):
         def groups(total_steps: int):
             return [{"params": list(self.refine.parameters()), "lr": c.refine.lr, "weight_decay": c.refine.weight_decay}], [lambda s: 1.0]
 
-        fusion_settings = {**refine_settings, "fusion": dataclasses.asdict(c.fusion), "inference": dataclasses.asdict(c.inference)}
+        fusion_settings = {**refine_settings, "fusion": dataclasses.asdict(c.fusion), "inference": fitting_settings(c.inference)}
         return [self.base.stage(c.train, c.inference.batch_size, keeps=("base.",)),
                 GradientStage("refine", c.refine.epochs, c.refine.batch_size, groups, self._refine_losses,
                               keeps=("refine.",), settings=refine_settings, optimizer="adamw"),

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings
 from adcli.data.batches import TrainBatch
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
@@ -229,7 +229,7 @@ class TimeNet(Method):
                 names += ("feature_size",)
             scoring = {k: getattr(c.scoring, k) for k in names}
             stages.append(FitStage("score_scale", self._fit_score_scale, keeps=keeps,
-                                   settings={"scoring": scoring, "inference": dataclasses.asdict(c.inference),
+                                   settings={"scoring": scoring, "inference": fitting_settings(c.inference),
                                              "backbone": dataclasses.asdict(c.backbone)}))
         return stages
 
