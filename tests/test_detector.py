@@ -118,7 +118,7 @@ def test_cpu_dtype_bf16_scores_under_autocast_and_fp32_does_not(knn_run, demo_ro
     assert det.model.cpu_dtype == "fp32" and not det.bf16
     seen = []
     predict = det.model.predict
-    monkeypatch.setattr(det.model, "predict", lambda *a: (seen.append(torch.is_autocast_cpu_enabled()), predict(*a))[1])
+    monkeypatch.setattr(det.model, "predict", lambda *a: (seen.append(torch.is_autocast_enabled('cpu')), predict(*a))[1])
     paths = _test_images(demo_root)[:3]
     fp32 = det.predict(paths, category="disc")
     det.bf16 = True  # what `inference.cpu_dtype: bf16` (or auto on a bf16 CPU) gives
