@@ -11,7 +11,6 @@ Speed comes from `adcli bench RUN --dtype fp32,bf16` (this script times whole ba
 import time
 
 import numpy as np
-import torch
 from scipy.stats import spearmanr
 
 from adcli.data.batches import resized
@@ -24,10 +23,10 @@ AUROC_TOLERANCE, RANK_CORRELATION = 0.002, 0.999
 
 
 def score_all(detector: Detector, pixels: np.ndarray, categories: list[str], bf16: bool, batch: int):
+    detector.bf16 = bf16  # whatever the recipe's inference.cpu_dtype chose: this script compares both
     scores, start = [], time.perf_counter()
     for i in range(0, len(pixels), batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            scores.append(detector.score_pixels(pixels[i:i + batch], categories[i:i + batch])[0])
+        scores.append(detector.score_pixels(pixels[i:i + batch], categories[i:i + batch])[0])
     return np.concatenate(scores), (time.perf_counter() - start) * 1e3 / len(pixels)
 
 
