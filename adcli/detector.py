@@ -82,7 +82,7 @@ class Detector:
         self.image_size: int = int(meta["image_size"])
         self.router = run.read_router(calibration)  # CategoryRouter or None (adcli/routing.py)
         # Exported graphs are fp32 (their runtimes choose their own kernels).
-        self.bf16 = backend == "torch" and scores_in_bf16(getattr(model, "cpu_dtype", "fp32"), device)
+        self.bf16 = backend == "torch" and scores_in_bf16(model.cpu_dtype, device)
 
     @classmethod
     def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None,

@@ -24,7 +24,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    # Private torch helpers: a torch without them counts as a CPU without bf16 (fp32, never a crash).
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def scores_in_bf16(cpu_dtype: str, device: torch.device) -> bool:
