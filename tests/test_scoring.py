@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from adcli import coreset
 from adcli.coreset import greedy_coreset
@@ -37,6 +38,12 @@ def test_upsample_sum_and_gaussian():
     expected[2:19, 2:19] = np.outer(g, g)
     assert np.allclose(blurred[0].numpy(), expected, atol=1e-7)
     assert torch.equal(S.gaussian_blur(impulse, 0), impulse)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 4, 5, 16])
+def test_box_mean_is_average_pooling(kernel):
+    x = torch.rand(2, 1, 37, 41)
+    assert torch.allclose(S.box_mean(x, kernel), F.avg_pool2d(x, kernel, stride=1), atol=1e-6)
 
 
 def test_pooled_max_and_top_k():

@@ -9,7 +9,8 @@ layer's output (the encoder output for the first), each post-norm, then a feed-f
 LayerNorm after the decoder; a linear projection back to the feature channels. Attention is masked
 to a k×k neighbourhood of each cell, in the encoder and both decoder attentions, so a cell cannot
 copy itself from far context alone. Linear weights xavier-uniform, biases zero (its
-`initializer: xavier_uniform`). Attention is torch's `nn.MultiheadAttention`.
+`initializer: xavier_uniform`). Attention is torch's `nn.MultiheadAttention` while training; in
+evaluation `attend` computes the same maths from its weights on batch-first tensors (see there).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -47,6 +49,30 @@ def neighbour_mask(height: int, width: int, size: int) -> torch.Tensor:
     ys, xs = ys.flatten(), xs.flatten()
     near = ((ys[:, None] - ys[None, :]).abs() <= size // 2) & ((xs[:, None] - xs[None, :]).abs() <= size // 2)
     return ~near
+
+
+def attend(attn: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           mask: torch.Tensor | None) -> torch.Tensor:
+    """`attn(query, key, value, attn_mask=mask, need_weights=False)[0]` for batch-first (B, L, E) inputs.
+
+    Out of training mode the projections run here on the batch-first tensors: nn.MultiheadAttention
+    turns them sequence-first and, when query, key and value differ (always, here), projects each view
+    as a batched product per token that ran at a fraction of a plain matrix product (a third of UniAD's
+    inference time at batch 8 on 2 cores). Same weights, same maths, equal to float rounding. Training
+    keeps the module itself, and with it its attention dropout."""
+    if attn.training:
+        return attn(query, key, value, attn_mask=mask, need_weights=False)[0]
+    b, heads, e = query.shape[0], attn.num_heads, attn.embed_dim
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, E) -> (B, heads, L, E / heads)
+        return x.reshape(b, -1, heads, e // heads).transpose(1, 2)
+
+    q, k, v = split(F.linear(query, w_q, b_q)), split(F.linear(key, w_k, b_k)), split(F.linear(value, w_v, b_v))
+    # nn.MultiheadAttention's boolean mask is True where attention is barred; SDPA's where it is allowed.
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else ~mask)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, -1, e))
 
 
 class LearnedPosition(nn.Module):
@@ -81,7 +107,7 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         q = x + pos
-        x = self.norm1(x + self.drop(self.attn(q, q, x, attn_mask=mask, need_weights=False)[0]))
+        x = self.norm1(x + self.drop(attend(self.attn, q, q, x, mask)))
         return self.norm2(x + self.ff(x))
 
 
@@ -99,9 +125,9 @@ class DecoderLayer(nn.Module):
     def forward(self, previous: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor,
                 mask_memory: torch.Tensor | None, mask_previous: torch.Tensor | None) -> torch.Tensor:
         t = self.query.expand(memory.shape[0], -1, -1)
-        a = self.attn_memory(t + pos, memory + pos, memory, attn_mask=mask_memory, need_weights=False)[0]
+        a = attend(self.attn_memory, t + pos, memory + pos, memory, mask_memory)
         t = self.norm1(t + self.drop1(a))
-        a = self.attn_previous(t + pos, previous + pos, previous, attn_mask=mask_previous, need_weights=False)[0]
+        a = attend(self.attn_previous, t + pos, previous + pos, previous, mask_previous)
         t = self.norm2(t + self.drop2(a))
         return self.norm3(t + self.ff(t))
 

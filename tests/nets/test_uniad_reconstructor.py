@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from adcli.nets.uniad import FeatureReconstructor, ReconstructorArch, feature_jitter, neighbour_mask
+from torch import nn
+
+from adcli.nets.uniad import FeatureReconstructor, ReconstructorArch, attend, feature_jitter, neighbour_mask
 
 
 def _authors_window(h, w, k):
@@ -25,6 +27,29 @@ def test_neighbour_mask_is_the_clipped_window(h, w, k):
 def test_neighbour_mask_sizes_at_centre_and_corner():
     mask = neighbour_mask(14, 14, 7)
     assert int((~mask[7 * 14 + 7]).sum()) == 49 and int((~mask[0]).sum()) == 16  # full window; 4x4 in a corner
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attend_equals_multihead_attention_in_eval(masked):
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(32, 4, dropout=0.5, batch_first=True).eval()
+    nn.init.normal_(attn.in_proj_bias)  # nonzero biases, so each projection's bias is checked
+    q, k, v = torch.randn(3, 2, 25, 32).unbind(0)  # query, key and value all differ, as in the decoder
+    mask = neighbour_mask(5, 5, 3) if masked else None
+    expected = attn(q, k, v, attn_mask=mask, need_weights=False)[0]
+    assert torch.allclose(attend(attn, q, k, v, mask), expected, atol=1e-5)
+
+
+def test_attend_trains_through_the_module_and_its_dropout():
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(16, 2, dropout=0.5, batch_first=True).train()
+    q = torch.randn(1, 9, 16)
+    torch.manual_seed(1)
+    expected = attn(q, q, q, need_weights=False)[0]
+    torch.manual_seed(1)
+    got = attend(attn, q, q, q, None)
+    assert torch.equal(got, expected)
+    assert not torch.allclose(got, attend(attn.eval(), q, q, q, None))  # dropout was applied
 
 
 def test_masked_attention_cannot_see_far_cells():
