@@ -36,8 +36,14 @@ class SynthConfig:
     # Self-augmented anomalies: "authors" = 3 random colour/geometry ops, strips shuffled on both axes
     # (data/dataset_beta_thresh.py); "strips" = strips along one axis, colours unchanged (bundles before).
     self_aug: str = "strips"
+    # Ours (0 in every paper setting): the share of synthetic anomalies whose source is the image itself,
+    # darker or brighter (adcli/data/synth.py: intensity_changed), for defects that change how bright a
+    # region is rather than its texture (discolouration, stains, uneven surfaces).
+    intensity_fraction: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.intensity_fraction <= 1.0:
+            raise ValueError("synth.intensity_fraction must be in [0, 1]")
         if self.self_aug not in ("authors", "strips"):
             raise ValueError("synth.self_aug must be authors or strips")
         if self.empty_mask_retries < 1:
@@ -105,6 +111,15 @@ class InferenceLoopConfig:
             raise ValueError("inference.batch_size must be >= 1")
         if self.cpu_dtype not in ("fp32", "bf16", "auto"):
             raise ValueError(f"inference.cpu_dtype must be fp32, bf16 or auto, not {self.cpu_dtype!r}")
+
+
+def synth_settings(synth: SynthConfig) -> dict:
+    """The synthesis keys a trained stage depends on (its fingerprint). intensity_fraction only when set,
+    so runs trained before the key existed keep their stages."""
+    settings = dataclasses.asdict(synth)
+    if not synth.intensity_fraction:
+        del settings["intensity_fraction"]
+    return settings
 
 
 def fitting_settings(inference: InferenceLoopConfig) -> dict:

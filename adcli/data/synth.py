@@ -132,6 +132,15 @@ def self_augmented(image: np.ndarray, rng: np.random.Generator, pieces: int = 8)
     return np.concatenate(_interleaved_shuffle(rows, rng), axis=0)
 
 
+def intensity_changed(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Anomaly source for a region that is darker or brighter than it should be: the image itself times a
+    gain in [0.5, 0.8] or [1.25, 2] (either side equally likely), clipped to [0, 1]. The blend with β
+    in `synthesize` keeps part of the original, so the region's brightness changes by 10-80 %.
+    image (H, W, 3) float in [0, 1] -> same shape."""
+    gain = rng.uniform(0.5, 0.8) if rng.random() < 0.5 else rng.uniform(1.25, 2.0)
+    return np.clip(image * gain, 0.0, 1.0).astype(np.float32)
+
+
 def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
     """All images under `folder` (recursively), resized to size×size, as uint8 (H, W, 3)."""
     folder = Path(folder)
@@ -151,7 +160,7 @@ def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
 
 def synthesize(image: np.ndarray, rng: np.random.Generator, textures: list[np.ndarray], is_object: bool,
                max_scale_log2: int = 5, beta_range: tuple[float, float] = (0.2, 0.8),
-               retries: int = 50, self_aug: str = "strips") -> tuple[np.ndarray, np.ndarray]:
+               retries: int = 50, self_aug: str = "strips", intensity_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic anomaly. image (H, W, 3) float in [0, 1] -> (anomalous image, mask (H, W) float).
     The mask may come back empty (every one of `retries` Perlin draws missed the object): the caller
     then treats the row as normal. (The authors keep the Perlin scale between draws; we redraw it.)"""
@@ -162,8 +171,10 @@ def synthesize(image: np.ndarray, rng: np.random.Generator, textures: list[np.nd
         mask = perlin_mask((h, w), rng, max_scale_log2) & region
         if mask.any():
             break
-    use_texture = bool(textures) and (not is_object or rng.random() < 0.5)
-    if use_texture:
+    # No draw when the share is 0, so runs without it get the anomalies they always got.
+    if intensity_fraction > 0 and rng.random() < intensity_fraction:
+        source = intensity_changed(image, rng)
+    elif bool(textures) and (not is_object or rng.random() < 0.5):
         tex = textures[int(rng.integers(0, len(textures)))]
         source = np.asarray(_random_ops(Image.fromarray(tex).resize((w, h)), rng), dtype=np.float32) / 255.0
     else:  # "strips": the image in shuffled strips along one axis, colours unchanged (subtler)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings, synth_settings
 from adcli.diffusion.norm_guided import norm_guided_x0
 from adcli.diffusion.schedules import ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
@@ -145,7 +145,7 @@ class DiffusionAD(Method):
         c = self.config
         # Every setting the trained weights depend on: a run that changes only the scoring reuses them.
         settings = {"schedule": dataclasses.asdict(c.schedule), "unet": dataclasses.asdict(c.unet),
-                    "segnet": dataclasses.asdict(c.segnet), "synth": dataclasses.asdict(c.synth),
+                    "segnet": dataclasses.asdict(c.segnet), "synth": synth_settings(c.synth),
                     "train": {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}}
         stages: list[GradientStage | FitStage] = [
             GradientStage("model", c.train.epochs, c.train.batch_size, self.param_groups, self.training_losses,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings, synth_settings
 from adcli.data.batches import TrainBatch
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
@@ -217,7 +217,7 @@ class TimeNet(Method):
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
             stages.append(GradientStage("tpn", c.tpn.epochs, c.tpn.batch_size, self._groups(self.tpn, c.tpn.lr),
                                         self._tpn_losses, keeps=("tpn.",), synth=c.synth,
-                                        settings={"tpn": dataclasses.asdict(c.tpn), "synth": dataclasses.asdict(c.synth),
+                                        settings={"tpn": dataclasses.asdict(c.tpn), "synth": synth_settings(c.synth),
                                           "perceptual": self._perceptual[0].description}))
         if c.scoring.fitted:
             names = ("normaliser", "normaliser_images", "feature_weight", "pixel_weight")

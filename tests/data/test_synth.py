@@ -83,3 +83,30 @@ def test_self_augmentation_of_the_authors_shuffles_both_axes_and_changes_colours
     monkeypatch.undo()
     coloured = synth_module.self_augmented(image, np.random.default_rng(1))
     assert not np.allclose(np.sort(coloured.ravel()), np.sort(out.ravel()), atol=2 / 255)  # 3 random ops applied
+
+
+def test_intensity_anomalies_scale_the_image_itself_inside_the_mask():
+    rng = np.random.default_rng(3)
+    image = np.random.default_rng(0).uniform(0.2, 0.5, (32, 32, 3)).astype(np.float32)  # a texture, no clipping
+    textures = [np.zeros((32, 32, 3), np.uint8)]  # would darken to 0 if it were used
+    ratios = []
+    for _ in range(20):
+        out, mask = synthesize(image, rng, textures, is_object=False, intensity_fraction=1.0)
+        inside = mask > 0
+        if not inside.any():
+            continue
+        assert np.array_equal(out[~inside], image[~inside])
+        ratio = out[inside] / image[inside]
+        assert np.allclose(ratio, ratio.flat[0], atol=1e-5)  # one gain for the whole region: the texture is kept
+        ratios.append(float(ratio.flat[0]))
+    ratios = np.array(ratios)
+    assert len(ratios) >= 10 and (ratios < 0.96).any() and (ratios > 1.05).any()  # darker and brighter
+    assert ((ratios > 0.5 - 1e-6) & (ratios < 1.8 + 1e-6)).all() and (np.abs(ratios - 1) > 0.04).all()
+
+
+def test_intensity_fraction_zero_draws_the_same_anomalies_as_before():
+    image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    textures = [np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)]
+    a = synthesize(image, np.random.default_rng(5), textures, is_object=False)
+    b = synthesize(image, np.random.default_rng(5), textures, is_object=False, intensity_fraction=0.0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -329,3 +329,14 @@ def test_timestep_map_is_the_tpns_t_that_predict_uses(run):
     assert bool(((t_map > 0) & (t_map < 1)).all())
     model.tpn = None
     assert model.timestep_map(x, ids) is None
+
+
+def test_intensity_fraction_enters_the_tpn_fingerprint_only_when_set(backbone_weights):
+    def tpn_synth(overrides):
+        model = TimeNet(_recipe(backbone_weights, overrides).config, ["a", "b"])
+        return [s for s in model.stages() if s.name == "tpn"][0].settings["synth"]
+
+    assert "intensity_fraction" not in tpn_synth([])  # runs trained before the key keep their TPN
+    assert tpn_synth(["synth.intensity_fraction=0.5"])["intensity_fraction"] == 0.5
+    with pytest.raises(RecipeError, match=r"synth.intensity_fraction must be in \[0, 1\]"):
+        load_recipe("timenet", "test", ["synth.intensity_fraction=1.5"])
