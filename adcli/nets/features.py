@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from adcli.errors import AdcliError
+from adcli.nets.startup import import_torchvision, meta_without_init
 from adcli.nets.weights import load_state_dict, resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,10 +30,10 @@ class BackboneConfig:
 
 
 def _torchvision_body(name: str, layers: tuple[str, ...], state: dict) -> nn.Module:
-    import torchvision
+    torchvision = import_torchvision()
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-    with torch.device("meta"):  # no random initialisation: every value comes from `state`
+    with meta_without_init():  # every value comes from `state`
         model = torchvision.models.get_model(name, weights=None)
     dtypes = {k: t.dtype for k, t in model.state_dict().items()}
     state = {k: t.to(dtypes[k]) if k in dtypes else t for k, t in state.items()}  # e.g. fp16 files, as a copy would
@@ -49,6 +50,7 @@ def _torchvision_body(name: str, layers: tuple[str, ...], state: dict) -> nn.Mod
 
 
 def _timm_body(name: str, layers: tuple[str, ...], state: dict) -> nn.Module:
+    import_torchvision()  # timm imports it; this way, without torch._dynamo
     import timm
 
     model = timm.create_model(name, pretrained=False, features_only=True)
@@ -135,9 +137,9 @@ def random_backbone_state(config: BackboneConfig, seed: int = 0) -> dict:
     one): small random weights, variances 1, counters 0. The network is built on the meta device, so
     none of its own initialisers run (they were a fifth of the time
     `adcli inspect` took to load a knn model and its router)."""
-    import torchvision
+    torchvision = import_torchvision()
 
-    with torch.device("meta"):
+    with meta_without_init():
         if config.name.startswith("timm:"):
             import timm
 
