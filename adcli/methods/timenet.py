@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings, synth_settings
 from adcli.data.batches import TrainBatch
+from adcli.diffusion import coarse_noise
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
@@ -50,6 +51,16 @@ class FlowTrainConfig(LoopConfig):
 
     lr: float = 1e-4
     t_min: float = 1e-3  # t ~ U[t_min, 1]
+    # Ours: share of the source noise X_0's variance that is low-frequency (blurred with σ = coarse_scale ·
+    # image side; adcli/diffusion/coarse_noise.py), in every stage and at inference. 0 = white (paper).
+    coarse_noise: float = 0.0
+    coarse_scale: float = 0.0625
+
+    def __post_init__(self):
+        if not 0 <= self.coarse_noise < 1:
+            raise ValueError(f"train.coarse_noise must be in [0, 1), not {self.coarse_noise}")
+        if self.coarse_scale <= 0:
+            raise ValueError(f"train.coarse_scale must be > 0, not {self.coarse_scale}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +215,8 @@ class TimeNet(Method):
     def stages(self) -> list[GradientStage | FitStage]:
         c = self.config
         flow = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}
+        if not c.train.coarse_noise:  # named only when on: existing runs keep their stages
+            del flow["coarse_noise"], flow["coarse_scale"]
         stages = [GradientStage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
                         self._flow_losses, keeps=("denoiser.",), settings={"unet": dataclasses.asdict(c.unet), "train": flow})]
         reflow = {k: v for k, v in dataclasses.asdict(c.reflow).items() if k != "rounds"}
@@ -247,9 +260,14 @@ class TimeNet(Method):
         t_min = self.config.train.t_min
         return t_min + (1 - t_min) * torch.rand(like.shape[0], generator=generator, device=like.device)
 
+    def _source_noise(self, shape: tuple[int, ...], generator: torch.Generator, device) -> torch.Tensor:
+        """X_0 for training, reflow pairs and the TPN: white, or with train.coarse_noise its low-frequency share."""
+        tc = self.config.train
+        return coarse_noise.source_noise(shape, generator, device, tc.coarse_noise, tc.coarse_scale)
+
     def _flow_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x1 = batch.originals * 2 - 1
-        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        x0 = self._source_noise(x1.shape, generator, x1.device)
         return {"loss": rf.flow_loss(self.denoiser, x1, x0, self._flow_t(x1, generator), y=batch.category_ids)}
 
     def _pair_losses(self, batch: PairBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -258,7 +276,7 @@ class TimeNet(Method):
     def _tpn_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         a, b = self.config.tpn.train_t
         x1 = batch.images * 2 - 1  # the (possibly anomalous) input
-        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        x0 = self._source_noise(x1.shape, generator, x1.device)
         t = a + (b - a) * torch.rand(x1.shape[0], generator=generator, device=x1.device)
         x_hat = self.reconstruct(rf.interpolate(x0, x1, t), t, batch.category_ids)
         target = batch.originals * 2 - 1  # the normal image
@@ -284,7 +302,7 @@ class TimeNet(Method):
 
         def noise(number: int, rows: int) -> torch.Tensor:
             g = torch.Generator().manual_seed(int(np.random.default_rng([self.config.seed, round_k, number]).integers(2**62)))
-            return torch.randn((rows, 3, size, size), generator=g)
+            return self._source_noise((rows, 3, size, size), g, "cpu")
 
         # Rank 0's disk decides which chunks are done, so every rank agrees even on separate disks.
         on_disk = ranks.broadcast(torch.tensor([p.is_file() for p in paths], dtype=torch.uint8, device=ctx.device), 0)
@@ -366,7 +384,12 @@ class TimeNet(Method):
     def _noised(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> (X_t, t (B,)) at the recipe's t, from its fixed noise draw."""
         t = torch.full((images.shape[0],), self.config.inference.t, device=images.device)
-        noise = fixed_noise(self.config.seed, (1, *images.shape[1:]), images.device).expand_as(images)
+        shape, tc = (1, *images.shape[1:]), self.config.train
+        noise = fixed_noise(self.config.seed, shape, images.device)
+        if tc.coarse_noise:  # the second draw from a seed of its own
+            noise = coarse_noise.mix(noise, fixed_noise(self.config.seed + 1_000_003, shape, images.device),
+                                     tc.coarse_noise, tc.coarse_scale * shape[-1])
+        noise = noise.expand_as(images)
         return rf.interpolate(noise, images * 2 - 1, t), t
 
     def _reconstruct_images(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:

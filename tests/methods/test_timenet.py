@@ -340,3 +340,23 @@ def test_intensity_fraction_enters_the_tpn_fingerprint_only_when_set(backbone_we
     assert tpn_synth(["synth.intensity_fraction=0.5"])["intensity_fraction"] == 0.5
     with pytest.raises(RecipeError, match=r"synth.intensity_fraction must be in \[0, 1\]"):
         load_recipe("timenet", "test", ["synth.intensity_fraction=1.5"])
+
+
+def test_coarse_noise_enters_the_flow_fingerprint_only_when_set_and_changes_the_inference_noise(backbone_weights):
+    def flow_and_noise(overrides):
+        model = TimeNet(_recipe(backbone_weights, overrides).config, ["a", "b"])
+        x_t, _ = model._noised(torch.full((1, 3, 32, 32), 0.5))
+        return [s for s in model.stages() if s.name == "flow"][0].settings["train"], x_t
+
+    plain, plain_x_t = flow_and_noise([])
+    assert "coarse_noise" not in plain and "coarse_scale" not in plain  # runs trained before the key keep their stages
+    coarse, coarse_x_t = flow_and_noise(["train.coarse_noise=0.5"])
+    assert coarse["coarse_noise"] == 0.5 and coarse["coarse_scale"] == 0.0625
+    assert not torch.equal(plain_x_t, coarse_x_t)
+    # neighbouring pixels of the noise share its coarse part (the image is flat, so X_t's variation is noise)
+    def lag1(x):
+        x = x - x.mean()
+        return float((x[..., 1:] * x[..., :-1]).mean() / x.pow(2).mean())
+    assert lag1(coarse_x_t) > lag1(plain_x_t) + 0.2
+    with pytest.raises(RecipeError, match=r"train.coarse_noise must be in \[0, 1\)"):
+        load_recipe("timenet", "test", ["train.coarse_noise=1.0"])
