@@ -19,6 +19,7 @@ import math
 import torch
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings, synth_settings
+from adcli.diffusion import coarse_noise
 from adcli.diffusion.norm_guided import norm_guided_x0
 from adcli.diffusion.schedules import ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
@@ -45,6 +46,10 @@ class TrainConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0 <= self.coarse_noise < 1:
+            raise ValueError(f"train.coarse_noise must be in [0, 1), not {self.coarse_noise}")
+        if self.coarse_scale <= 0:
+            raise ValueError(f"train.coarse_scale must be > 0, not {self.coarse_scale}")
         if self.seg_cosine is not None:  # an older bundle's recipe: keep the schedule it was trained with
             object.__setattr__(self, "seg_lr_schedule", "half_cosine" if self.seg_cosine else "constant")
     t_split: int = 300  # t_s in [0, t_split), t_b in [t_split, T)
@@ -57,6 +62,10 @@ class TrainConfig(LoopConfig):
     t_s_range: tuple[int, int] | None = None  # [lo, hi): t_s ~ U{lo..hi−1}; null = [0, t_split)
     t_b_range: tuple[int, int] | None = None  # null = [t_split, num_timesteps)
     seg_detach_recon: bool = False  # true: the segmentation loss does not train the UNet
+    # Share of the noise ε's variance that is low-frequency (blurred with σ = coarse_scale · image side;
+    # adcli/diffusion/coarse_noise.py), in training and at inference; 0 = white (paper).
+    coarse_noise: float = 0.0
+    coarse_scale: float = 0.0625
 
 
 SEG_LR_SCHEDULES = ("cosine_cycles", "half_cosine", "constant")
@@ -144,9 +153,11 @@ class DiffusionAD(Method):
     def stages(self) -> list[GradientStage | FitStage]:
         c = self.config
         # Every setting the trained weights depend on: a run that changes only the scoring reuses them.
+        train = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}
+        if not c.train.coarse_noise:  # named only when on: existing runs keep their stages
+            del train["coarse_noise"], train["coarse_scale"]
         settings = {"schedule": dataclasses.asdict(c.schedule), "unet": dataclasses.asdict(c.unet),
-                    "segnet": dataclasses.asdict(c.segnet), "synth": synth_settings(c.synth),
-                    "train": {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}}
+                    "segnet": dataclasses.asdict(c.segnet), "synth": synth_settings(c.synth), "train": train}
         stages: list[GradientStage | FitStage] = [
             GradientStage("model", c.train.epochs, c.train.batch_size, self.param_groups, self.training_losses,
                           keeps=("unet.", "segnet."), settings=settings, synth=c.synth)]
@@ -173,8 +184,8 @@ class DiffusionAD(Method):
         b, dev = x0.shape[0], x0.device
         t_s = torch.randint(*self.config.t_s_bounds, (b,), generator=generator, device=dev)
         t_b = torch.randint(*self.config.t_b_bounds, (b,), generator=generator, device=dev)
-        noise_s = torch.randn(x0.shape, generator=generator, device=dev)
-        noise_b = torch.randn(x0.shape, generator=generator, device=dev)
+        noise_s = coarse_noise.source_noise(x0.shape, generator, dev, tc.coarse_noise, tc.coarse_scale)
+        noise_b = coarse_noise.source_noise(x0.shape, generator, dev, tc.coarse_noise, tc.coarse_scale)
         out = norm_guided_x0(self.unet, x0, t_s, t_b, noise_s, noise_b, self.schedule, w=1.0)
         normal = ~batch.is_anomaly
         # ε-MSE on normal rows only: the denoiser must learn normal appearance alone.
@@ -189,6 +200,10 @@ class DiffusionAD(Method):
 
     def _inference_noise(self, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         noise = fixed_noise(self.config.seed, (2, *shape), device)  # one draw for both noise levels
+        tc = self.config.train
+        if tc.coarse_noise:  # the second draw from a seed of its own
+            noise = coarse_noise.mix(noise, fixed_noise(self.config.seed + 1_000_003, (2, *shape), device),
+                                     tc.coarse_noise, tc.coarse_scale * shape[-1])
         return noise[0:1], noise[1:2]
 
     @torch.no_grad()

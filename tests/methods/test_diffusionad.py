@@ -133,13 +133,41 @@ def test_only_settings_that_change_the_weights_change_the_model_stage_fingerprin
     samples = []
     base = load_recipe("diffusionad", "test").config
     for key in ("train.lr_seg=0.5", "train.t_s_range=[10, 20]", "segnet.widths=[4, 8, 8]", "synth.beta_max=0.5",
-                "synth.intensity_fraction=0.5"):
+                "synth.intensity_fraction=0.5", "train.coarse_noise=0.5"):
         other = load_recipe("diffusionad", "test", [key]).config
         assert _fingerprints(_stages(other), other, samples)[0] != _fingerprints(_stages(base), base, samples)[0], key
     rescored = load_recipe("diffusionad", "test", ["scoring.image_score=standardised"]).config
     assert _fingerprints(_stages(rescored), rescored, samples)[0] == _fingerprints(_stages(base), base, samples)[0]
     # A key added later, left off, keeps the fingerprint runs trained before it have.
     assert "intensity_fraction" not in _stages(base)[0].settings["synth"]
+    assert "coarse_noise" not in _stages(base)[0].settings["train"]
+
+
+def test_coarse_noise_reaches_training_and_inference_noise(monkeypatch):
+    import adcli.methods.diffusionad as dad
+
+    def lag1(x):
+        x = x - x.mean()
+        return float((x[..., 1:] * x[..., :-1]).mean() / x.pow(2).mean())
+
+    seen = []
+    real = dad.norm_guided_x0
+
+    def spy(unet, x0, t_s, t_b, noise_s, noise_b, *args, **kwargs):
+        seen.append((noise_s, noise_b))
+        return real(unet, x0, t_s, t_b, noise_s, noise_b, *args, **kwargs)
+
+    monkeypatch.setattr(dad, "norm_guided_x0", spy)
+    correlations = {}
+    for overrides in ([], ["train.coarse_noise=0.5"]):
+        model, batch = _model_and_batch(overrides, anomalous=False)
+        inference = model._inference_noise((3, 32, 32), torch.device("cpu"))
+        model.training_losses(batch, torch.Generator().manual_seed(0))
+        correlations[bool(overrides)] = [lag1(n) for n in (*seen[-1], *inference)]
+    # training's two draws and inference's two: neighbouring pixels share the coarse part only when it is on
+    assert all(c > p + 0.2 for p, c in zip(correlations[False], correlations[True])), correlations
+    with pytest.raises(RecipeError, match=r"train.coarse_noise must be in \[0, 1\)"):
+        load_recipe("diffusionad", "test", ["train.coarse_noise=-0.1"])
 
 
 def _stages(config):
