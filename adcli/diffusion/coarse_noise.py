@@ -15,6 +15,19 @@ import math
 
 import torch
 
+from adcli.runtime import fixed_noise
+
+# The fixed inference noise's low-frequency part is drawn from a seed of its own.
+_SECOND_SEED_OFFSET = 1_000_003
+
+
+def check(share: float, scale: float, section: str = "train") -> None:
+    """The recipe checks of `<section>.coarse_noise` and `.coarse_scale` (ValueError)."""
+    if not 0 <= share < 1:
+        raise ValueError(f"{section}.coarse_noise must be in [0, 1), not {share}")
+    if scale <= 0:
+        raise ValueError(f"{section}.coarse_scale must be > 0, not {scale}")
+
 
 def lowpass_unit(white: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """white (..., H, W) noise -> the same blurred by a Gaussian of `sigma_px` (circularly, in the frequency
@@ -44,3 +57,11 @@ def source_noise(shape: tuple[int, ...], generator: torch.Generator | None, devi
     if share == 0:
         return white
     return mix(white, torch.randn(shape, generator=generator, device=device), share, scale * shape[-1])
+
+
+def fixed_source_noise(seed: int, shape: tuple[int, ...], device, share: float, scale: float) -> torch.Tensor:
+    """The recipe's fixed inference noise (adcli.runtime.fixed_noise) with its low-frequency share mixed in."""
+    white = fixed_noise(seed, shape, device)
+    if share == 0:
+        return white
+    return mix(white, fixed_noise(seed + _SECOND_SEED_OFFSET, shape, device), share, scale * shape[-1])

@@ -29,7 +29,6 @@ from adcli.nets.segnet import SegNet, SegNetConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics, for_image_score
 from adcli.registry import register
-from adcli.runtime import fixed_noise
 from adcli.scoring import gaussian_blur, top_k_mean
 
 
@@ -46,10 +45,7 @@ class TrainConfig(LoopConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 <= self.coarse_noise < 1:
-            raise ValueError(f"train.coarse_noise must be in [0, 1), not {self.coarse_noise}")
-        if self.coarse_scale <= 0:
-            raise ValueError(f"train.coarse_scale must be > 0, not {self.coarse_scale}")
+        coarse_noise.check(self.coarse_noise, self.coarse_scale)
         if self.seg_cosine is not None:  # an older bundle's recipe: keep the schedule it was trained with
             object.__setattr__(self, "seg_lr_schedule", "half_cosine" if self.seg_cosine else "constant")
     t_split: int = 300  # t_s in [0, t_split), t_b in [t_split, T)
@@ -199,11 +195,8 @@ class DiffusionAD(Method):
         return {"loss": loss, "noise": noise_loss.detach(), "focal": focal.detach(), "smooth_l1": smooth.detach()}
 
     def _inference_noise(self, shape: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        noise = fixed_noise(self.config.seed, (2, *shape), device)  # one draw for both noise levels
-        tc = self.config.train
-        if tc.coarse_noise:  # the second draw from a seed of its own
-            noise = coarse_noise.mix(noise, fixed_noise(self.config.seed + 1_000_003, (2, *shape), device),
-                                     tc.coarse_noise, tc.coarse_scale * shape[-1])
+        tc = self.config.train  # one draw for both noise levels
+        noise = coarse_noise.fixed_source_noise(self.config.seed, (2, *shape), device, tc.coarse_noise, tc.coarse_scale)
         return noise[0:1], noise[1:2]
 
     @torch.no_grad()

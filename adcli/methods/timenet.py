@@ -40,7 +40,6 @@ from adcli.nets.perceptual import perceptual_loss
 from adcli.nets.tpn import TimestepPerceptiveNet
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
-from adcli.runtime import fixed_noise
 from adcli.normal_maps import NormalMapStatistics, check_image_score, evenly_spaced, for_image_score
 from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pooled_max, upsample_sum
 
@@ -57,10 +56,7 @@ class FlowTrainConfig(LoopConfig):
     coarse_scale: float = 0.0625
 
     def __post_init__(self):
-        if not 0 <= self.coarse_noise < 1:
-            raise ValueError(f"train.coarse_noise must be in [0, 1), not {self.coarse_noise}")
-        if self.coarse_scale <= 0:
-            raise ValueError(f"train.coarse_scale must be > 0, not {self.coarse_scale}")
+        coarse_noise.check(self.coarse_noise, self.coarse_scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,12 +380,9 @@ class TimeNet(Method):
     def _noised(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> (X_t, t (B,)) at the recipe's t, from its fixed noise draw."""
         t = torch.full((images.shape[0],), self.config.inference.t, device=images.device)
-        shape, tc = (1, *images.shape[1:]), self.config.train
-        noise = fixed_noise(self.config.seed, shape, images.device)
-        if tc.coarse_noise:  # the second draw from a seed of its own
-            noise = coarse_noise.mix(noise, fixed_noise(self.config.seed + 1_000_003, shape, images.device),
-                                     tc.coarse_noise, tc.coarse_scale * shape[-1])
-        noise = noise.expand_as(images)
+        tc = self.config.train
+        noise = coarse_noise.fixed_source_noise(self.config.seed, (1, *images.shape[1:]), images.device,
+                                                tc.coarse_noise, tc.coarse_scale).expand_as(images)
         return rf.interpolate(noise, images * 2 - 1, t), t
 
     def _reconstruct_images(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:

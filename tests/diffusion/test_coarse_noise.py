@@ -34,3 +34,13 @@ def test_mix_shares_the_variance_between_white_and_coarse():
     mixed = mix(white, second, 0.3, 2.0)
     assert float((mixed * white).mean()) == pytest.approx(math.sqrt(0.7), abs=0.03)
     assert torch.equal(mix(white, second, 0.0, 2.0), white)
+
+
+def test_fixed_source_noise_is_the_recipes_fixed_draw_plus_its_own_coarse_part():
+    from adcli.diffusion.coarse_noise import fixed_source_noise
+    from adcli.runtime import fixed_noise
+
+    assert torch.equal(fixed_source_noise(5, (1, 3, 16, 16), "cpu", 0.0, 0.1), fixed_noise(5, (1, 3, 16, 16)))
+    coarse = fixed_source_noise(5, (1, 3, 16, 16), "cpu", 0.5, 0.1)
+    assert torch.equal(coarse, fixed_source_noise(5, (1, 3, 16, 16), "cpu", 0.5, 0.1))  # the same every call
+    assert float((coarse * fixed_noise(5, (1, 3, 16, 16))).mean()) == pytest.approx(math.sqrt(0.5), abs=0.1)
