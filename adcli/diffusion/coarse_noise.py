@@ -59,6 +59,14 @@ def source_noise(shape: tuple[int, ...], generator: torch.Generator | None, devi
     return mix(white, torch.randn(shape, generator=generator, device=device), share, scale * shape[-1])
 
 
+def fingerprint_settings(train_settings: dict) -> dict:
+    """A `train` section's settings for a stage fingerprint: the coarse-noise keys only when the noise is on,
+    so runs trained before the keys existed keep their stages."""
+    if train_settings.get("coarse_noise"):
+        return train_settings
+    return {k: v for k, v in train_settings.items() if k not in ("coarse_noise", "coarse_scale")}
+
+
 def fixed_source_noise(seed: int, shape: tuple[int, ...], device, share: float, scale: float) -> torch.Tensor:
     """The recipe's fixed inference noise (adcli.runtime.fixed_noise) with its low-frequency share mixed in."""
     white = fixed_noise(seed, shape, device)

@@ -149,9 +149,8 @@ class DiffusionAD(Method):
     def stages(self) -> list[GradientStage | FitStage]:
         c = self.config
         # Every setting the trained weights depend on: a run that changes only the scoring reuses them.
-        train = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}
-        if not c.train.coarse_noise:  # named only when on: existing runs keep their stages
-            del train["coarse_noise"], train["coarse_scale"]
+        train = coarse_noise.fingerprint_settings(
+            {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"})
         settings = {"schedule": dataclasses.asdict(c.schedule), "unet": dataclasses.asdict(c.unet),
                     "segnet": dataclasses.asdict(c.segnet), "synth": synth_settings(c.synth), "train": train}
         stages: list[GradientStage | FitStage] = [

@@ -210,9 +210,8 @@ class TimeNet(Method):
     # ---- training -------------------------------------------------------------------------------
     def stages(self) -> list[GradientStage | FitStage]:
         c = self.config
-        flow = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"}
-        if not c.train.coarse_noise:  # named only when on: existing runs keep their stages
-            del flow["coarse_noise"], flow["coarse_scale"]
+        flow = coarse_noise.fingerprint_settings(
+            {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"})
         stages = [GradientStage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
                         self._flow_losses, keeps=("denoiser.",), settings={"unet": dataclasses.asdict(c.unet), "train": flow})]
         reflow = {k: v for k, v in dataclasses.asdict(c.reflow).items() if k != "rounds"}
