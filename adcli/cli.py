@@ -185,12 +185,20 @@ def inspect(
     heatmaps: Annotated[str, typer.Option("--heatmaps", help="Heatmap pictures for: all | defects (every image "
                                           "not OK) | none.")] = "defects",
     backend: Backend = "torch",
+    watch: Annotated[Optional[float], typer.Option("--watch", metavar="SECONDS", help="Keep running: inspect new "
+                                                   "files every SECONDS with the model loaded once, until stopped "
+                                                   "(Ctrl-C, SIGTERM: exit 0). Verdicts are in the results files.")] = None,
 ):
     import json
 
     from adcli.inspect import inspect_folder
 
     quiet = Console(stderr=True, quiet=True) if as_json else console
+    if watch is not None:
+        _watch(folder, model, out, watch, as_json, quiet, category=category, device=device, force=force,
+               settle_seconds=settle_seconds, lock_wait=lock_wait, batch_size=batch_size, scores_only=scores_only,
+               heatmaps=heatmaps, backend=backend)
+        raise typer.Exit(0)
     summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
                              settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
                              scores_only=scores_only, heatmaps=heatmaps, backend=backend)
@@ -200,12 +208,56 @@ def inspect(
         c = summary.counts
         console.print(f"{c['OK']} OK, {c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
                       f"{c['uncalibrated']} uncalibrated; {summary.skipped} already inspected; results: {out / 'results.csv'}")
-        for cat, d in summary.drift.items():
-            if d["drift"]:
-                console.print(f"[yellow]drift:[/] {cat}: recent OK scores moved away from calibration (z = {d['z']})")
-        console.print(f"Speed: {summary.load_ms:.1f}ms load, {summary.infer_ms:.1f}ms infer, "
-                      f"{summary.write_ms:.1f}ms write per image")
+        _print_drift_and_speed(summary)
     raise typer.Exit(summary.exit_code)
+
+
+def _print_drift_and_speed(summary) -> None:
+    for cat, d in summary.drift.items():
+        if d["drift"]:
+            console.print(f"[yellow]drift:[/] {cat}: recent OK scores moved away from calibration (z = {d['z']})")
+    console.print(f"Speed: {summary.load_ms:.1f}ms load, {summary.infer_ms:.1f}ms infer, "
+                  f"{summary.write_ms:.1f}ms write per image")
+
+
+def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool, quiet: Console, **options) -> None:
+    """`inspect --watch`: one line per pass that wrote rows (with --json: its summary.json on stdout),
+    one per DEFECT; SIGINT and SIGTERM end it after the file in hand."""
+    import json
+    import signal
+    import threading
+    import time
+
+    from adcli.inspect import watch_folder
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_pass(summary) -> None:
+        if as_json:
+            print(json.dumps(json.loads((out / "summary.json").read_text())), flush=True)
+            return
+        c = summary.counts
+        console.print(f"{time.strftime('%H:%M:%S')} {len(summary.rows)} file{'' if len(summary.rows) == 1 else 's'} in {summary.seconds:.2f} s: {c['OK']} OK, "
+                      f"{c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
+                      f"{c['uncalibrated']} uncalibrated", highlight=False)
+        for row in summary.rows:
+            if row["verdict"] == "DEFECT":
+                console.print(f"  DEFECT {row['path']} ({row['category']}: score {row['score']} >= {row['threshold']})",
+                              highlight=False)
+        _print_drift_and_speed(summary)
+
+    try:
+        quiet.print(f"watching {folder} every {interval:g} s (Ctrl-C or SIGTERM to stop)", highlight=False)
+        passes = watch_folder(folder, model, out, interval, stop=stop, on_pass=on_pass, console=quiet, **options)
+        quiet.print(f"stopped after {passes} passes; results: {out / 'results.csv'}", highlight=False)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command(epilog="Example: adcli report runs/knn --data prepared/ --out report/")

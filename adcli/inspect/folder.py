@@ -1,4 +1,5 @@
-"""`adcli inspect`: score every image in a folder, safely enough to run from cron every minute.
+"""`adcli inspect`: score every image in a folder, safely enough to run from cron every minute, or
+keep watching it with the model loaded once (`watch_folder`, `--watch`).
 
 Per file: one row in `results.jsonl` and `results.csv` and, for images not OK (`heatmaps`), a heatmap
 picture with the calibrated defect contour, a header and a colour bar. Files already inspected with the
@@ -18,8 +19,10 @@ import dataclasses
 import hashlib
 import io
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from rich.console import Console
@@ -27,12 +30,13 @@ from rich.console import Console
 from adcli.calibration import Calibration
 from adcli.data.manifest import IMAGE_EXTENSIONS
 from adcli.detector import Detector, ModelInput, Scored
-from adcli.errors import DataError, ImageError, OutputError
+from adcli.errors import AdcliError, DataError, ImageError, OutputError
 from adcli.inspect.intake import OutputLock, display_path, file_identity, list_files, read_settled
 from adcli.inspect.render import Caption, heatmap_name, render_heatmap
 from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
 from adcli.journal import JournalWriter, compact, latest_by_path, read_journal
 from adcli.progress import track
+from adcli.run import RunFolder
 from adcli.thresholds import drift_z
 
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
@@ -43,6 +47,7 @@ DRIFT_WINDOW = 50  # most recent OK images per category
 DRIFT_MIN = 20
 DRIFT_Z = 4.0
 _ALREADY_DONE = object()
+ERROR_RETRY_SECONDS = 60.0  # a watch tries an unchanged file that gave an ERROR row again after this long
 
 
 @dataclasses.dataclass
@@ -54,6 +59,7 @@ class InspectSummary:
     infer_ms: float
     write_ms: float
     drift: dict
+    seconds: float = 0.0  # wall time of the pass, listing to summary
 
     @property
     def errors(self) -> int:
@@ -186,6 +192,47 @@ class _FolderInspection:
         return row, np.array([load_ms, result.infer_ms, write_ms])
 
 
+def _checked_folders(folder: Path, out: Path) -> tuple[Path, Path]:
+    """The input folder (resolved) and --out, refused with one line where they cannot work."""
+    if folder.is_file():
+        raise DataError(f"{folder} is a file; inspect takes a folder of images: give {folder.parent} (or put the "
+                        "image in a folder of its own)")
+    if not folder.is_dir():
+        looks_like_file = folder.suffix.lower() in IMAGE_EXTENSIONS
+        raise DataError(f"{'no such file or folder' if looks_like_file else 'folder not found'}: {folder}"
+                        + ("; inspect takes a folder of images, not one file" if looks_like_file else ""))
+    # One spelling per file: `in`, `./in/../in` and `/abs/in` must key the same journal rows.
+    folder = folder.resolve()
+    if out.resolve() == folder:
+        raise DataError(f"--out {out} is the folder being inspected; choose another (a folder inside it is fine)")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    return folder, out
+
+
+def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend: str, category: str | None,
+                   scores_only: bool) -> Detector:
+    """The model, refused (DataError) when it has no thresholds for the categories it would judge."""
+    detector = Detector.load(model_dir, device, batch_size, backend)
+    missing = detector.uncalibrated(category)
+    if missing and not scores_only:
+        example = f" --category {missing[0]}" if len(detector.categories) > 1 else ""
+        raise DataError(f"model {model_dir} has no threshold for {', '.join(missing)}, so no defect could be flagged. Run "
+                        f"`adcli calibrate {model_dir} --data PREPARED` (or `--normals GOOD_IMAGES_FOLDER{example}`), "
+                        f"or add --scores-only to record scores without verdicts (exit code {SCORES_ONLY_EXIT_CODE})")
+    detector.fixed_category(category)  # a bad --category fails before anything is written
+    return detector
+
+
+def _previous_rows(journal_path: Path, console: Console) -> dict:
+    journal = read_journal(journal_path)
+    if journal.damaged_lines:
+        console.print(f"[yellow]warning:[/] {journal_path}: skipped {len(journal.damaged_lines)} damaged line(s) "
+                      f"(line {', '.join(map(str, journal.damaged_lines[:5]))}); their files are inspected again",
+                      highlight=False)
+    return latest_by_path(journal.rows)
+
+
 def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, category: str | None = None,
                    device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                    console: Console | None = None, batch_size: int | None = None,
@@ -197,84 +244,173 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     if heatmaps not in HEATMAPS:
         raise DataError(f"--heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
     console = console or Console(stderr=True)
-    folder, out, model_dir = Path(folder), Path(out), Path(model_dir)
-    if folder.is_file():
-        raise DataError(f"{folder} is a file; inspect takes a folder of images: give {folder.parent} (or put the "
-                        "image in a folder of its own)")
-    if not folder.is_dir():
-        looks_like_file = folder.suffix.lower() in IMAGE_EXTENSIONS
-        raise DataError(f"{'no such file or folder' if looks_like_file else 'folder not found'}: {folder}"
-                        + ("; inspect takes a folder of images, not one file" if looks_like_file else ""))
-    # One spelling per file: `in`, `./in/../in` and `/abs/in` must key the same journal rows.
-    folder, out_real = folder.resolve(), out.resolve()
-    if out_real == folder:
-        raise DataError(f"--out {out} is the folder being inspected; choose another (a folder inside it is fine)")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder")
-    detector = Detector.load(model_dir, device, batch_size, backend)
+    model_dir = Path(model_dir)
+    folder, out = _checked_folders(Path(folder), Path(out))
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
     if detector.meta.get("unet_calls_per_image"):
         console.print(f"{detector.meta['method']}: {detector.meta['unet_calls_per_image']} UNet calls per image", highlight=False)
-    missing = detector.uncalibrated(category)
-    if missing and not scores_only:
-        example = f" --category {missing[0]}" if len(detector.categories) > 1 else ""
-        raise DataError(f"model {model_dir} has no threshold for {', '.join(missing)}, so no defect could be flagged. Run "
-                        f"`adcli calibrate {model_dir} --data PREPARED` (or `--normals GOOD_IMAGES_FOLDER{example}`), "
-                        f"or add --scores-only to record scores without verdicts (exit code {SCORES_ONLY_EXIT_CODE})")
-    detector.fixed_category(category)  # a bad --category fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
-    journal_path = out / "results.jsonl"
     with OutputLock(out, lock_wait):
         _remove_stale_temporaries(out)
-        journal = read_journal(journal_path)
-        if journal.damaged_lines:
-            console.print(f"[yellow]warning:[/] {journal_path}: skipped {len(journal.damaged_lines)} damaged line(s) "
-                          f"(line {', '.join(map(str, journal.damaged_lines[:5]))}); their files are inspected again",
-                          highlight=False)
-        previous = latest_by_path(journal.rows)
-        files = list_files(folder, exclude=out_real)
-        inspection = _FolderInspection(detector, folder, out, category, settle_seconds, previous, force, heatmaps)
-        writer = JournalWriter(journal_path)
-        run_rows: list[dict] = []
+        previous = _previous_rows(out / "results.jsonl", console)
+        job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, console)
+        return job.run(previous, force)
+
+
+def _watch_state(path: Path, previous: dict, model_id: str, settle_seconds: float, held: dict) -> str | None:
+    """What a watch does with a file this pass: "done" (inspected with this model, unchanged since),
+    "unsettled" (modified within `settle_seconds`: still being written, left for a later pass without an
+    ERROR row), "held" (an ERROR row of its own, unchanged since and less than ERROR_RETRY_SECONDS ago:
+    an unreadable file is not reported again every few seconds), else None: inspect it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # gone or unreadable: the load says which, in an ERROR row
+    identity, shown = file_identity(st), display_path(path)
+    done = previous.get(shown)
+    if done is not None and done.get("model_id") == model_id and done.get("file") == identity:
+        return "done"
+    if time.time() - st.st_mtime < settle_seconds:
+        return "unsettled"
+    hold = held.get(shown)
+    if hold is not None and hold[0] == identity and time.monotonic() < hold[1]:
+        return "held"
+    return None
+
+
+class _Pass:
+    """One pass over a folder with a loaded model, under the output lock: a cron run is one pass, a watch
+    runs one every few seconds with the same model and rows in memory."""
+
+    def __init__(self, detector: Detector, folder: Path, out: Path, model_dir: Path, category: str | None,
+                 settle_seconds: float, heatmaps: str, console: Console):
+        self.detector, self.folder, self.out, self.model_dir = detector, folder, out, model_dir
+        self.category, self.settle_seconds, self.heatmaps, self.console = category, settle_seconds, heatmaps, console
+
+    def run(self, previous: dict, force: bool, stop=None, held: dict | None = None) -> InspectSummary:
+        """previous: path -> latest row, updated in place. stop: a threading.Event checked after every file
+        (the rows so far are kept, the rest wait for the next run). held: given by a watch (path -> (file
+        identity, monotonic time), updated in place): files are sorted out before loading (_watch_state)."""
+        watching = held is not None
+        detector, out, started = self.detector, self.out, time.perf_counter()
+        journal_path = out / "results.jsonl"
+        files = list_files(self.folder, exclude=out.resolve())
         skipped = 0
+        if watching:
+            states = [_watch_state(f, previous, detector.model_id, self.settle_seconds, held) for f in files]
+            skipped = states.count("done")
+            files = [f for f, state in zip(files, states) if state is None]
+        inspection = _FolderInspection(detector, self.folder, out, self.category, self.settle_seconds, previous, force,
+                                       self.heatmaps)
+        run_rows: list[dict] = []
         timing = np.zeros(3)
         n_scored = 0
-        try:
-            with track(console, "inspect", len(files)) as task:
-                for result in detector.stream(files, inspection.load):
-                    task.advance()
-                    if result.loaded is _ALREADY_DONE:
-                        skipped += 1
-                        continue
-                    if result.unknown_category:
-                        row = inspection.unknown(result)
-                    elif isinstance(result.loaded, ModelInput):
-                        row, times = inspection.finish(result.item, result)
-                        timing += times
-                        n_scored += 1
-                    else:
-                        row = result.loaded
-                    writer.append(row)
-                    previous[row["path"]] = row
-                    run_rows.append(row)
-                    if row["verdict"] == "ERROR":
-                        console.print(f"[yellow]error:[/] {row['error']}", highlight=False)
-                    if len(run_rows) % 25 == 0:
-                        _write_tables(out, list(previous.values()))
-        finally:
-            writer.close()
-        all_rows = list(previous.values())
-        compact(journal_path, all_rows)
-        _write_tables(out, all_rows)
+        if files or not watching:
+            writer = JournalWriter(journal_path)
+            try:
+                with track(self.console, "inspect", len(files)) as task:
+                    for result in detector.stream(files, inspection.load):
+                        task.advance()
+                        if result.loaded is _ALREADY_DONE:
+                            skipped += 1
+                            continue
+                        if result.unknown_category:
+                            row = inspection.unknown(result)
+                        elif isinstance(result.loaded, ModelInput):
+                            row, times = inspection.finish(result.item, result)
+                            timing += times
+                            n_scored += 1
+                        else:
+                            row = result.loaded
+                        writer.append(row)
+                        previous[row["path"]] = row
+                        run_rows.append(row)
+                        if row["verdict"] == "ERROR":
+                            self.console.print(f"[yellow]error:[/] {row['error']}", highlight=False)
+                            if watching:
+                                held[row["path"]] = (_identity_now(result.item), time.monotonic() + ERROR_RETRY_SECONDS)
+                        if len(run_rows) % 25 == 0:
+                            _write_tables(out, list(previous.values()))
+                        if stop is not None and stop.is_set():
+                            break
+            finally:
+                writer.close()
         counts = {v: sum(r["verdict"] == v for r in run_rows) for v in VERDICTS}
         ms = timing / max(n_scored, 1)
+        all_rows = list(previous.values())
         drift = _drift(all_rows, detector.calibration)
-        summary = InspectSummary(run_rows, counts, skipped, *ms.tolist(), drift)
-        atomic_write_json(out / "summary.json", {
-            "folder": display_path(folder), "model": str(model_dir), "model_id": detector.model_id,
-            "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "counts": counts, "skipped_already_inspected": skipped, "exit_code": summary.exit_code,
-            "batch_size": detector.batch_size, "backend": detector.backend,
-            "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
-            "drift": drift})
-    return summary
+        summary = InspectSummary(run_rows, counts, skipped, *ms.tolist(), drift, time.perf_counter() - started)
+        if run_rows or not watching:
+            compact(journal_path, all_rows)
+            _write_tables(out, all_rows)
+            atomic_write_json(out / "summary.json", {
+                "folder": display_path(self.folder), "model": str(self.model_dir), "model_id": detector.model_id,
+                "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "counts": counts, "skipped_already_inspected": skipped, "exit_code": summary.exit_code,
+                "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
+                "seconds": round(summary.seconds, 3),
+                "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
+                "drift": drift})
+        return summary
+
+
+def bundle_identity(model_dir: Path) -> list:
+    """What a watch compares to notice a retrained or recalibrated model: size, modification time and
+    inode of the files a Detector reads (None for a missing one)."""
+    names = (RunFolder.WEIGHTS, RunFolder.RECIPE, RunFolder.META, RunFolder.CALIBRATION, RunFolder.ROUTING)
+    return [_identity_now(model_dir / name) for name in names]
+
+
+def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, interval: float = 2.0,
+                 stop: threading.Event | None = None, on_pass: Callable[[InspectSummary], None] | None = None,
+                 max_passes: int | None = None, category: str | None = None, device: str = "auto",
+                 force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
+                 console: Console | None = None, batch_size: int | None = None, scores_only: bool = False,
+                 heatmaps: str = "defects", backend: str = "torch") -> int:
+    """Inspect `folder` every `interval` seconds with the model loaded once, until `stop` is set (or
+    `max_passes` passes): a line PC pays torch's import and the model's loading once, not per cron run.
+    The output lock is held throughout. Files still being written wait for a later pass; on_pass(summary)
+    is called after each pass that wrote rows. When the run folder's model, recipe, calibration or router
+    changes, the model is loaded again before the next pass; while it cannot be (a calibration being
+    written, a missing file), inspection pauses and says why once, rather than judge with stale
+    thresholds. force: only the first pass redoes inspected files. -> the number of passes."""
+    if heatmaps not in HEATMAPS:
+        raise DataError(f"--heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
+    if not interval > 0:
+        raise DataError(f"--watch must be a positive number of seconds, got {interval}")
+    console = console or Console(stderr=True)
+    stop = stop or threading.Event()
+    model_dir = Path(model_dir)
+    folder, out = _checked_folders(Path(folder), Path(out))
+    identity = bundle_identity(model_dir)
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heatmaps").mkdir(exist_ok=True)
+    passes, paused, held = 0, None, {}
+    with OutputLock(out, lock_wait):
+        _remove_stale_temporaries(out)
+        previous = _previous_rows(out / "results.jsonl", console)
+        while not stop.is_set():
+            now = bundle_identity(model_dir)
+            if now != identity:
+                try:
+                    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
+                except (AdcliError, OSError) as exc:
+                    if str(exc) != paused:
+                        console.print(f"[yellow]paused:[/] the model changed and cannot be loaded: {exc}; retrying "
+                                      f"every {interval:g} s", highlight=False)
+                        paused = str(exc)
+                    stop.wait(interval)
+                    continue
+                identity, paused = now, None
+                console.print(f"model or calibration changed: loaded again (model {detector.model_id})", highlight=False)
+            job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, console)
+            summary = job.run(previous, force and passes == 0, stop=stop, held=held)
+            passes += 1
+            if summary.rows and on_pass is not None:
+                on_pass(summary)
+            if max_passes is not None and passes >= max_passes:
+                break
+            stop.wait(interval)
+    return passes

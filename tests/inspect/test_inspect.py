@@ -15,16 +15,7 @@ from adcli import io as aio
 from adcli.calibrate import calibrate
 from adcli.inspect import inspect_folder
 from adcli.journal import read_journal
-from adcli.recipe import load_recipe
-from adcli.train import train
 from tests.conftest import save_png
-
-
-@pytest.fixture(scope="module")
-def model(prepared, tmp_path_factory):
-    run = train(prepared, tmp_path_factory.mktemp("insp") / "run", load_recipe("diffusionad", "test"), device="cpu")
-    calibrate(run, prepared, 0.05, device="cpu")
-    return run
 
 
 def _good_png(path, seed=0):
