@@ -184,6 +184,8 @@ def inspect(
                                               "verdict 'uncalibrated', exit code 6.")] = False,
     heatmaps: Annotated[str, typer.Option("--heatmaps", help="Heatmap pictures for: all | defects (every image "
                                           "not OK) | none.")] = "defects",
+    heatmap_format: Annotated[str, typer.Option("--heatmap-format", help="Heatmap pictures as jpg (fast, small) "
+                                                "or png (lossless).")] = "jpg",
     backend: Backend = "torch",
     watch: Annotated[Optional[float], typer.Option("--watch", metavar="SECONDS", help="Keep running: inspect new "
                                                    "files every SECONDS with the model loaded once, until stopped "
@@ -197,11 +199,11 @@ def inspect(
     if watch is not None:
         _watch(folder, model, out, watch, as_json, quiet, category=category, device=device, force=force,
                settle_seconds=settle_seconds, lock_wait=lock_wait, batch_size=batch_size, scores_only=scores_only,
-               heatmaps=heatmaps, backend=backend)
+               heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
         raise typer.Exit(0)
     summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
                              settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
-                             scores_only=scores_only, heatmaps=heatmaps, backend=backend)
+                             scores_only=scores_only, heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
     if as_json:
         print(json.dumps(json.loads((out / "summary.json").read_text())))
     else:

@@ -32,7 +32,7 @@ from adcli.data.manifest import IMAGE_EXTENSIONS
 from adcli.detector import Detector, ModelInput, Scored
 from adcli.errors import AdcliError, DataError, ImageError, OutputError
 from adcli.inspect.intake import OutputLock, display_path, file_identity, list_files, read_settled
-from adcli.inspect.render import Caption, heatmap_name, render_heatmap
+from adcli.inspect.render import HEATMAP_FORMATS, Caption, heatmap_name, render_heatmap
 from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
 from adcli.journal import JournalWriter, compact, latest_by_path, read_journal
 from adcli.progress import track
@@ -129,8 +129,9 @@ class _FolderInspection:
     """One run over one folder: turns each file into a row (and a heatmap)."""
 
     def __init__(self, detector: Detector, folder: Path, out: Path, category: str | None, settle_seconds: float,
-                 previous: dict, force: bool, heatmaps: str):
+                 previous: dict, force: bool, heatmaps: str, heatmap_format: str):
         self.detector, self.folder, self.out, self.heatmaps = detector, folder, out, heatmaps
+        self.heatmap_format = heatmap_format
         self.category = detector.fixed_category(category)  # None: routed a batch at a time
         self.settle_seconds, self.previous, self.force = settle_seconds, previous, force
 
@@ -175,21 +176,31 @@ class _FolderInspection:
         t0 = time.perf_counter()
         cal = self.detector.category_calibration(cat)
         verdict = cal.verdict(result.score) if cal else "uncalibrated"
-        name = heatmap_name(path, self.folder)
-        heatmap = self.out / "heatmaps" / name
+        names = {fmt: heatmap_name(path, self.folder, fmt) for fmt in HEATMAP_FORMATS}
+        name = names[self.heatmap_format]
         if self.heatmaps == "all" or (self.heatmaps == "defects" and verdict != "OK"):
             caption = Caption(row["path"], result.score, cal.threshold if cal else None, verdict)
             picture = render_heatmap(pending.image, result.anomaly_map, cal.display_range if cal else self.detector.map_range,
-                                     cal.pixel_threshold if cal else None, caption)
-            atomic_write_bytes(heatmap, picture)
+                                     cal.pixel_threshold if cal else None, caption, self.heatmap_format)
+            atomic_write_bytes(self.out / "heatmaps" / name, picture)
             row["heatmap"] = f"heatmaps/{name}"
+            keep = {name}
         else:
-            heatmap.unlink(missing_ok=True)  # a heatmap from an earlier verdict would contradict this row
+            keep = set()
+        for other in set(names.values()) - keep:  # an earlier verdict's (or format's) picture would contradict this row
+            (self.out / "heatmaps" / other).unlink(missing_ok=True)
         write_ms = (time.perf_counter() - t0) * 1e3
         load_ms = pending.load_ms + result.route_ms  # reading, decoding, resizing and choosing the category
         row.update(score=f"{result.score:.6g}", threshold=f"{cal.threshold:.6g}" if cal else "", verdict=verdict,
                    ms=f"{load_ms + result.infer_ms + write_ms:.1f}")
         return row, np.array([load_ms, result.infer_ms, write_ms])
+
+
+def _check_heatmap_options(heatmaps: str, heatmap_format: str) -> None:
+    if heatmaps not in HEATMAPS:
+        raise DataError(f"--heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
+    if heatmap_format not in HEATMAP_FORMATS:
+        raise DataError(f"--heatmap-format must be one of {', '.join(HEATMAP_FORMATS)}, got {heatmap_format!r}")
 
 
 def _checked_folders(folder: Path, out: Path) -> tuple[Path, Path]:
@@ -236,13 +247,13 @@ def _previous_rows(journal_path: Path, console: Console) -> dict:
 def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, category: str | None = None,
                    device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                    console: Console | None = None, batch_size: int | None = None,
-                   scores_only: bool = False, heatmaps: str = "defects", backend: str = "torch") -> InspectSummary:
+                   scores_only: bool = False, heatmaps: str = "defects", backend: str = "torch",
+                   heatmap_format: str = "jpg") -> InspectSummary:
     """scores_only: inspect with a model (or categories) not calibrated yet; their rows get the verdict
     `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect.
-    heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none.
-    backend: torch, or onnx / openvino for the graph `adcli export` wrote."""
-    if heatmaps not in HEATMAPS:
-        raise DataError(f"--heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
+    heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none;
+    heatmap_format: jpg or png. backend: torch, or onnx / openvino for the graph `adcli export` wrote."""
+    _check_heatmap_options(heatmaps, heatmap_format)
     console = console or Console(stderr=True)
     model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
@@ -254,7 +265,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     with OutputLock(out, lock_wait):
         _remove_stale_temporaries(out)
         previous = _previous_rows(out / "results.jsonl", console)
-        job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, console)
+        job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console)
         return job.run(previous, force)
 
 
@@ -284,9 +295,10 @@ class _Pass:
     runs one every few seconds with the same model and rows in memory."""
 
     def __init__(self, detector: Detector, folder: Path, out: Path, model_dir: Path, category: str | None,
-                 settle_seconds: float, heatmaps: str, console: Console):
+                 settle_seconds: float, heatmaps: str, heatmap_format: str, console: Console):
         self.detector, self.folder, self.out, self.model_dir = detector, folder, out, model_dir
         self.category, self.settle_seconds, self.heatmaps, self.console = category, settle_seconds, heatmaps, console
+        self.heatmap_format = heatmap_format
 
     def run(self, previous: dict, force: bool, stop=None, held: dict | None = None) -> InspectSummary:
         """previous: path -> latest row, updated in place. stop: a threading.Event checked after every file
@@ -302,7 +314,7 @@ class _Pass:
             skipped = states.count("done")
             files = [f for f, state in zip(files, states) if state is None]
         inspection = _FolderInspection(detector, self.folder, out, self.category, self.settle_seconds, previous, force,
-                                       self.heatmaps)
+                                       self.heatmaps, self.heatmap_format)
         run_rows: list[dict] = []
         timing = np.zeros(3)
         n_scored = 0
@@ -367,7 +379,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
                  max_passes: int | None = None, category: str | None = None, device: str = "auto",
                  force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                  console: Console | None = None, batch_size: int | None = None, scores_only: bool = False,
-                 heatmaps: str = "defects", backend: str = "torch") -> int:
+                 heatmaps: str = "defects", backend: str = "torch", heatmap_format: str = "jpg") -> int:
     """Inspect `folder` every `interval` seconds with the model loaded once, until `stop` is set (or
     `max_passes` passes): a line PC pays torch's import and the model's loading once, not per cron run.
     The output lock is held throughout. Files still being written wait for a later pass; on_pass(summary)
@@ -375,8 +387,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     changes, the model is loaded again before the next pass; while it cannot be (a calibration being
     written, a missing file), inspection pauses and says why once, rather than judge with stale
     thresholds. force: only the first pass redoes inspected files. -> the number of passes."""
-    if heatmaps not in HEATMAPS:
-        raise DataError(f"--heatmaps must be one of {', '.join(HEATMAPS)}, got {heatmaps!r}")
+    _check_heatmap_options(heatmaps, heatmap_format)
     if not interval > 0:
         raise DataError(f"--watch must be a positive number of seconds, got {interval}")
     console = console or Console(stderr=True)
@@ -405,7 +416,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
                     continue
                 identity, paused = now, None
                 console.print(f"model or calibration changed: loaded again (model {detector.model_id})", highlight=False)
-            job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, console)
+            job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console)
             summary = job.run(previous, force and passes == 0, stop=stop, held=held)
             passes += 1
             if summary.rows and on_pass is not None:

@@ -22,6 +22,8 @@ MIN_PICTURE = 256  # px: smaller images are enlarged by a whole factor (crisp pi
 VERDICT_COLOURS = {"DEFECT": (200, 30, 30), "OK": (30, 140, 60)}
 OTHER_COLOUR = (150, 110, 20)  # uncalibrated
 BACKGROUND = (28, 28, 28)
+HEATMAP_FORMATS = ("jpg", "png")
+JPEG_QUALITY = 90
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +36,13 @@ class Caption:
     verdict: str
 
 
-def heatmap_name(path: Path, folder: Path) -> str:
-    """A unique, flat, ASCII-safe file name for the heatmap of `path`."""
+def heatmap_name(path: Path, folder: Path, fmt: str = "jpg") -> str:
+    """A unique, flat, ASCII-safe file name for the heatmap of `path`, ending in .jpg or .png (`fmt`)."""
     rel = display_path(path.relative_to(folder))
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in rel.rsplit(".", 1)[0].replace("/", "__"))
     # The hash of the absolute path keeps names unique when several folders share one --out.
     unique = hashlib.sha1(display_path(path.absolute()).encode()).hexdigest()[:8]
-    return f"{stem[:120]}_{unique}_heatmap.png"
+    return f"{stem[:120]}_{unique}_heatmap.{fmt}"
 
 
 def contour(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -110,9 +112,12 @@ def frame(picture: Image.Image, caption: Caption, value_range: tuple[float, floa
 
 
 def render_heatmap(image: Image.Image, anomaly_map: np.ndarray, value_range, pixel_threshold: float | None,
-                   caption: Caption | None = None) -> bytes:
-    """PNG bytes: the map (model resolution) over the image, white contour where map >= pixel_threshold;
-    with a caption, framed by its header and a colour bar. value_range None = the map's own min..max."""
+                   caption: Caption | None = None, fmt: str = "png") -> bytes:
+    """PNG or JPEG bytes (fmt "png" / "jpg"): the map (model resolution) over the image, white contour where
+    map >= pixel_threshold; with a caption, framed by its header and a colour bar. value_range None = the
+    map's own min..max."""
+    if fmt not in HEATMAP_FORMATS:
+        raise ValueError(f"heatmap format must be one of {', '.join(HEATMAP_FORMATS)}, not {fmt!r}")
     if value_range is None:
         value_range = (float(anomaly_map.min()), float(anomaly_map.max()))
     picture = overlay(image, anomaly_map, value_range)
@@ -123,5 +128,10 @@ def render_heatmap(image: Image.Image, anomaly_map: np.ndarray, value_range, pix
     if caption is not None:
         picture = frame(picture, caption, value_range, pixel_threshold)
     buf = io.BytesIO()
-    picture.save(buf, format="PNG", compress_level=1)  # a few % larger, a third less time than the default 6
+    if fmt == "png":
+        picture.save(buf, format="PNG", compress_level=1)  # a few % larger, a third less time than the default 6
+    else:
+        # ~0.5 ms instead of PNG's ~10 ms for a 384² picture, a quarter of its size; no chroma subsampling,
+        # so the one-pixel contour and the coloured header keep their colours.
+        picture.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return buf.getvalue()

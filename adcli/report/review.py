@@ -37,7 +37,8 @@ def _picture(out: Path, rel: str) -> str:
     path = out / rel if rel else None
     if path is None or not path.is_file():
         return ""
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _counts_table(rows: list[dict]) -> str:

@@ -166,6 +166,22 @@ def test_heatmaps_all_defects_or_none(half_defects, demo_root, tmp_path):
     assert any(r["verdict"] == "OK" for r in summary.rows) and any(r["verdict"] == "DEFECT" for r in summary.rows)
 
 
+def test_heatmap_format_and_a_switch_of_it_leaves_one_picture_per_image(half_defects, demo_root, tmp_path):
+    from PIL import Image
+
+    folder, out = demo_root / "disc" / "test", tmp_path / "out"
+    png = inspect_folder(folder, half_defects, out, category="disc", device="cpu", settle_seconds=0, heatmap_format="png")
+    jpg = inspect_folder(folder, half_defects, out, category="disc", device="cpu", settle_seconds=0, force=True)
+    png_names = [r["heatmap"] for r in png.rows if r["heatmap"]]
+    jpg_names = [r["heatmap"] for r in jpg.rows if r["heatmap"]]
+    assert png_names and all(n.endswith("_heatmap.png") for n in png_names)
+    assert [n[:-4] for n in jpg_names] == [n[:-4] for n in png_names] and all(n.endswith(".jpg") for n in jpg_names)
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == sorted(n.split("/")[-1] for n in jpg_names)
+    assert {Image.open(out / n).format for n in jpg_names} == {"JPEG"}
+    with pytest.raises(DataError, match="--heatmap-format must be one of jpg, png"):
+        inspect_folder(folder, half_defects, out, category="disc", device="cpu", heatmap_format="gif")
+
+
 def test_review_page_shows_counts_and_every_defect(half_defects, demo_root, tmp_path):
     model = half_defects
     from adcli.errors import DataError
@@ -177,7 +193,8 @@ def test_review_page_shows_counts_and_every_defect(half_defects, demo_root, tmp_
     summary = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
     page = render_review(tmp_path / "out").read_text()
     defects = [r for r in summary.rows if r["verdict"] == "DEFECT"]
-    assert defects and page.count("<img src='data:image/png;base64,") == len(defects) + 1  # + the score histogram
+    assert defects and page.count("<img src='data:image/jpeg;base64,") == len(defects)  # their heatmaps
+    assert page.count("<img src='data:image/png;base64,") == 1  # the score histogram
     assert f"<td><b>{len(defects)}</b></td>" in page and "broken.png" in page and "not an image" in page
     with pytest.raises(DataError, match="not an `adcli inspect` output folder"):
         render_review(folder)
@@ -211,7 +228,7 @@ def test_kill_and_rerun_leaves_one_row_per_image(model, tmp_path):
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in folder.iterdir())
     csv_lines = (out / "results.csv").read_text().strip().splitlines()
     assert len(csv_lines) == n + 1
-    assert not [p for p in (out / "heatmaps").iterdir() if p.suffix != ".png"]  # no temporary files left
+    assert not [p for p in (out / "heatmaps").iterdir() if p.suffix not in (".jpg", ".png")]  # no temporary files left
 
 
 def test_concurrent_runs_do_not_corrupt(model, tmp_path):

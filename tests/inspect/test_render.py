@@ -9,11 +9,12 @@ from adcli.heatmap import JET_TABLE
 from adcli.inspect.render import BAR_PX, HEADER_PX, MIN_WIDTH, VERDICT_COLOURS, Caption, render_heatmap
 
 
-def _render(size=(400, 300), verdict="DEFECT", threshold=0.5, score=0.7):
+def _render(size=(400, 300), verdict="DEFECT", threshold=0.5, score=0.7, fmt="png"):
     image = Image.new("RGB", size, (90, 90, 90))
     anomaly_map = np.zeros((32, 32), np.float32)
     anomaly_map[10:20, 10:20] = 1.0
-    data = render_heatmap(image, anomaly_map, (0.0, 1.0), 0.75, Caption("line/part_7.png", score, threshold, verdict))
+    data = render_heatmap(image, anomaly_map, (0.0, 1.0), 0.75, Caption("line/part_7.png", score, threshold, verdict), fmt)
+    assert Image.open(io.BytesIO(data)).format == {"png": "PNG", "jpg": "JPEG"}[fmt]
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
@@ -25,6 +26,14 @@ def test_header_and_colour_bar_frame_the_image():
     assert tuple(bar[0]) == tuple(JET_TABLE[0]) and tuple(bar[-1]) == tuple(JET_TABLE[255])
     assert (picture[HEADER_PX + 150, :] == 255).all(axis=-1).any()  # the white defect contour is drawn
     assert tuple(_render(verdict="OK", score=0.1)[10, 6]) == VERDICT_COLOURS["OK"]
+
+
+def test_jpeg_pictures_look_like_the_png_ones():
+    lossless, jpeg = _render().astype(int), _render(fmt="jpg").astype(int)
+    assert lossless.shape == jpeg.shape
+    assert np.abs(lossless - jpeg).mean() < 2.0  # q90 without chroma subsampling
+    contour = (lossless == 255).all(axis=-1)
+    assert contour.any() and (jpeg[contour] > 200).all()  # the one-pixel white contour survives
 
 
 def test_small_images_are_enlarged_and_centred_so_the_text_fits():
