@@ -48,6 +48,7 @@ DRIFT_MIN = 20
 DRIFT_Z = 4.0
 _ALREADY_DONE = object()
 ERROR_RETRY_SECONDS = 60.0  # a watch tries an unchanged file that gave an ERROR row again after this long
+WATCH_TABLES_SECONDS = 30.0  # a watch rewrites results.csv (and compacts the journal) at most this often
 
 
 @dataclasses.dataclass
@@ -295,10 +296,31 @@ class _Pass:
     runs one every few seconds with the same model and rows in memory."""
 
     def __init__(self, detector: Detector, folder: Path, out: Path, model_dir: Path, category: str | None,
-                 settle_seconds: float, heatmaps: str, heatmap_format: str, console: Console):
+                 settle_seconds: float, heatmaps: str, heatmap_format: str, console: Console, tables_every: float = 0.0):
+        """tables_every: seconds between rewrites of results.csv and the compacted results.jsonl (a watch:
+        both grow with every file ever inspected, so rewriting them every few seconds would cost more than
+        the images; the journal gets each row as it is made either way)."""
         self.detector, self.folder, self.out, self.model_dir = detector, folder, out, model_dir
         self.category, self.settle_seconds, self.heatmaps, self.console = category, settle_seconds, heatmaps, console
-        self.heatmap_format = heatmap_format
+        self.heatmap_format, self.tables_every = heatmap_format, tables_every
+        self._tables_at, self._tables_stale = -float("inf"), False
+        self.passes = 0  # a watch's count
+
+    def write_tables(self, previous: dict, compact_journal: bool) -> None:
+        """results.csv (and with compact_journal the journal, one row per file) from `previous`."""
+        all_rows = list(previous.values())
+        if compact_journal:
+            compact(self.out / "results.jsonl", all_rows)
+        _write_tables(self.out, all_rows)
+        self._tables_at, self._tables_stale = time.monotonic(), False
+
+    def flush(self, previous: dict) -> None:
+        """The tables brought up to date if rows came since they were last written (a watch's end)."""
+        if self._tables_stale:
+            self.write_tables(previous, compact_journal=True)
+
+    def _tables_due(self) -> bool:
+        return time.monotonic() - self._tables_at >= self.tables_every
 
     def run(self, previous: dict, force: bool, stop=None, held: dict | None = None) -> InspectSummary:
         """previous: path -> latest row, updated in place. stop: a threading.Event checked after every file
@@ -342,8 +364,9 @@ class _Pass:
                             self.console.print(f"[yellow]error:[/] {row['error']}", highlight=False)
                             if watching:
                                 held[row["path"]] = (_identity_now(result.item), time.monotonic() + ERROR_RETRY_SECONDS)
-                        if len(run_rows) % 25 == 0:
-                            _write_tables(out, list(previous.values()))
+                        self._tables_stale = True
+                        if len(run_rows) % 25 == 0 and self._tables_due():
+                            self.write_tables(previous, compact_journal=False)
                         if stop is not None and stop.is_set():
                             break
             finally:
@@ -353,9 +376,9 @@ class _Pass:
         all_rows = list(previous.values())
         drift = _drift(all_rows, detector.calibration)
         summary = InspectSummary(run_rows, counts, skipped, *ms.tolist(), drift, time.perf_counter() - started)
+        if not watching or (self._tables_stale and self._tables_due()):
+            self.write_tables(previous, compact_journal=True)
         if run_rows or not watching:
-            compact(journal_path, all_rows)
-            _write_tables(out, all_rows)
             atomic_write_json(out / "summary.json", {
                 "folder": display_path(self.folder), "model": str(self.model_dir), "model_id": detector.model_id,
                 "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -383,7 +406,8 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     """Inspect `folder` every `interval` seconds with the model loaded once, until `stop` is set (or
     `max_passes` passes): a line PC pays torch's import and the model's loading once, not per cron run.
     The output lock is held throughout. Files still being written wait for a later pass; on_pass(summary)
-    is called after each pass that wrote rows. When the run folder's model, recipe, calibration or router
+    is called after each pass that wrote rows. Rows reach results.jsonl as they are made; results.csv is
+    rewritten at most every WATCH_TABLES_SECONDS and when the watch ends. When the run folder's model, recipe, calibration or router
     changes, the model is loaded again before the next pass; while it cannot be (a calibration being
     written, a missing file), inspection pauses and says why once, rather than judge with stale
     thresholds. force: only the first pass redoes inspected files. -> the number of passes."""
@@ -398,30 +422,40 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
-    passes, paused, held = 0, None, {}
+    held: dict = {}
+    job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console,
+                tables_every=WATCH_TABLES_SECONDS)
     with OutputLock(out, lock_wait):
         _remove_stale_temporaries(out)
         previous = _previous_rows(out / "results.jsonl", console)
-        while not stop.is_set():
-            now = bundle_identity(model_dir)
-            if now != identity:
-                try:
-                    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
-                except (AdcliError, OSError) as exc:
-                    if str(exc) != paused:
-                        console.print(f"[yellow]paused:[/] the model changed and cannot be loaded: {exc}; retrying "
-                                      f"every {interval:g} s", highlight=False)
-                        paused = str(exc)
-                    stop.wait(interval)
-                    continue
-                identity, paused = now, None
-                console.print(f"model or calibration changed: loaded again (model {detector.model_id})", highlight=False)
-            job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console)
-            summary = job.run(previous, force and passes == 0, stop=stop, held=held)
-            passes += 1
-            if summary.rows and on_pass is not None:
-                on_pass(summary)
-            if max_passes is not None and passes >= max_passes:
-                break
-            stop.wait(interval)
-    return passes
+        _watch_passes(job, previous, model_dir, identity, interval, stop, on_pass, max_passes, force, held,
+                      (device, batch_size, backend, category, scores_only), console)
+        job.flush(previous)  # after a failure the journal holds every row; the next run compacts it
+    return job.passes
+
+
+def _watch_passes(job: _Pass, previous: dict, model_dir: Path, identity: list, interval: float, stop, on_pass,
+                  max_passes: int | None, force: bool, held: dict, load_args: tuple, console: Console) -> None:
+    """watch_folder's loop: a pass every `interval` seconds, the model loaded again when its files change."""
+    paused = None
+    while not stop.is_set():
+        now = bundle_identity(model_dir)
+        if now != identity:
+            try:
+                job.detector = _load_detector(model_dir, *load_args)
+            except (AdcliError, OSError) as exc:
+                if str(exc) != paused:
+                    console.print(f"[yellow]paused:[/] the model changed and cannot be loaded: {exc}; retrying "
+                                  f"every {interval:g} s", highlight=False)
+                    paused = str(exc)
+                stop.wait(interval)
+                continue
+            identity, paused = now, None
+            console.print(f"model or calibration changed: loaded again (model {job.detector.model_id})", highlight=False)
+        summary = job.run(previous, force and job.passes == 0, stop=stop, held=held)
+        job.passes += 1
+        if summary.rows and on_pass is not None:
+            on_pass(summary)
+        if max_passes is not None and job.passes >= max_passes:
+            break
+        stop.wait(interval)

@@ -317,6 +317,23 @@ def test_watch_inspects_each_new_file_once(model, tmp_path):
     assert summary["watching"] and sum(summary["counts"].values()) == 1  # the last pass that wrote rows: c.png
 
 
+def test_watch_rewrites_results_csv_at_most_every_30_s_and_when_it_ends(model, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    watcher = Watcher(folder, model, out)
+    try:
+        _good_png(folder / "a.png", 1)
+        _wait_for(lambda: len(watcher.rows()) == 1, "the first file")
+        assert (out / "results.csv").read_text().count("\n") == 2  # the first pass's table is due at once
+        _good_png(folder / "b.png", 2)
+        _wait_for(lambda: len(watcher.rows()) == 2, "the second file")
+        assert (out / "results.csv").read_text().count("\n") == 2  # within 30 s: not rewritten yet...
+        assert (out / "results.jsonl").read_text().count("\n") == 2  # ...while the journal has the row
+    finally:
+        watcher.close()
+    assert (out / "results.csv").read_text().count("\n") == 3
+
+
 def test_watch_leaves_a_file_being_written_for_a_later_pass(model, tmp_path):
     folder, out = tmp_path / "in", tmp_path / "out"
     path = _good_png(folder / "a.png")
