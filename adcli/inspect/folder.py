@@ -409,8 +409,8 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     is called after each pass that wrote rows. Rows reach results.jsonl as they are made; results.csv is
     rewritten at most every WATCH_TABLES_SECONDS and when the watch ends. When the run folder's model, recipe, calibration or router
     changes, the model is loaded again before the next pass; while it cannot be (a calibration being
-    written, a missing file), inspection pauses and says why once, rather than judge with stale
-    thresholds. force: only the first pass redoes inspected files. -> the number of passes."""
+    written, a missing file), or while the folder is gone (an unmounted share), inspection pauses and says
+    why once, rather than judge with stale thresholds or report nothing. force: only the first pass redoes inspected files. -> the number of passes."""
     _check_heatmap_options(heatmaps, heatmap_format)
     if not interval > 0:
         raise DataError(f"--watch must be a positive number of seconds, got {interval}")
@@ -438,20 +438,34 @@ def _watch_passes(job: _Pass, previous: dict, model_dir: Path, identity: list, i
                   max_passes: int | None, force: bool, held: dict, load_args: tuple, console: Console) -> None:
     """watch_folder's loop: a pass every `interval` seconds, the model loaded again when its files change."""
     paused = None
+
+    def pause(reason: str) -> None:
+        nonlocal paused
+        if reason != paused:
+            console.print(f"[yellow]paused:[/] {reason}; retrying every {interval:g} s", highlight=False)
+            paused = reason
+        stop.wait(interval)
+
+    mounted = os.path.ismount(job.folder)
     while not stop.is_set():
+        if not job.folder.is_dir():  # a moved or deleted folder: say so, wait for it to return
+            pause(f"folder not found: {job.folder}")
+            continue
+        if mounted and not os.path.ismount(job.folder):  # an unmounted share leaves an empty folder behind
+            pause(f"{job.folder} is no longer a mounted file system")
+            continue
         now = bundle_identity(model_dir)
         if now != identity:
             try:
                 job.detector = _load_detector(model_dir, *load_args)
             except (AdcliError, OSError) as exc:
-                if str(exc) != paused:
-                    console.print(f"[yellow]paused:[/] the model changed and cannot be loaded: {exc}; retrying "
-                                  f"every {interval:g} s", highlight=False)
-                    paused = str(exc)
-                stop.wait(interval)
+                pause(f"the model changed and cannot be loaded: {exc}")
                 continue
-            identity, paused = now, None
+            identity = now
             console.print(f"model or calibration changed: loaded again (model {job.detector.model_id})", highlight=False)
+        if paused is not None:
+            console.print("resumed", highlight=False)
+            paused = None
         summary = job.run(previous, force and job.passes == 0, stop=stop, held=held)
         job.passes += 1
         if summary.rows and on_pass is not None:

@@ -387,6 +387,23 @@ def test_watch_takes_a_new_calibration_and_pauses_while_it_is_broken(model, tmp_
     assert "loaded again" in watcher.log.getvalue()
 
 
+def test_watch_pauses_while_its_folder_is_gone(model, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    watcher = Watcher(folder, model, out)
+    try:
+        _good_png(folder / "a.png", 1)
+        _wait_for(lambda: len(watcher.rows()) == 1, "the first file")
+        shutil.rmtree(folder)
+        _wait_for(lambda: "paused: folder not found" in watcher.log.getvalue(), "the pause")
+        _good_png(tmp_path / "back" / "b.png", 2)
+        os.rename(tmp_path / "back", folder)  # the folder returns whole, as a remounted share
+        _wait_for(lambda: len(watcher.rows()) == 2, "the file in the folder that came back")
+    finally:
+        watcher.close()
+    assert watcher.log.getvalue().count("paused") == 1 and "resumed" in watcher.log.getvalue()
+
+
 def test_watch_refuses_a_non_positive_interval(model, tmp_path):
     (tmp_path / "in").mkdir()
     with pytest.raises(DataError, match="positive number of seconds"):
