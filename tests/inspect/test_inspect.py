@@ -295,14 +295,25 @@ class Watcher:
             raise self.error
 
 
-def test_watch_inspects_each_new_file_once(model, tmp_path):
+def _watch_after_a_first_file(run, tmp_path):
+    """(folder, out, watcher): a watch started on an empty folder that has inspected a.png."""
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
-    watcher = Watcher(folder, model, out)
+    watcher = Watcher(folder, run, out)
     try:
         _good_png(folder / "a.png", 1)
+        _wait_for(lambda: len(watcher.rows()) == 1, "the first file")
+    except BaseException:
+        watcher.close()
+        raise
+    return folder, out, watcher
+
+
+def test_watch_inspects_each_new_file_once(model, tmp_path):
+    folder, out, watcher = _watch_after_a_first_file(model, tmp_path)
+    try:
         _good_png(folder / "b.png", 2)
-        _wait_for(lambda: len(watcher.rows()) == 2, "the first two files")
+        _wait_for(lambda: len(watcher.rows()) == 2, "the second file")
         _good_png(folder / "c.png", 3)
         _wait_for(lambda: len(watcher.rows()) == 3, "the third file")
         time.sleep(0.3)  # several more passes: nothing is inspected twice
@@ -318,12 +329,8 @@ def test_watch_inspects_each_new_file_once(model, tmp_path):
 
 
 def test_watch_rewrites_results_csv_at_most_every_30_s_and_when_it_ends(model, tmp_path):
-    folder, out = tmp_path / "in", tmp_path / "out"
-    folder.mkdir()
-    watcher = Watcher(folder, model, out)
+    folder, out, watcher = _watch_after_a_first_file(model, tmp_path)
     try:
-        _good_png(folder / "a.png", 1)
-        _wait_for(lambda: len(watcher.rows()) == 1, "the first file")
         assert (out / "results.csv").read_text().count("\n") == 2  # the first pass's table is due at once
         _good_png(folder / "b.png", 2)
         _wait_for(lambda: len(watcher.rows()) == 2, "the second file")
@@ -363,15 +370,12 @@ def test_watch_reports_an_unreadable_file_once_until_it_changes(model, tmp_path)
 
 
 def test_watch_takes_a_new_calibration_and_pauses_while_it_is_broken(model, tmp_path):
-    run, folder, out = tmp_path / "run", tmp_path / "in", tmp_path / "out"
+    run = tmp_path / "run"
     shutil.copytree(model, run)
-    folder.mkdir()
     calibration_path = run / "calibration.json"
     calibration = json.loads(calibration_path.read_text())
-    watcher = Watcher(folder, run, out)
+    folder, out, watcher = _watch_after_a_first_file(run, tmp_path)
     try:
-        _good_png(folder / "a.png", 1)
-        _wait_for(lambda: len(watcher.rows()) == 1, "the first file")
         aio.atomic_write_text(calibration_path, "{ not json")
         _good_png(folder / "b.png", 2)
         _wait_for(lambda: "paused" in watcher.log.getvalue(), "the pause")
@@ -388,12 +392,8 @@ def test_watch_takes_a_new_calibration_and_pauses_while_it_is_broken(model, tmp_
 
 
 def test_watch_pauses_while_its_folder_is_gone(model, tmp_path):
-    folder, out = tmp_path / "in", tmp_path / "out"
-    folder.mkdir()
-    watcher = Watcher(folder, model, out)
+    folder, out, watcher = _watch_after_a_first_file(model, tmp_path)
     try:
-        _good_png(folder / "a.png", 1)
-        _wait_for(lambda: len(watcher.rows()) == 1, "the first file")
         shutil.rmtree(folder)
         _wait_for(lambda: "paused: folder not found" in watcher.log.getvalue(), "the pause")
         _good_png(tmp_path / "back" / "b.png", 2)
