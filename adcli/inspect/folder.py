@@ -304,7 +304,6 @@ class _Pass:
         self.category, self.settle_seconds, self.heatmaps, self.console = category, settle_seconds, heatmaps, console
         self.heatmap_format, self.tables_every = heatmap_format, tables_every
         self._tables_at, self._tables_stale = -float("inf"), False
-        self.passes = 0  # a watch's count
 
     def write_tables(self, previous: dict, compact_journal: bool) -> None:
         """results.csv (and with compact_journal the journal, one row per file) from `previous`."""
@@ -422,54 +421,46 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
-    held: dict = {}
     job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console,
                 tables_every=WATCH_TABLES_SECONDS)
+    passes, paused, held = 0, None, {}
     with OutputLock(out, lock_wait):
         _remove_stale_temporaries(out)
         previous = _previous_rows(out / "results.jsonl", console)
-        _watch_passes(job, previous, model_dir, identity, interval, stop, on_pass, max_passes, force, held,
-                      (device, batch_size, backend, category, scores_only), console)
-        job.flush(previous)  # after a failure the journal holds every row; the next run compacts it
-    return job.passes
 
+        def pause(reason: str) -> None:
+            nonlocal paused
+            if reason != paused:
+                console.print(f"[yellow]paused:[/] {reason}; retrying every {interval:g} s", highlight=False)
+                paused = reason
+            stop.wait(interval)
 
-def _watch_passes(job: _Pass, previous: dict, model_dir: Path, identity: list, interval: float, stop, on_pass,
-                  max_passes: int | None, force: bool, held: dict, load_args: tuple, console: Console) -> None:
-    """watch_folder's loop: a pass every `interval` seconds, the model loaded again when its files change."""
-    paused = None
-
-    def pause(reason: str) -> None:
-        nonlocal paused
-        if reason != paused:
-            console.print(f"[yellow]paused:[/] {reason}; retrying every {interval:g} s", highlight=False)
-            paused = reason
-        stop.wait(interval)
-
-    mounted = os.path.ismount(job.folder)
-    while not stop.is_set():
-        if not job.folder.is_dir():  # a moved or deleted folder: say so, wait for it to return
-            pause(f"folder not found: {job.folder}")
-            continue
-        if mounted and not os.path.ismount(job.folder):  # an unmounted share leaves an empty folder behind
-            pause(f"{job.folder} is no longer a mounted file system")
-            continue
-        now = bundle_identity(model_dir)
-        if now != identity:
-            try:
-                job.detector = _load_detector(model_dir, *load_args)
-            except (AdcliError, OSError) as exc:
-                pause(f"the model changed and cannot be loaded: {exc}")
+        mounted = os.path.ismount(folder)
+        while not stop.is_set():
+            if not folder.is_dir():  # a moved or deleted folder: say so, wait for it to return
+                pause(f"folder not found: {folder}")
                 continue
-            identity = now
-            console.print(f"model or calibration changed: loaded again (model {job.detector.model_id})", highlight=False)
-        if paused is not None:
-            console.print("resumed", highlight=False)
-            paused = None
-        summary = job.run(previous, force and job.passes == 0, stop=stop, held=held)
-        job.passes += 1
-        if summary.rows and on_pass is not None:
-            on_pass(summary)
-        if max_passes is not None and job.passes >= max_passes:
-            break
-        stop.wait(interval)
+            if mounted and not os.path.ismount(folder):  # an unmounted share leaves an empty folder behind
+                pause(f"{folder} is no longer a mounted file system")
+                continue
+            now = bundle_identity(model_dir)
+            if now != identity:
+                try:
+                    job.detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
+                except (AdcliError, OSError) as exc:
+                    pause(f"the model changed and cannot be loaded: {exc}")
+                    continue
+                identity = now
+                console.print(f"model or calibration changed: loaded again (model {job.detector.model_id})", highlight=False)
+            if paused is not None:
+                console.print("resumed", highlight=False)
+                paused = None
+            summary = job.run(previous, force and passes == 0, stop=stop, held=held)
+            passes += 1
+            if summary.rows and on_pass is not None:
+                on_pass(summary)
+            if max_passes is not None and passes >= max_passes:
+                break
+            stop.wait(interval)
+        job.flush(previous)  # after a failure the journal holds every row; the next run compacts it
+    return passes
