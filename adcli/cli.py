@@ -243,10 +243,10 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
         if as_json:
             print(json.dumps(json.loads((out / "summary.json").read_text())), flush=True)
             return
-        c = summary.counts
-        console.print(f"{time.strftime('%H:%M:%S')} {len(summary.rows)} file{'' if len(summary.rows) == 1 else 's'} in {summary.seconds:.2f} s: {c['OK']} OK, "
-                      f"{c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
-                      f"{c['uncalibrated']} uncalibrated", highlight=False)
+        c, files = summary.counts, f"{len(summary.rows)} file{'' if len(summary.rows) == 1 else 's'}"
+        console.print(f"{time.strftime('%H:%M:%S')} {files} in {summary.seconds:.2f} s: {c['OK']} OK, {c['DEFECT']} DEFECT, "
+                      f"{c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, {c['uncalibrated']} uncalibrated",
+                      highlight=False)
         for row in summary.rows:
             if row["verdict"] == "DEFECT":
                 console.print(f"  DEFECT {row['path']} ({row['category']}: score {row['score']} >= {row['threshold']})",
@@ -256,7 +256,8 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
     try:
         quiet.print(f"watching {folder} every {interval:g} s (Ctrl-C or SIGTERM to stop)", highlight=False)
         passes = watch_folder(folder, model, out, interval, stop=stop, on_pass=on_pass, console=quiet, **options)
-        quiet.print(f"stopped after {passes} passes; results: {out / 'results.csv'}", highlight=False)
+        quiet.print(f"stopped after {passes} pass{'' if passes == 1 else 'es'}; results: {out / 'results.csv'}",
+                    highlight=False)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -36,7 +36,7 @@ class Caption:
     verdict: str
 
 
-def heatmap_name(path: Path, folder: Path, fmt: str = "jpg") -> str:
+def heatmap_name(path: Path, folder: Path, fmt: str) -> str:
     """A unique, flat, ASCII-safe file name for the heatmap of `path`, ending in .jpg or .png (`fmt`)."""
     rel = display_path(path.relative_to(folder))
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in rel.rsplit(".", 1)[0].replace("/", "__"))
