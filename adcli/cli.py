@@ -254,7 +254,6 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
         _print_drift_and_speed(summary)
 
     try:
-        quiet.print(f"watching {folder} every {interval:g} s (Ctrl-C or SIGTERM to stop)", highlight=False)
         passes = watch_folder(folder, model, out, interval, stop=stop, on_pass=on_pass, console=quiet, **options)
         quiet.print(f"stopped after {passes} pass{'' if passes == 1 else 'es'}; results: {out / 'results.csv'}",
                     highlight=False)

@@ -427,6 +427,8 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     with OutputLock(out, lock_wait):
         _remove_stale_temporaries(out)
         previous = _previous_rows(out / "results.jsonl", console)
+        console.print(f"watching {folder} every {interval:g} s with model {detector.model_id} (stop: Ctrl-C or SIGTERM)",
+                      highlight=False)
 
         def pause(reason: str) -> None:
             nonlocal paused
