@@ -94,6 +94,12 @@ def _drift(rows: list[dict], calibration: Calibration | None) -> dict:
     return report
 
 
+def _unchanged_since(done: dict | None, model_id: str, identity: list[int] | None) -> bool:
+    """Whether `done`, a file's latest row, was made by this model from the file as it is now."""
+    return (done is not None and done.get("model_id") == model_id and done.get("file") is not None
+            and done["file"] == identity)
+
+
 def _identity_now(path: Path) -> list[int] | None:
     try:
         return file_identity(os.stat(path))
@@ -145,7 +151,7 @@ class _FolderInspection:
         done = self.previous.get(shown) if not self.force else None
         if done is not None and done.get("model_id") != self.detector.model_id:
             done = None
-        if done is not None and done.get("file") is not None and done["file"] == _identity_now(path):
+        if _unchanged_since(done, self.detector.model_id, _identity_now(path)):
             return _ALREADY_DONE  # unchanged since it was inspected: not even read again
         try:
             data, st = read_settled(path, self.settle_seconds)
@@ -270,8 +276,10 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
         return job.run(previous, force)
 
 
-def _watch_state(path: Path, previous: dict, model_id: str, settle_seconds: float, held: dict) -> str | None:
-    """What a watch does with a file this pass: "done" (inspected with this model, unchanged since),
+def _watch_state(path: Path, previous: dict, model_id: str, settle_seconds: float, held: dict,
+                 force: bool) -> str | None:
+    """What a watch does with a file this pass: "done" (inspected with this model, unchanged since; never
+    with `force`),
     "unsettled" (modified within `settle_seconds`: still being written, left for a later pass without an
     ERROR row), "held" (an ERROR row of its own, unchanged since and less than ERROR_RETRY_SECONDS ago:
     an unreadable file is not reported again every few seconds), else None: inspect it."""
@@ -280,8 +288,7 @@ def _watch_state(path: Path, previous: dict, model_id: str, settle_seconds: floa
     except OSError:
         return None  # gone or unreadable: the load says which, in an ERROR row
     identity, shown = file_identity(st), display_path(path)
-    done = previous.get(shown)
-    if done is not None and done.get("model_id") == model_id and done.get("file") == identity:
+    if not force and _unchanged_since(previous.get(shown), model_id, identity):
         return "done"
     if time.time() - st.st_mtime < settle_seconds:
         return "unsettled"
@@ -331,7 +338,7 @@ class _Pass:
         files = list_files(self.folder, exclude=out.resolve())
         skipped = 0
         if watching:
-            states = [_watch_state(f, previous, detector.model_id, self.settle_seconds, held) for f in files]
+            states = [_watch_state(f, previous, detector.model_id, self.settle_seconds, held, force) for f in files]
             skipped = states.count("done")
             files = [f for f, state in zip(files, states) if state is None]
         inspection = _FolderInspection(detector, self.folder, out, self.category, self.settle_seconds, previous, force,

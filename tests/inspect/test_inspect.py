@@ -341,6 +341,17 @@ def test_watch_rewrites_results_csv_at_most_every_30_s_and_when_it_ends(model, t
     assert (out / "results.csv").read_text().count("\n") == 3
 
 
+def test_watch_force_redoes_inspected_files_in_its_first_pass_only(model, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    _good_png(folder / "a.png")
+    inspect_folder(folder, model, out, category="disc", device="cpu", settle_seconds=0)
+    options = {"interval": 0.01, "category": "disc", "device": "cpu", "settle_seconds": 0}
+    plain, forced = [], []
+    watch_folder(folder, model, out, max_passes=2, on_pass=plain.append, **options)
+    watch_folder(folder, model, out, max_passes=3, on_pass=forced.append, force=True, **options)
+    assert plain == [] and [len(s.rows) for s in forced] == [1]
+
+
 def test_watch_leaves_a_file_being_written_for_a_later_pass(model, tmp_path):
     folder, out = tmp_path / "in", tmp_path / "out"
     path = _good_png(folder / "a.png")
