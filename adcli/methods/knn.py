@@ -31,10 +31,22 @@ class KnnSettings:
     projection_dim: int = 128
     gaussian_sigma: float = 4.0
     batch_size: int = 16  # images per backbone call while building the banks
+    # Shifted views of the training images among the coreset's candidates (ours; PatchCore: none). A
+    # pattern whose period is the feature grid's stride shows every cell of an image the same phase, so a
+    # few dozen images leave most phases out of the bank. bank_shifts: offsets per axis, multiples of
+    # stride / bank_shifts (1 = none); bank_views: image views a category's candidates may hold, so a
+    # category with many images (whose phases vary anyway) gets few or no shifted views and memory stays
+    # bounded (about bank_views × cells × features × 4 bytes).
+    bank_shifts: int = 1
+    bank_views: int = 1024
 
     def __post_init__(self):
         if not 0 < self.coreset_ratio <= 1:
             raise ValueError("knn.coreset_ratio must be in (0, 1]")
+        if not 1 <= self.bank_shifts <= 8:
+            raise ValueError(f"knn.bank_shifts must be an integer from 1 to 8, got {self.bank_shifts!r}")
+        if self.bank_views < 1:
+            raise ValueError(f"knn.bank_views must be at least 1, got {self.bank_views!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,18 +93,36 @@ class Knn(Method):
         ctx.log(f"building {self.name} banks on {len(data)} images of {len(self.categories)} categories, device {ctx.device}")
         with ctx.progress("fit", len(data)) as task:
             for index, cat in enumerate(self.categories):
-                feats = []
+                feats, cells = [], 0
                 imgs = to_tensor(data.of_category(index))  # (N, 3, H, W) in [0, 1]
+                offsets = shift_offsets(kc.bank_shifts)[:max(1, kc.bank_views // max(1, len(imgs)))]
                 for i in range(0, len(imgs), kc.batch_size):
-                    f = self.patch_features(imgs[i:i + kc.batch_size].to(ctx.device))
-                    feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())  # (B, D, h, w) -> (B*h*w, D)
+                    rows = self._bank_rows(imgs[i:i + kc.batch_size].to(ctx.device), offsets)
+                    cells += len(rows[0])
+                    feats.extend(rows)
                     task.advance(len(imgs[i:i + kc.batch_size]))
                 bank = torch.cat(feats)
-                count = max(1, int(round(kc.coreset_ratio * len(bank))))
+                # The ratio is of the unshifted images' cells: shifted views add candidates, not search time.
+                count = max(1, int(round(kc.coreset_ratio * cells)))
                 if count < len(bank):
                     g = torch.Generator().manual_seed(self.config.seed)
                     bank = bank[greedy_coreset(bank.to(ctx.device), count, kc.projection_dim, g).cpu()]
                 self.banks[cat] = nn.Parameter(bank.to(ctx.device), requires_grad=False)
+
+    def _bank_rows(self, images: torch.Tensor, offsets: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """images (B, 3, H, W) -> bank candidates, one (rows, D) tensor per offset (first (0, 0): every cell
+        of the images as they are). Offset (oy, ox) moves the content down/right by that many
+        stride / bank_shifts steps, the uncovered strip filled from the edge, and leaves out the first two
+        rows/columns of cells, which see that strip."""
+        f = self.patch_features(images)
+        rows = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu()]  # (B, D, h, w) -> (B*h*w, D)
+        stride, shifts = images.shape[-1] // f.shape[-1], self.config.knn.bank_shifts
+        for oy, ox in offsets[1:]:
+            dy, dx = oy * stride // shifts, ox * stride // shifts
+            moved = F.pad(images, (dx, 0, dy, 0), mode="replicate")[..., :images.shape[-2], :images.shape[-1]]
+            g = self.patch_features(moved)[..., 2 if dy else 0:, 2 if dx else 0:]
+            rows.append(g.permute(0, 2, 3, 1).reshape(-1, g.shape[1]).cpu())
+        return rows
 
     def fill_untrained(self, train_images: int) -> None:
         size = self.config.data.image_size
@@ -129,6 +159,19 @@ class Knn(Method):
 
     def scoring_graph(self) -> nn.Module:
         return KnnGraph(self)
+
+
+def shift_offsets(shifts: int) -> list[tuple[int, int]]:
+    """The shifts × shifts grid of view offsets, coarsest first ((0, 0), then the half-stride ones, then the
+    quarter-stride ones, ...), so that the first few views already spread over the phases."""
+    def halvings(k: int) -> int:  # k / shifts of the stride lies on the grid of stride / 2^n for this n
+        n = 0
+        while (k * 2 ** n) % shifts and 2 ** n < shifts:
+            n += 1
+        return n
+
+    grid = [(y, x) for y in range(shifts) for x in range(shifts)]
+    return sorted(grid, key=lambda o: max(halvings(o[0]), halvings(o[1])))  # stable: row-major within a level
 
 
 def nearest_distances(query: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,90 @@ def test_nearest_distances_against_cdist():
     want = torch.cdist(query, bank).amin(dim=1)
     torch.testing.assert_close(nearest_distances(query, bank, bank.square().sum(dim=1)), want)
     assert nearest_distances(query[:1], bank[:1], bank[:1].square().sum(dim=1)).item() >= 0
+
+
+def _stripes(phase: int, period: int, size: int = 64) -> torch.Tensor:
+    """Vertical dark lines every `period` px starting at `phase`: (3, size, size) in [0, 1]."""
+    image = torch.full((3, size, size), 0.8)
+    image[:, :, phase::period] = 0.2
+    return image
+
+
+def test_bank_shifts_add_the_phases_a_pattern_at_the_stride_lacks(mobilenet_weights):
+    """A line pattern whose period is the feature grid's stride: every cell of a training image sees the
+    same phase, so a normal image at another phase is far from a bank of that image alone. Shifted views
+    (knn.bank_shifts) put that phase in the bank; 1 = PatchCore's bank, the unshifted cells only."""
+    from adcli.methods.knn import Knn, nearest_distances, shift_offsets
+
+    def bank(shifts):
+        recipe = load_recipe("knn", "test", [f"backbone.weights={mobilenet_weights}", f"knn.bank_shifts={shifts}"])
+        model = Knn(recipe.config, ["stripes"])
+        return model, model._bank_rows(_stripes(0, stride)[None], shift_offsets(shifts))
+
+    stride = 4  # the test profile's first layer, features.3
+    plain_model, plain = bank(1)
+    cells = plain_model.patch_features(_stripes(0, stride)[None])
+    assert cells.shape[-1] == 64 // stride
+    assert len(plain) == 1 and torch.equal(plain[0], cells.permute(0, 2, 3, 1).reshape(-1, cells.shape[1]))
+    model, shifted = bank(2)
+    assert len(shifted) == 4 and torch.equal(shifted[0], plain[0])
+    h = cells.shape[-1]
+    assert [len(rows) for rows in shifted[1:]] == [h * (h - 2), (h - 2) * h, (h - 2) ** 2]  # edge cells left out
+    query = model.patch_features(_stripes(stride // 2, stride)[None])[0, :, 2:-2, 2:-2]  # interior cells
+    query = query.flatten(1).T
+    far = nearest_distances(query, plain[0], plain[0].square().sum(1))
+    rows = torch.cat(shifted)
+    near = nearest_distances(query, rows, rows.square().sum(1))
+    assert near.max() < far.min() / 4  # not 0: the edge strip reaches the interior through the receptive field
+
+
+def test_shift_offsets_coarsest_first():
+    from adcli.methods.knn import shift_offsets
+
+    assert shift_offsets(1) == [(0, 0)]
+    offsets = shift_offsets(4)
+    assert sorted(offsets) == [(y, x) for y in range(4) for x in range(4)]
+    assert offsets[:4] == [(0, 0), (0, 2), (2, 0), (2, 2)]  # half-stride views before quarter-stride ones
+
+
+class _Images:
+    """TrainImages' interface for fit(): uint8 (N, H, W, 3) per category."""
+
+    def __init__(self, *counts: int):
+        rng = np.random.default_rng(0)
+        self.images = [rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in counts]
+
+    def __len__(self):
+        return sum(len(i) for i in self.images)
+
+    def of_category(self, index):
+        return self.images[index]
+
+
+def test_bank_views_bound_the_shifted_views_per_category(mobilenet_weights, tmp_path):
+    """A category gets bank_views // images views per image (at least its own, at most bank_shifts²); the
+    coreset keeps coreset_ratio of the unshifted cells, so the bank is as large as without shifts."""
+    from adcli.methods.base import StageContext
+    from adcli.methods.knn import Knn
+
+    recipe = load_recipe("knn", "test", [f"backbone.weights={mobilenet_weights}", "knn.bank_shifts=2", "knn.bank_views=6"])
+    model = Knn(recipe.config, ["few", "many"])
+    offsets_seen = {}
+    bank_rows = model._bank_rows
+
+    def recording(images, offsets):
+        offsets_seen[len(images)] = offsets
+        return bank_rows(images, offsets)
+
+    model._bank_rows = recording
+    model.fit(_Images(2, 4), StageContext.silent("cpu", tmp_path))
+    assert offsets_seen == {2: [(0, 0), (0, 1), (1, 0)], 4: [(0, 0)]}  # 6 // 2 = 3 views; 6 // 4 = 1
+    cells = model.patch_features(torch.zeros(1, 3, 32, 32)).shape[-1] ** 2
+    assert len(model.banks["few"]) == round(0.5 * 2 * cells) and len(model.banks["many"]) == round(0.5 * 4 * cells)
+
+
+def test_bank_shifts_are_checked():
+    from adcli.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="--set knn.bank_shifts=0: knn.bank_shifts must be an integer from 1 to 8"):
+        load_recipe("knn", "test", ["knn.bank_shifts=0"])
