@@ -72,3 +72,22 @@ def interrupt_on_call(monkeypatch, owner, name: str, call: int) -> None:
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(owner, name, dies)
+
+
+class FakeTrainImages:
+    """TrainImages' interface over given uint8 (N, H, W, 3) images and their category ids, for fit stages
+    and batches without a prepared dataset."""
+
+    def __init__(self, images: np.ndarray, category_ids, categories=()):
+        self.images, self.category_ids, self.categories = images, np.asarray(category_ids), list(categories)
+
+    def __len__(self):
+        return len(self.images)
+
+    def of_category(self, index):
+        return self.images[self.category_ids == index]
+
+    def batch(self, indices, rng, synthesizer):
+        from adcli.data.batches import TrainImages
+
+        return TrainImages.batch(self, indices, rng, synthesizer)

@@ -8,14 +8,7 @@ import torch
 
 from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics
 from adcli.scoring import pixel_statistics
-
-
-class _Data:
-    def __init__(self, images: np.ndarray, category_ids: np.ndarray):
-        self.images, self.category_ids = images, category_ids
-
-    def of_category(self, c: int) -> np.ndarray:
-        return self.images[self.category_ids == c]
+from tests.conftest import FakeTrainImages
 
 
 class _Ctx:
@@ -32,7 +25,7 @@ def test_fit_makes_the_maps_in_eval_mode_and_restores_training_mode():
     dropout = torch.nn.Dropout(0.5)
     maps_of = lambda x, ids: dropout(x.mean(1)) + ids[:, None, None]  # noqa: E731 — dropout is the identity in eval mode
     rng = np.random.default_rng(0)
-    data = _Data(rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), np.array([0, 0, 0, 1, 1, 1]))
+    data = FakeTrainImages(rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), np.array([0, 0, 0, 1, 1, 1]))
     stats = NormalMapStatistics(2, 8)
     dropout.train()
     stats.fit(dropout, maps_of, data, ["a", "b"], count=3, batch_size=2, ctx=_Ctx())

@@ -7,28 +7,7 @@ import torch
 from adcli.data.batches import Synthesizer
 from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
 from adcli.registry import get_method, method_names
-from tests.conftest import recipe_with_weights
-
-
-class _Images:
-    """TrainImages' interface over random pixels: two categories, four images each."""
-
-    def __init__(self, size):
-        rng = np.random.default_rng(0)
-        self.images = rng.integers(0, 255, (8, size, size, 3), dtype=np.uint8)
-        self.category_ids = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-        self.categories = ["a", "b"]
-
-    def __len__(self):
-        return 8
-
-    def of_category(self, index):
-        return self.images[self.category_ids == index]
-
-    def batch(self, indices, rng, synthesizer):
-        from adcli.data.batches import TrainImages
-
-        return TrainImages.batch(self, indices, rng, synthesizer)
+from tests.conftest import FakeTrainImages, recipe_with_weights
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -37,7 +16,8 @@ def test_method_trains_one_step_of_every_stage_and_predicts(name, mobilenet_weig
     model = get_method(name).method_cls(config, ["a", "b"])
     assert isinstance(model, Method) and model.name == name and model.inference_batch_size >= 1
     size = config.data.image_size
-    data = _Images(size)
+    data = FakeTrainImages(np.random.default_rng(0).integers(0, 255, (8, size, size, 3), dtype=np.uint8), [0, 0, 0, 0, 1, 1, 1, 1],
+                           ["a", "b"])
     ctx = StageContext.silent("cpu", tmp_path)
     stages = model.stages()
     assert stages and all(isinstance(s, (GradientStage, FitStage)) for s in stages)

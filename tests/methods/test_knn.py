@@ -8,6 +8,7 @@ from adcli.run import RunFolder
 from adcli.inspect import inspect_folder
 from adcli.recipe import load_recipe
 from adcli.train import train
+from tests.conftest import FakeTrainImages
 
 
 def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path, mobilenet_weights):
@@ -132,20 +133,6 @@ def test_shift_offsets_coarsest_first():
     assert offsets[:4] == [(0, 0), (0, 2), (2, 0), (2, 2)]  # half-stride views before quarter-stride ones
 
 
-class _Images:
-    """TrainImages' interface for fit(): uint8 (N, H, W, 3) per category."""
-
-    def __init__(self, *counts: int):
-        rng = np.random.default_rng(0)
-        self.images = [rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in counts]
-
-    def __len__(self):
-        return sum(len(i) for i in self.images)
-
-    def of_category(self, index):
-        return self.images[index]
-
-
 def test_bank_views_bound_the_shifted_views_per_category(mobilenet_weights, tmp_path):
     """A category gets bank_views // images views per image (at least its own, at most bank_shifts²); the
     coreset keeps coreset_ratio of the unshifted cells, so the bank is as large as without shifts."""
@@ -162,7 +149,8 @@ def test_bank_views_bound_the_shifted_views_per_category(mobilenet_weights, tmp_
         return bank_rows(images, offsets)
 
     model._bank_rows = recording
-    model.fit(_Images(2, 4), StageContext.silent("cpu", tmp_path))
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    model.fit(FakeTrainImages(images, [0, 0, 1, 1, 1, 1]), StageContext.silent("cpu", tmp_path))
     assert offsets_seen == {2: [(0, 0), (0, 1), (1, 0)], 4: [(0, 0)]}  # 6 // 2 = 3 views; 6 // 4 = 1
     cells = model.patch_features(torch.zeros(1, 3, 32, 32)).shape[-1] ** 2
     assert len(model.banks["few"]) == round(0.5 * 2 * cells) and len(model.banks["many"]) == round(0.5 * 4 * cells)

@@ -15,7 +15,7 @@ from adcli.nets.unet import UNet
 from adcli.recipe import load_recipe
 from adcli.registry import get_method, method_names
 from adcli.train import train
-from tests.conftest import interrupt_on_call
+from tests.conftest import FakeTrainImages, interrupt_on_call
 
 
 @pytest.fixture(scope="module")
@@ -174,16 +174,6 @@ def test_same_weights_other_inference_settings_is_another_model(run, prepared, b
     assert RunFolder(a).model_id() != RunFolder(b).model_id()  # inspect and report must not reuse one's results for the other
 
 
-class _Images:
-    """The two things a fit stage reads of TrainImages."""
-
-    def __init__(self, images, category_ids):
-        self.images, self.category_ids = images, np.asarray(category_ids)
-
-    def of_category(self, index):
-        return self.images[self.category_ids == index]
-
-
 def _fitted_on_random_images(backbone_weights, tmp_path, overrides, seed):
     """A TimeNet `test` model with normals maxima whose score stage was fitted on random images (5 of category
     a, 2 of b, 3 normals each at most) -> (model, the 3 images of a it picked, as a tensor)."""
@@ -194,7 +184,7 @@ def _fitted_on_random_images(backbone_weights, tmp_path, overrides, seed):
     model = TimeNet(config, ["a", "b"]).eval()
     assert [s.name for s in model.stages()][-1] == "score_scale"
     images = np.random.default_rng(seed).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
-    model._fit_score_scale(_Images(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
+    model._fit_score_scale(FakeTrainImages(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
     return model, torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
 
 
