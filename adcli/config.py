@@ -40,18 +40,10 @@ class SynthConfig:
     # darker or brighter (adcli/data/synth.py: intensity_changed), for defects that change how bright a
     # region is rather than its texture (discolouration, stains, uneven surfaces).
     intensity_fraction: float = 0.0
-    # Ours (0 in every paper setting): the share whose source is the image itself moved by a few pixels
-    # (adcli/data/synth.py: shifted_copy), for defects that break a pattern without changing its colours
-    # (a bent or broken line in a mesh, a misplaced print).
-    shifted_fraction: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.intensity_fraction <= 1.0:
             raise ValueError("synth.intensity_fraction must be in [0, 1]")
-        if not 0.0 <= self.shifted_fraction <= 1.0:
-            raise ValueError("synth.shifted_fraction must be in [0, 1]")
-        if self.intensity_fraction + self.shifted_fraction > 1.0:
-            raise ValueError("synth.intensity_fraction + synth.shifted_fraction must be <= 1 (shares of the anomalies)")
         if self.self_aug not in ("authors", "strips"):
             raise ValueError("synth.self_aug must be authors or strips")
         if self.empty_mask_retries < 1:
@@ -122,12 +114,11 @@ class InferenceLoopConfig:
 
 
 def synth_settings(synth: SynthConfig) -> dict:
-    """The synthesis keys a trained stage depends on (its fingerprint). intensity_fraction and
-    shifted_fraction only when set, so runs trained before the keys existed keep their stages."""
+    """The synthesis keys a trained stage depends on (its fingerprint). intensity_fraction only when set,
+    so runs trained before the key existed keep their stages."""
     settings = dataclasses.asdict(synth)
-    for key in ("intensity_fraction", "shifted_fraction"):
-        if not settings[key]:
-            del settings[key]
+    if not synth.intensity_fraction:
+        del settings["intensity_fraction"]
     return settings
 
 

@@ -101,5 +101,4 @@ class Synthesizer:
     def __call__(self, image: np.ndarray, category_id: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         s = self.synth
         return synthesize(image, rng, self.textures, category_id in self.object_ids, s.max_perlin_scale_log2,
-                          (s.beta_min, s.beta_max), s.empty_mask_retries, s.self_aug, s.intensity_fraction,
-                          s.shifted_fraction)
+                          (s.beta_min, s.beta_max), s.empty_mask_retries, s.self_aug, s.intensity_fraction)

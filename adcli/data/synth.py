@@ -141,19 +141,6 @@ def intensity_changed(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.clip(image * gain, 0.0, 1.0).astype(np.float32)
 
 
-def shifted_copy(image: np.ndarray, rng: np.random.Generator, max_fraction: float = 0.125) -> np.ndarray:
-    """Anomaly source for a region where a pattern is broken but its colours are not: the image itself
-    moved (wrapping round) by 1 to max_fraction of its side on each axis, either way, never by (0, 0).
-    Blended in a mask, lines and edges there stop lining up with their surroundings.
-    image (H, W, 3) float in [0, 1] -> same shape."""
-    h, w, _ = image.shape
-    offsets = [0, 0]
-    while offsets == [0, 0]:
-        offsets = [int(rng.integers(-max(1, round(side * max_fraction)), max(1, round(side * max_fraction)) + 1))
-                   for side in (h, w)]
-    return np.roll(image, offsets, axis=(0, 1)).astype(np.float32)
-
-
 def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
     """All images under `folder` (recursively), resized to size×size, as uint8 (H, W, 3)."""
     folder = Path(folder)
@@ -173,8 +160,7 @@ def load_textures(folder: str | Path, size: int) -> list[np.ndarray]:
 
 def synthesize(image: np.ndarray, rng: np.random.Generator, textures: list[np.ndarray], is_object: bool,
                max_scale_log2: int = 5, beta_range: tuple[float, float] = (0.2, 0.8),
-               retries: int = 50, self_aug: str = "strips", intensity_fraction: float = 0.0,
-               shifted_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               retries: int = 50, self_aug: str = "strips", intensity_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic anomaly. image (H, W, 3) float in [0, 1] -> (anomalous image, mask (H, W) float).
     The mask may come back empty (every one of `retries` Perlin draws missed the object): the caller
     then treats the row as normal. (The authors keep the Perlin scale between draws; we redraw it.)"""
@@ -185,12 +171,9 @@ def synthesize(image: np.ndarray, rng: np.random.Generator, textures: list[np.nd
         mask = perlin_mask((h, w), rng, max_scale_log2) & region
         if mask.any():
             break
-    # No draw when both shares are 0, so runs without them get the anomalies they always got.
-    share = rng.random() if intensity_fraction > 0 or shifted_fraction > 0 else 1.0
-    if share < intensity_fraction:
+    # No draw when the share is 0, so runs without it get the anomalies they always got.
+    if intensity_fraction > 0 and rng.random() < intensity_fraction:
         source = intensity_changed(image, rng)
-    elif share < intensity_fraction + shifted_fraction:
-        source = shifted_copy(image, rng)
     elif bool(textures) and (not is_object or rng.random() < 0.5):
         tex = textures[int(rng.integers(0, len(textures)))]
         source = np.asarray(_random_ops(Image.fromarray(tex).resize((w, h)), rng), dtype=np.float32) / 255.0

@@ -1,7 +1,7 @@
 import numpy as np
 
 from adcli.data import synth as synth_module
-from adcli.data.synth import foreground_mask, perlin_mask, perlin_noise, shifted_copy, shuffled_strips, synthesize
+from adcli.data.synth import foreground_mask, perlin_mask, perlin_noise, shuffled_strips, synthesize
 
 
 def test_perlin_noise_is_deterministic_and_bounded():
@@ -104,74 +104,9 @@ def test_intensity_anomalies_scale_the_image_itself_inside_the_mask():
     assert ((ratios > 0.5 - 1e-6) & (ratios < 1.8 + 1e-6)).all() and (np.abs(ratios - 1) > 0.04).all()
 
 
-def test_intensity_and_shifted_fractions_zero_draw_the_same_anomalies_as_before():
+def test_intensity_fraction_zero_draws_the_same_anomalies_as_before():
     image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
     textures = [np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)]
     a = synthesize(image, np.random.default_rng(5), textures, is_object=False)
-    b = synthesize(image, np.random.default_rng(5), textures, is_object=False, intensity_fraction=0.0,
-                   shifted_fraction=0.0)
+    b = synthesize(image, np.random.default_rng(5), textures, is_object=False, intensity_fraction=0.0)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    # An intensity-only run draws what it drew before the shifted share existed.
-    c = synthesize(image, np.random.default_rng(5), textures, is_object=False, intensity_fraction=1.0)
-    d = synthesize(image, np.random.default_rng(5), textures, is_object=False, intensity_fraction=1.0,
-                   shifted_fraction=0.0)
-    assert all(np.array_equal(x, y) for x, y in zip(c, d))
-
-
-def test_shifted_copy_moves_the_image_by_a_few_pixels_never_by_none():
-    image = np.random.default_rng(0).uniform(0, 1, (40, 24, 3)).astype(np.float32)
-    rng = np.random.default_rng(1)
-    seen = set()
-    for _ in range(200):
-        moved = shifted_copy(image, rng)
-        found = [(dy, dx) for dy in range(-5, 6) for dx in range(-3, 4)
-                 if np.array_equal(moved, np.roll(image, (dy, dx), axis=(0, 1)))]
-        assert len(found) == 1 and found[0] != (0, 0)  # within 1/8 of each side (5 and 3 px)
-        seen.add(found[0])
-    ys, xs = {dy for dy, _ in seen}, {dx for _, dx in seen}
-    assert min(ys) == -5 and max(ys) == 5 and min(xs) == -3 and max(xs) == 3  # both ways, on both axes
-
-
-def test_shifted_anomalies_blend_a_moved_copy_of_the_image_inside_the_mask():
-    # Vertical lines every 4 px: a texture whose colours a moved copy keeps and whose pattern it breaks.
-    image = np.zeros((32, 32, 3), np.float32)
-    image[:, ::4] = 1.0
-    textures = [np.full((32, 32, 3), 128, np.uint8)]  # would put 0.5 everywhere if it were used
-    rng = np.random.default_rng(2)
-    broken = 0
-    for _ in range(20):
-        out, mask = synthesize(image, rng, textures, is_object=False, shifted_fraction=1.0)
-        inside = mask > 0
-        if not inside.any():
-            continue
-        assert np.array_equal(out[~inside], image[~inside])
-        fits = []
-        for dy in range(-4, 5):
-            for dx in range(-4, 5):
-                moved = np.roll(image, (dy, dx), axis=(0, 1))[inside]
-                # out = β·image + (1 − β)·moved inside: solve for β, keep the offset it explains exactly.
-                diff = image[inside] - moved
-                if not diff.any():
-                    fits.append(np.array_equal(out[inside], image[inside]))
-                    continue
-                beta = float((diff * (out[inside] - moved)).sum() / (diff * diff).sum())
-                fits.append(0.2 - 1e-5 <= beta <= 0.8 + 1e-5 and np.allclose(beta * diff + moved, out[inside], atol=1e-5))
-        assert any(fits)
-        broken += not np.array_equal(out[inside], image[inside])
-    assert broken >= 10  # most moves break the lines (one along them, or by the period across them, keeps them)
-
-
-def test_intensity_and_shifted_shares_split_one_draw():
-    image = np.random.default_rng(0).uniform(0.2, 0.5, (32, 32, 3)).astype(np.float32)
-    textures = [np.zeros((32, 32, 3), np.uint8)]
-    kinds = {"intensity": 0, "shifted": 0}
-    rng = np.random.default_rng(4)
-    for _ in range(60):
-        out, mask = synthesize(image, rng, textures, is_object=False, intensity_fraction=0.5, shifted_fraction=0.5)
-        inside = mask > 0
-        if not inside.any():
-            continue
-        ratio = out[inside] / image[inside]
-        kinds["intensity" if np.allclose(ratio, ratio.flat[0], atol=1e-5) else "shifted"] += 1
-        assert out[inside].max() > 0  # never the black texture: the two shares leave none for it
-    assert kinds["intensity"] >= 15 and kinds["shifted"] >= 15

@@ -133,14 +133,13 @@ def test_only_settings_that_change_the_weights_change_the_model_stage_fingerprin
     samples = []
     base = load_recipe("diffusionad", "test").config
     for key in ("train.lr_seg=0.5", "train.t_s_range=[10, 20]", "segnet.widths=[4, 8, 8]", "synth.beta_max=0.5",
-                "synth.intensity_fraction=0.5", "synth.shifted_fraction=0.5", "train.coarse_noise=0.5"):
+                "synth.intensity_fraction=0.5", "train.coarse_noise=0.5"):
         other = load_recipe("diffusionad", "test", [key]).config
         assert _fingerprints(_stages(other), other, samples)[0] != _fingerprints(_stages(base), base, samples)[0], key
     rescored = load_recipe("diffusionad", "test", ["scoring.image_score=standardised"]).config
     assert _fingerprints(_stages(rescored), rescored, samples)[0] == _fingerprints(_stages(base), base, samples)[0]
     # A key added later, left off, keeps the fingerprint runs trained before it have.
     assert "intensity_fraction" not in _stages(base)[0].settings["synth"]
-    assert "shifted_fraction" not in _stages(base)[0].settings["synth"]
     assert "coarse_noise" not in _stages(base)[0].settings["train"]
 
 

@@ -321,21 +321,15 @@ def test_timestep_map_is_the_tpns_t_that_predict_uses(run):
     assert model.timestep_map(x, ids) is None
 
 
-def test_intensity_and_shifted_fractions_enter_the_tpn_fingerprint_only_when_set(backbone_weights):
+def test_intensity_fraction_enters_the_tpn_fingerprint_only_when_set(backbone_weights):
     def tpn_synth(overrides):
         model = TimeNet(_recipe(backbone_weights, overrides).config, ["a", "b"])
         return [s for s in model.stages() if s.name == "tpn"][0].settings["synth"]
 
     assert "intensity_fraction" not in tpn_synth([])  # runs trained before the key keep their TPN
-    assert "shifted_fraction" not in tpn_synth([])
     assert tpn_synth(["synth.intensity_fraction=0.5"])["intensity_fraction"] == 0.5
-    assert tpn_synth(["synth.shifted_fraction=0.25"])["shifted_fraction"] == 0.25
     with pytest.raises(RecipeError, match=r"synth.intensity_fraction must be in \[0, 1\]"):
         load_recipe("timenet", "test", ["synth.intensity_fraction=1.5"])
-    with pytest.raises(RecipeError, match=r"synth.shifted_fraction must be in \[0, 1\]"):
-        load_recipe("timenet", "test", ["synth.shifted_fraction=-0.1"])
-    with pytest.raises(RecipeError, match=r"intensity_fraction \+ synth.shifted_fraction must be <= 1"):
-        load_recipe("timenet", "test", ["synth.intensity_fraction=0.6", "synth.shifted_fraction=0.6"])
 
 
 def test_coarse_noise_enters_the_flow_fingerprint_only_when_set_and_changes_the_inference_noise(backbone_weights):
