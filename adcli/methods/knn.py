@@ -114,14 +114,16 @@ class Knn(Method):
         of the images as they are). Offset (oy, ox) moves the content down/right by that many
         stride / bank_shifts steps, the uncovered strip filled from the edge, and leaves out the first two
         rows/columns of cells, which see that strip."""
+        def as_rows(f: torch.Tensor) -> torch.Tensor:  # (B, D, h, w) -> (B*h*w, D) on the CPU
+            return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu()
+
         f = self.patch_features(images)
-        rows = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu()]  # (B, D, h, w) -> (B*h*w, D)
+        rows = [as_rows(f)]
         stride, shifts = images.shape[-1] // f.shape[-1], self.config.knn.bank_shifts
         for oy, ox in offsets[1:]:
             dy, dx = oy * stride // shifts, ox * stride // shifts
             moved = F.pad(images, (dx, 0, dy, 0), mode="replicate")[..., :images.shape[-2], :images.shape[-1]]
-            g = self.patch_features(moved)[..., 2 if dy else 0:, 2 if dx else 0:]
-            rows.append(g.permute(0, 2, 3, 1).reshape(-1, g.shape[1]).cpu())
+            rows.append(as_rows(self.patch_features(moved)[..., 2 if dy else 0:, 2 if dx else 0:]))
         return rows
 
     def fill_untrained(self, train_images: int) -> None:
