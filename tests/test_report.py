@@ -125,3 +125,33 @@ def test_a_defect_without_mask_is_left_out_of_the_pixel_metrics(run, prepared, t
     assert row["defects_without_mask"] == 1 and row["images"] == reference["images"] + 1
     for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
         assert row[key] == pytest.approx(reference[key])  # not counted as an all-normal mask
+
+
+def test_metrics_without_type_example_matches_the_report_and_leaves_the_type_out(run, prepared, tmp_path):
+    import importlib.util
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from adcli.io import load_tensors
+    from adcli.metrics import METRIC_NAMES
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "metrics_without_type.py"
+    spec = importlib.util.spec_from_file_location("metrics_without_type", script)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    reported = make_report(run, prepared, tmp_path / "r", device="cpu")
+    rows = example.metrics_without(prepared, tmp_path / "r", {"spot"})
+    assert [(r["category"], r["left_out"]) for r in rows] == [("disc", "-"), ("disc", "spot"), ("weave", "-"), ("weave", "spot")]
+    for full, r in zip(reported[:2], rows[::2]):  # nothing left out: the report's own numbers
+        assert all(math.isclose(full[k], r[k]) or (math.isnan(full[k]) and math.isnan(r[k])) for k in METRIC_NAMES)
+    test = [s for s in load_manifest(prepared) if s.split == "test"]
+    scores = load_tensors(tmp_path / "r" / "outputs.safetensors")["scores"].numpy()
+    kept = [i for i, s in enumerate(test) if s.category == "disc" and s.defect != "spot"]
+    assert rows[1]["images"] == len(kept) < rows[0]["images"]
+    assert rows[1]["image_auroc"] == pytest.approx(roc_auc_score([test[i].label for i in kept], scores[kept]))
+    done = subprocess.run([sys.executable, str(script), str(prepared), str(tmp_path / "r"), "spot", "--category", "weave"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[:2] for line in done.stdout.splitlines()[1:]] == [["weave", "-"], ["weave", "spot"]]
