@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from adcli.data.manifest import load_manifest
+from adcli.errors import AdcliError, DataError
 from adcli.io import load_tensors
 from adcli.metrics import METRIC_NAMES, category_metrics
 from adcli.predictions import ground_truth
@@ -31,6 +33,8 @@ def metrics_without(prepared: str | Path, report: str | Path, left_out: set[str]
     images (as the report) and without `left_out`'s. Pixel metrics skip defective images without a
     mask, as `adcli report` does."""
     report = Path(report)
+    if not (report / "metrics.json").is_file() or not (report / "outputs.safetensors").is_file():
+        raise DataError(f"{report} is not an `adcli report` folder (metrics.json and outputs.safetensors expected)")
     meta = json.loads((report / "metrics.json").read_text())
     reported = [r["category"] for r in meta["categories"] if r["category"] != "mean"]
     # The report's outputs follow the manifest's order of its split, restricted to its categories.
@@ -38,8 +42,12 @@ def metrics_without(prepared: str | Path, report: str | Path, left_out: set[str]
     outputs = load_tensors(report / "outputs.safetensors")
     scores, maps = outputs["scores"].numpy(), outputs["maps"].numpy()
     if len(samples) != len(scores):
-        raise SystemExit(f"{report} holds {len(scores)} outputs but {prepared} has {len(samples)} "
+        raise DataError(f"{report} holds {len(scores)} outputs but {prepared} has {len(samples)} "
                          f"'{meta['split']}' images of its categories: not the dataset it was made from")
+    unknown = left_out - {s.defect for s in samples}
+    if unknown:
+        raise DataError(f"no '{meta['split']}' images of defect type {', '.join(sorted(unknown))} in {prepared} "
+                        f"(types: {', '.join(sorted({s.defect for s in samples if s.label == 1}))})")
     rows = []
     for cat in reported:
         if categories and cat not in categories:
@@ -62,7 +70,11 @@ def main() -> None:
     parser.add_argument("types", nargs="+", help="defect types (test folder names) to leave out")
     parser.add_argument("--category", action="append", help="only these categories (repeatable)")
     args = parser.parse_args()
-    rows = metrics_without(args.prepared, args.report, set(args.types), set(args.category or ()))
+    try:
+        rows = metrics_without(args.prepared, args.report, set(args.types), set(args.category or ()))
+    except AdcliError as error:  # one line and adcli's exit code for it (2), as the CLI would
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
     print(f"{'category':<16}{'left out':<18}{'images':>7}" + "".join(f"{SHORT[k]:>9}" for k in METRIC_NAMES))
     for r in rows:
         values = "".join(f"{'-' if r[k] != r[k] else f'{100 * r[k]:.1f}':>9}" for k in METRIC_NAMES)

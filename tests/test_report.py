@@ -155,3 +155,7 @@ def test_metrics_without_type_example_matches_the_report_and_leaves_the_type_out
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [line.split()[:2] for line in done.stdout.splitlines()[1:]] == [["weave", "-"], ["weave", "spot"]]
+    for args, says in (([str(tmp_path / "r"), "spopt"], "no 'test' images of defect type spopt"),
+                       ([str(tmp_path), "spot"], "is not an `adcli report` folder")):
+        done = subprocess.run([sys.executable, str(script), str(prepared), *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith("error:") and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
