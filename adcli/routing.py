@@ -111,6 +111,16 @@ def build_profile(embedder: PatchEmbedder, bank_images: list[Image.Image], held_
     return CategoryProfile(bank.half(), refs.half(), float(np.quantile(distances.numpy(), 0.99)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where the router puts one image: its nearest category, and whether it is within that category's
+    radius (known) or resembles none of the trained products (UNKNOWN_CATEGORY: still scored there)."""
+
+    category: str
+    distance: float
+    known: bool
+
+
 class CategoryRouter:
     """image -> category name, or None when it resembles no trained category."""
 
@@ -135,17 +145,22 @@ class CategoryRouter:
         return torch.stack([category_distance(patches, bank) for bank in self.banks], 1).numpy()
 
     def route(self, images: list[Image.Image]) -> list[str | None]:
-        return self.route_views(np.stack([PatchEmbedder.view(im) for im in images]))
+        """Each image's category, None where it resembles none (`nearest` says which is nearest then)."""
+        return [r.category if r.known else None for r in self.nearest(images)]
 
-    def route_views(self, views: np.ndarray) -> list[str | None]:
-        """uint8 (N, S, S, 3) from `PatchEmbedder.view` -> each image's category, None for none. One
-        network call for the whole batch (inspect routes a batch at a time, beside the model)."""
-        routed = []
+    def nearest(self, images: list[Image.Image]) -> list[Route]:
+        return self.nearest_views(np.stack([PatchEmbedder.view(im) for im in images]))
+
+    def nearest_views(self, views: np.ndarray) -> list[Route]:
+        """uint8 (N, S, S, 3) from `PatchEmbedder.view` -> each image's nearest category and whether it
+        lies within that category's radius. One network call for the whole batch (inspect routes a
+        batch at a time, beside the model)."""
+        routes = []
         patches = torch.cat([self.embedder.embed_views(views[i:i + 16]) for i in range(0, len(views), 16)])
         for row in self._distances(patches):
             best = self.categories[int(row.argmin())]
-            routed.append(best if row.min() <= self.radius[best] else None)
-        return routed
+            routes.append(Route(best, float(row.min()), bool(row.min() <= self.radius[best])))
+        return routes
 
     # ---- RUN/routing.safetensors ---------------------------------------------------------------
     def save(self, path: Path) -> None:
