@@ -161,9 +161,15 @@ def calibrate(
 INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.jsonl and summary.json.
 
 Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, or a model not
-calibrated (nothing done); 3 = ran, some files could not be read or resemble no trained product (and
-no defects); 6 = ran with --scores-only on an uncalibrated model: scores, no verdicts. Safe to run from cron: already inspected
-files are skipped, writes are atomic, and a second run on the same --out waits for the first.
+calibrated (nothing done); 3 = ran, no defects, but something needs a look: files that could not
+be read, or parts like no trained product (UNKNOWN_CATEGORY); 4 = internal error (a bug; rows
+written before it are kept); 5 = results could not be written (disk full, read-only); 6 = ran with
+--scores-only on an uncalibrated model: scores, no verdicts. Page a person on 1 and 3.
+
+Safe to run from cron: already inspected files are skipped, files still being written are left
+for a later run, writes are atomic, a second run on the same --out waits for the first, and
+DEFECT/ERROR rows of a run that was killed before it finished are reported (and counted in the
+exit code) by the next run.
 """
 
 
@@ -173,7 +179,8 @@ def inspect(
     model: Annotated[Path, typer.Option("--model", help="Trained model (run folder).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for heatmaps, results and summary.")],
     category: Annotated[str, typer.Option(help="Category of every image (skips routing), or auto: the trained product "
-                                                "each image shows; UNKNOWN_CATEGORY only when it resembles none.")] = "auto",
+                                                "each image is nearest to. An image like none is scored there too: "
+                                                "DEFECT above its threshold, else UNKNOWN_CATEGORY.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Inspect again files already inspected with this model.")] = False,
     settle_seconds: Annotated[float, typer.Option(help="Files modified more recently than this are still being written.")] = 2.0,
     lock_wait: Annotated[float, typer.Option(help="Seconds to wait for another run on the same --out.")] = 600.0,
@@ -209,9 +216,24 @@ def inspect(
     else:
         c = summary.counts
         console.print(f"{c['OK']} OK, {c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
-                      f"{c['uncalibrated']} uncalibrated; {summary.skipped} already inspected; results: {out / 'results.csv'}")
+                      f"{c['uncalibrated']} uncalibrated; {summary.skipped} already inspected"
+                      + (f"; {summary.still_writing} still being written (judged by a later run)" if summary.still_writing else "")
+                      + f"; results: {out / 'results.csv'}", highlight=False)
+        _print_notices(summary)
         _print_drift_and_speed(summary)
     raise typer.Exit(summary.exit_code)
+
+
+def _print_notices(summary) -> None:
+    """What a person must not miss beyond the counts: rows of a killed run reported now, a clock ahead."""
+    if summary.carried:
+        counts = ", ".join(f"{n} {v}" for v, n in summary.carried_counts.items() if n)
+        console.print(f"[yellow]from an interrupted run, not reported before:[/] {counts}", highlight=False)
+        for row in summary.carried:
+            console.print(f"  {row['verdict']} {escape(row['path'])}", highlight=False)
+    if summary.clock_ahead:
+        console.print(f"[yellow]warning:[/] files modified up to {summary.clock_ahead:.0f} s in the future: the clock of "
+                      "the PC that writes them is off (judged once their size held for --settle-seconds)", highlight=False)
 
 
 def _print_drift_and_speed(summary) -> None:
@@ -249,8 +271,12 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
                       highlight=False)
         for row in summary.rows:
             if row["verdict"] == "DEFECT":
-                console.print(f"  DEFECT {row['path']} ({row['category']}: score {row['score']} >= {row['threshold']})",
+                console.print(f"  DEFECT {escape(row['path'])} ({row['category']}: score {row['score']} >= {row['threshold']})",
                               highlight=False)
+            elif row["verdict"] == "UNKNOWN_CATEGORY":
+                console.print(f"  UNKNOWN_CATEGORY {escape(row['path'])} (like no trained product; nearest "
+                              f"{row['category']}: score {row['score']} < {row['threshold']})", highlight=False)
+        _print_notices(summary)
         _print_drift_and_speed(summary)
 
     try:

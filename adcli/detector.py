@@ -29,6 +29,7 @@ from adcli.calibration import Calibration, CategoryCalibration
 from adcli.data.batches import resized, to_tensor
 from adcli.errors import AdcliError, BundleError
 from adcli.io import read_image
+from adcli.routing import Route
 from adcli.run import RunFolder
 from adcli.runtime import resolve_device, scores_in_bf16
 
@@ -39,11 +40,12 @@ LOAD_WORKERS = 2  # decoding threads; a shop-floor PC has few cores and the mode
 class Prediction:
     """One image's result from `Detector.predict`."""
 
-    category: str | None  # None: the image resembles no trained category
-    score: float | None  # raw image score (larger = more anomalous)
-    anomaly_map: np.ndarray | None  # (H, W) float32 at the image's own size
+    category: str  # the given category, or the router's nearest one
+    score: float  # raw image score (larger = more anomalous)
+    anomaly_map: np.ndarray  # (H, W) float32 at the image's own size
     verdict: str  # OK | DEFECT | UNKNOWN_CATEGORY | uncalibrated
     threshold: float | None  # the category's calibrated threshold
+    far_from_products: bool = False  # routed, and beyond every trained product's radius (see `verdict`)
 
 
 @dataclasses.dataclass
@@ -51,7 +53,7 @@ class ModelInput:
     """What a loader hands to `Detector.stream` for an image to be scored (`Detector.model_input`)."""
 
     pixels: np.ndarray  # (S, S, 3) uint8: the image resized to the model's size
-    category: str | None  # None: the router decides in `stream`, and stays None if it resembles no category
+    category: str | None  # None: the router decides in `stream` (its nearest category)
     payload: Any = None  # anything the caller wants back with the result (e.g. the decoded image)
     route_view: np.ndarray | None = None  # the router's view of the image, while category is None
 
@@ -66,11 +68,12 @@ class Scored:
     anomaly_map: np.ndarray | None = None  # (S, S) float32 at the model's resolution
     infer_ms: float = 0.0  # this image's share of its batch's model time
     route_ms: float = 0.0  # and of its batch's routing time
+    route: Route | None = None  # where the router put it (None: the category was given)
 
     @property
-    def unknown_category(self) -> bool:
-        """Routed, and resembles none of the trained categories (not scored)."""
-        return isinstance(self.loaded, ModelInput) and self.loaded.category is None
+    def far_from_products(self) -> bool:
+        """Routed, and beyond the radius of every trained category: scored under its nearest one anyway."""
+        return self.route is not None and not self.route.known
 
 
 class Detector:
@@ -176,7 +179,7 @@ class Detector:
                 results = [Scored(item, future.result()) for item, future in batch]
                 refill()  # the next batch decodes while this one is in the model
                 self._route([r for r in results if isinstance(r.loaded, ModelInput) and r.loaded.category is None])
-                to_score = [r for r in results if isinstance(r.loaded, ModelInput) and r.loaded.category is not None]
+                to_score = [r for r in results if isinstance(r.loaded, ModelInput)]
                 if to_score:
                     start = time.perf_counter()
                     scores, maps = self.score_pixels(np.stack([r.loaded.pixels for r in to_score]),
@@ -187,14 +190,14 @@ class Detector:
                 yield from results
 
     def _route(self, unrouted: list[Scored]) -> None:
-        """Give each of a batch's images the router's category (None: it resembles none), in one call."""
+        """Give each of a batch's images its nearest category (and the route: how near), in one call."""
         if not unrouted:
             return
         start = time.perf_counter()
-        routed = self.router.route_views(np.stack([r.loaded.route_view for r in unrouted]))
+        routes = self.router.nearest_views(np.stack([r.loaded.route_view for r in unrouted]))
         share = (time.perf_counter() - start) * 1e3 / len(unrouted)
-        for r, category in zip(unrouted, routed):
-            r.loaded.category, r.loaded.route_view, r.route_ms = category, None, share
+        for r, route in zip(unrouted, routes):
+            r.loaded.category, r.loaded.route_view, r.route_ms, r.route = route.category, None, share, route
 
     # ---- the Python API ---------------------------------------------------------------------------
     def predict(self, images, category: str | None = None):
@@ -206,14 +209,22 @@ class Detector:
         results = [self._prediction(r) for r in self.stream(decoded, lambda image: self.model_input(image, fixed))]
         return results[0] if single else results
 
+    def verdict(self, category: str, score: float, far_from_products: bool = False) -> str:
+        """The one place a score meets its threshold. An image far from every trained product is still
+        DEFECT above its nearest product's threshold; below it, UNKNOWN_CATEGORY (it needs a look: a
+        part the model was not trained on can be defective in ways its nearest product's scores miss)."""
+        cal = self.category_calibration(category)
+        if cal is None:
+            return "uncalibrated"
+        verdict = cal.verdict(score)
+        return "UNKNOWN_CATEGORY" if far_from_products and verdict == "OK" else verdict
+
     def _prediction(self, r: Scored) -> Prediction:
-        if r.unknown_category:
-            return Prediction(None, None, None, "UNKNOWN_CATEGORY", None)
         cat = r.loaded.category
         full = np.asarray(Image.fromarray(r.anomaly_map, mode="F").resize(r.item.size, Image.BILINEAR))
         cal = self.category_calibration(cat)
-        return Prediction(cat, r.score, full, cal.verdict(r.score) if cal else "uncalibrated",
-                          cal.threshold if cal else None)
+        return Prediction(cat, r.score, full, self.verdict(cat, r.score, r.far_from_products),
+                          cal.threshold if cal else None, r.far_from_products)
 
 
 _END = object()

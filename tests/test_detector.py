@@ -99,8 +99,8 @@ def test_readme_python_example_runs(knn_run, demo_root, tmp_path, monkeypatch):
 def test_auto_category_routes_each_batch_in_one_call(knn_run, demo_root, monkeypatch):
     det = Detector.load(knn_run, "cpu", batch_size=3)
     calls = []
-    route_views = det.router.route_views
-    monkeypatch.setattr(det.router, "route_views", lambda views: calls.append(len(views)) or route_views(views))
+    nearest_views = det.router.nearest_views
+    monkeypatch.setattr(det.router, "nearest_views", lambda views: calls.append(len(views)) or nearest_views(views))
     paths = (_test_images(demo_root) * 7)[:7]
     auto = det.predict(paths)
     assert calls == [3, 3, 1]  # one router call per model batch, not one per image
@@ -149,3 +149,12 @@ def test_cpu_dtype_changes_no_stage_fingerprint():
 
     assert settings([]) == settings(["inference.cpu_dtype=bf16"])
     assert load_recipe("timenet", "cpu").config.inference.cpu_dtype == "auto"
+
+
+def test_an_image_like_no_product_is_scored_under_its_nearest_one(knn_run, demo_root):
+    det = Detector.load(knn_run, "cpu")
+    mask = sorted((demo_root / "disc" / "ground_truth").rglob("*.png"))[0]  # black and white: no product
+    p = det.predict(mask)
+    assert p.far_from_products and p.category in det.categories and np.isfinite(p.score) and p.threshold is not None
+    assert p.verdict == ("DEFECT" if p.score >= p.threshold else "UNKNOWN_CATEGORY")
+    assert not det.predict(_test_images(demo_root)[0]).far_from_products

@@ -26,3 +26,41 @@ def test_fine_pattern_writes_an_mvtec_category_with_small_masked_defects(tmp_pat
     samples = result.samples
     assert not result.problems
     assert {s.category for s in samples} == {"fine4_96"} and sum(s.split == "test" for s in samples) == 100
+
+
+def _cron_block(after: str) -> str:
+    """The first fenced block after the line containing `after` in examples/cron.md."""
+    text = (Path(__file__).parents[1] / "examples" / "cron.md").read_text()
+    rest = text[text.index(after):]
+    start = rest.index("```") + rest[rest.index("```"):].index("\n") + 1
+    return rest[start:start + rest[start:].index("```")]
+
+
+def test_cron_md_pages_the_line_on_defects_and_on_images_that_need_a_look(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for who in ("notify-line-supervisor", "notify-it"):
+        (bin_dir / who).write_text(f'#!/bin/sh\necho "{who} $*" >> {tmp_path}/pages\n')
+        (bin_dir / who).chmod(0o755)
+    script = tmp_path / "page.sh"
+    script.write_text(_cron_block("`/opt/adcli/page.sh`").replace("/usr/local/bin/", f"{bin_dir}/"))
+    paged = {}
+    for code in range(7):
+        (tmp_path / "pages").unlink(missing_ok=True)
+        subprocess.run(["bash", str(script), "line3", str(code)], check=True)
+        pages = (tmp_path / "pages").read_text() if (tmp_path / "pages").exists() else ""
+        paged[code] = pages.split(" ", 1)[0] if pages else None
+    assert paged == {0: None, 1: "notify-line-supervisor", 2: "notify-it", 3: "notify-line-supervisor",
+                     4: "notify-it", 5: "notify-it", 6: "notify-it"}
+    crontab = _cron_block("## crontab")
+    assert "/opt/adcli/page.sh line3 $?" in crontab
+    assert "page.sh" in _cron_block("adcli-line3.service`") and "page.sh" in _cron_block("watch-line3.sh` (executable)")
+
+
+def test_cron_md_watch_wrapper_reads_the_exit_code_of_each_pass(tmp_path):
+    wrapper = _cron_block("watch-line3.sh` (executable)")
+    command = next(line for line in wrapper.splitlines() if "code=$(" in line)
+    snippet = command.split("-c '", 1)[1].split("')", 1)[0]
+    line = '{"counts": {"DEFECT": 0, "UNKNOWN_CATEGORY": 1}, "exit_code": 3, "watching": true}'
+    done = subprocess.run([sys.executable, "-c", snippet], input=line, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "3"

@@ -5,8 +5,11 @@ Per file: one row in `results.jsonl` and `results.csv` and, for images not OK (`
 picture with the calibrated defect contour, a header and a colour bar. Files already inspected with the
 same model and unchanged content are skipped
 (`force` redoes them). Writes are atomic, a lock keeps two runs from interleaving, and a run killed
-at any moment and started again ends with exactly one row per file. Unreadable files become
-ERROR rows with a one-line reason; the rest of the folder is processed.
+at any moment and started again ends with exactly one row per file. Unreadable files (and folders
+that cannot be listed) become ERROR rows with a one-line reason; the rest of the folder is processed.
+Files still being written get no row: a later run judges them. Rows that need a person and that no
+finished run reported (the run that wrote them was killed) are reported, and counted in the exit
+code, by the next run.
 
 This module is the orchestration; intake.py reads files, render.py draws heatmaps, adcli/routing.py
 chooses categories and adcli/detector.py scores batches.
@@ -14,8 +17,10 @@ chooses categories and adcli/detector.py scores batches.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import os
@@ -31,24 +36,31 @@ from adcli.calibration import Calibration
 from adcli.data.manifest import IMAGE_EXTENSIONS
 from adcli.detector import Detector, ModelInput, Scored
 from adcli.errors import AdcliError, DataError, ImageError, OutputError
-from adcli.inspect.intake import OutputLock, display_path, file_identity, list_files, read_settled
+from adcli.inspect.intake import (OutputLock, StillWriting, clock_ahead_seconds, display_path, file_identity, read_settled,
+                                  walk_files)
 from adcli.inspect.render import HEATMAP_FORMATS, Caption, heatmap_name, render_heatmap
 from adcli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
-from adcli.journal import JournalWriter, compact, latest_by_path, read_journal
+from adcli.journal import JournalWriter, compact, latest_by_path, read_journal, unreported
 from adcli.progress import track
 from adcli.run import RunFolder
 from adcli.thresholds import drift_z
 
-RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error")
+RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error", "note")
 VERDICTS = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
+NEEDS_A_PERSON = ("DEFECT", "ERROR", "UNKNOWN_CATEGORY")  # rows a run must report (exit code 1 or 3)
+FAR_NOTE = "far from every trained product"
 HEATMAPS = ("all", "defects", "none")  # defects: every scored image that is not OK
 SCORES_ONLY_EXIT_CODE = 6  # never 0: a run without verdicts must not read as "no defects"
 DRIFT_WINDOW = 50  # most recent OK images per category
 DRIFT_MIN = 20
 DRIFT_Z = 4.0
 _ALREADY_DONE = object()
+_STILL_WRITING = object()
 ERROR_RETRY_SECONDS = 60.0  # a watch tries an unchanged file that gave an ERROR row again after this long
 WATCH_TABLES_SECONDS = 30.0  # a watch rewrites results.csv (and compacts the journal) at most this often
+
+
+NEEDS_A_LOOK_EXIT_CODE = 3
 
 
 @dataclasses.dataclass
@@ -61,20 +73,29 @@ class InspectSummary:
     write_ms: float
     drift: dict
     seconds: float = 0.0  # wall time of the pass, listing to summary
+    carried: list[dict] = dataclasses.field(default_factory=list)  # rows of a killed run, reported by this one
+    still_writing: int = 0  # files left for a later run (no row)
+    clock_ahead: float = 0.0  # the largest modification time in the future among the files judged (s)
 
     @property
     def errors(self) -> int:
         return self.counts.get("ERROR", 0)
 
     @property
+    def carried_counts(self) -> dict[str, int]:
+        return {v: sum(r["verdict"] == v for r in self.carried) for v in NEEDS_A_PERSON}
+
+    @property
     def exit_code(self) -> int:
-        """1 = defects found (first: it is what a line supervisor must see); 3 = files that could not
-        be read or resemble no category; 6 = scored without verdicts (--scores-only, uncalibrated); else 0."""
-        if self.counts.get("DEFECT", 0):
+        """1 = defects found (first: it is what a line supervisor must see); 3 = needs a look: files that
+        could not be read or judged, or parts like no trained product; 6 = scored without verdicts
+        (--scores-only, uncalibrated); else 0. Rows a killed run wrote and never reported count too."""
+        total = collections.Counter(self.counts) + collections.Counter(self.carried_counts)
+        if total["DEFECT"]:
             return 1
-        if self.errors or self.counts.get("UNKNOWN_CATEGORY", 0):
-            return 3
-        return SCORES_ONLY_EXIT_CODE if self.counts.get("uncalibrated", 0) else 0
+        if total["ERROR"] or total["UNKNOWN_CATEGORY"]:
+            return NEEDS_A_LOOK_EXIT_CODE
+        return SCORES_ONLY_EXIT_CODE if total["uncalibrated"] else 0
 
 
 def _drift(rows: list[dict], calibration: Calibration | None) -> dict:
@@ -141,12 +162,14 @@ class _FolderInspection:
         self.heatmap_format = heatmap_format
         self.category = detector.fixed_category(category)  # None: routed a batch at a time
         self.settle_seconds, self.previous, self.force = settle_seconds, previous, force
+        self.clock_ahead = 0.0  # the largest modification time in the future seen (s); loads run in threads
+        self._clock_lock = threading.Lock()
 
     def load(self, path: Path):
-        """Runs in a worker thread: -> ModelInput, a finished row (ERROR), or _ALREADY_DONE."""
+        """Runs in a worker thread: -> ModelInput, a finished row (ERROR), _ALREADY_DONE or _STILL_WRITING."""
         shown = display_path(path)
         row = {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
-               "model_id": self.detector.model_id, "heatmap": "", "error": ""}
+               "model_id": self.detector.model_id, "heatmap": "", "error": "", "note": ""}
         t0 = time.perf_counter()
         done = self.previous.get(shown) if not self.force else None
         if done is not None and done.get("model_id") != self.detector.model_id:
@@ -159,21 +182,19 @@ class _FolderInspection:
             if done is not None and done["sha256"] == row["sha256"]:
                 return _ALREADY_DONE
             image = decode_image(data, shown)
+        except StillWriting:
+            return _STILL_WRITING
         except ImageError as exc:
             row["error"] = str(exc)
             return row
+        if ahead := clock_ahead_seconds(st):
+            row["note"] = f"modified {ahead:.0f} s in the future: the clock of the PC that wrote it is off"
+            with self._clock_lock:
+                self.clock_ahead = max(self.clock_ahead, ahead)
         pending = _Pending(row, image, 0.0)
         loaded = self.detector.model_input(image, self.category, pending)
         pending.load_ms = (time.perf_counter() - t0) * 1e3
         return loaded
-
-    @staticmethod
-    def unknown(result: Scored) -> dict:
-        """A routed file that resembles none of the model's categories -> its row."""
-        pending: _Pending = result.loaded.payload
-        pending.row.update(verdict="UNKNOWN_CATEGORY", error="resembles none of the model's categories",
-                           ms=f"{pending.load_ms + result.route_ms:.1f}")
-        return pending.row
 
     def finish(self, path: Path, result: Scored) -> tuple[dict, np.ndarray | None]:
         """A scored file -> its row, after its heatmap is on disk; and its (load, infer, write) ms."""
@@ -182,7 +203,9 @@ class _FolderInspection:
         row["category"] = cat
         t0 = time.perf_counter()
         cal = self.detector.category_calibration(cat)
-        verdict = cal.verdict(result.score) if cal else "uncalibrated"
+        verdict = self.detector.verdict(cat, result.score, result.far_from_products)
+        if result.far_from_products:  # scored under its nearest product all the same
+            row["note"] = "; ".join(filter(None, [f"{FAR_NOTE} (nearest: {cat})", row.get("note")]))
         names = {fmt: heatmap_name(path, self.folder, fmt) for fmt in HEATMAP_FORMATS}
         name = names[self.heatmap_format]
         if self.heatmaps == "all" or (self.heatmaps == "defects" and verdict != "OK"):
@@ -290,8 +313,8 @@ def _watch_state(path: Path, previous: dict, model_id: str, settle_seconds: floa
     identity, shown = file_identity(st), display_path(path)
     if not force and _unchanged_since(previous.get(shown), model_id, identity):
         return "done"
-    if time.time() - st.st_mtime < settle_seconds:
-        return "unsettled"
+    if not clock_ahead_seconds(st) and time.time() - st.st_mtime < settle_seconds:
+        return "unsettled"  # (a time in the future says nothing: the load waits for the size to hold)
     hold = held.get(shown)
     if hold is not None and hold[0] == identity and time.monotonic() < hold[1]:
         return "held"
@@ -328,51 +351,78 @@ class _Pass:
     def _tables_due(self) -> bool:
         return time.monotonic() - self._tables_at >= self.tables_every
 
-    def run(self, previous: dict, force: bool, stop=None, held: dict | None = None) -> InspectSummary:
+    def run(self, previous: dict, force: bool, stop=None, held: dict | None = None, lock: OutputLock | None = None
+            ) -> InspectSummary:
         """previous: path -> latest row, updated in place. stop: a threading.Event checked after every file
         (the rows so far are kept, the rest wait for the next run). held: given by a watch (path -> (file
-        identity, monotonic time), updated in place): files are sorted out before loading (_watch_state)."""
+        identity, monotonic time), updated in place): files are sorted out before loading (_watch_state).
+        lock: a watch's output lock, checked before every row (see `_check_lock`)."""
+        try:
+            return self._run(previous, force, stop, held, lock)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            # Said here because the tables are what a person opens first: they lag until a run finishes.
+            raise OutputError(f"{exc.strerror}: {exc.filename or self.out}; every row made so far is in results.jsonl, "
+                              "and results.csv and summary.json catch up at the next run that can write") from None
+
+    def _run(self, previous: dict, force: bool, stop, held: dict | None, lock: OutputLock | None) -> InspectSummary:
         watching = held is not None
         detector, out, started = self.detector, self.out, time.perf_counter()
         journal_path = out / "results.jsonl"
-        files = list_files(self.folder, exclude=out.resolve())
-        skipped = 0
+        waiting = unreported(previous)  # rows of a killed run: reported at the end of this one
+        listing = walk_files(self.folder, exclude=out.resolve())
+        files = listing.files
+        skipped = still_writing = 0
         if watching:
             states = [_watch_state(f, previous, detector.model_id, self.settle_seconds, held, force) for f in files]
-            skipped = states.count("done")
+            skipped, still_writing = states.count("done"), states.count("unsettled")
             files = [f for f, state in zip(files, states) if state is None]
         inspection = _FolderInspection(detector, self.folder, out, self.category, self.settle_seconds, previous, force,
                                        self.heatmaps, self.heatmap_format)
         run_rows: list[dict] = []
         timing = np.zeros(3)
         n_scored = 0
-        if files or not watching:
+
+        def keep(row: dict, path: Path | None) -> None:
+            if lock is not None:
+                _check_lock(lock, self.console)
+            if row["verdict"] in NEEDS_A_PERSON:
+                row["reported"] = False
+            writer.append(row)
+            previous[row["path"]] = row
+            run_rows.append(row)
+            if row["verdict"] == "ERROR":
+                self.console.print(f"[yellow]error:[/] {row['error']}", highlight=False)
+                if watching and path is not None:
+                    held[row["path"]] = (_identity_now(path), time.monotonic() + ERROR_RETRY_SECONDS)
+            self._tables_stale = True
+            if len(run_rows) % 25 == 0 and self._tables_due():
+                self.write_tables(previous, compact_journal=False)
+
+        if files or listing.unlisted or not watching:
             writer = JournalWriter(journal_path)
             try:
+                for where, why in listing.unlisted.items():
+                    if watching and _held(held, display_path(where)):
+                        continue
+                    keep(_unlisted_row(where, why, detector.model_id), None)
                 with track(self.console, "inspect", len(files)) as task:
                     for result in detector.stream(files, inspection.load):
                         task.advance()
                         if result.loaded is _ALREADY_DONE:
                             skipped += 1
                             continue
-                        if result.unknown_category:
-                            row = inspection.unknown(result)
-                        elif isinstance(result.loaded, ModelInput):
+                        if result.loaded is _STILL_WRITING:
+                            still_writing += 1
+                            continue
+                        if isinstance(result.loaded, ModelInput):
                             row, times = inspection.finish(result.item, result)
                             timing += times
                             n_scored += 1
                         else:
                             row = result.loaded
-                        writer.append(row)
-                        previous[row["path"]] = row
-                        run_rows.append(row)
-                        if row["verdict"] == "ERROR":
-                            self.console.print(f"[yellow]error:[/] {row['error']}", highlight=False)
-                            if watching:
-                                held[row["path"]] = (_identity_now(result.item), time.monotonic() + ERROR_RETRY_SECONDS)
-                        self._tables_stale = True
-                        if len(run_rows) % 25 == 0 and self._tables_due():
-                            self.write_tables(previous, compact_journal=False)
+                        keep(row, result.item)
                         if stop is not None and stop.is_set():
                             break
             finally:
@@ -381,19 +431,64 @@ class _Pass:
         ms = timing / max(n_scored, 1)
         all_rows = list(previous.values())
         drift = _drift(all_rows, detector.calibration)
-        summary = InspectSummary(run_rows, counts, skipped, *ms.tolist(), drift, time.perf_counter() - started)
+        carried = [row for path, row in waiting.items() if previous.get(path) is row]  # not judged again since
+        summary = InspectSummary(run_rows, counts, skipped, *ms.tolist(), drift, time.perf_counter() - started,
+                                 carried=carried, still_writing=still_writing, clock_ahead=inspection.clock_ahead)
         if not watching or (self._tables_stale and self._tables_due()):
             self.write_tables(previous, compact_journal=True)
-        if run_rows or not watching:
+        if run_rows or carried or not watching:
             atomic_write_json(out / "summary.json", {
                 "folder": display_path(self.folder), "model": str(self.model_dir), "model_id": detector.model_id,
                 "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "counts": counts, "skipped_already_inspected": skipped, "exit_code": summary.exit_code,
+                "counts": counts, "skipped_already_inspected": skipped, "still_being_written": still_writing,
+                "from_interrupted_run": {"counts": summary.carried_counts, "paths": [r["path"] for r in carried]},
+                "exit_code": summary.exit_code,
                 "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
                 "seconds": round(summary.seconds, 3),
                 "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
                 "drift": drift})
+        if not watching:  # a watch marks its rows once it has printed them (watch_folder)
+            self.mark_reported(summary, previous)
         return summary
+
+    def mark_reported(self, summary: InspectSummary, previous: dict) -> None:
+        """Journal that the rows needing a person in `summary` have been reported (after its summary is out)."""
+        paths = [r["path"] for r in [*summary.rows, *summary.carried] if r.get("reported") is False]
+        if not paths:
+            return
+        writer = JournalWriter(self.out / "results.jsonl")
+        try:
+            writer.mark_reported(paths)
+        finally:
+            writer.close()
+        for path in paths:
+            if path in previous and previous[path].get("reported") is False:
+                previous[path]["reported"] = True
+
+
+def _unlisted_row(folder: Path, why: str, model_id: str) -> dict:
+    """The ERROR row of a folder whose files cannot be listed (too long a path, no permission)."""
+    shown = display_path(folder)
+    return {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
+            "model_id": model_id, "heatmap": "", "error": f"cannot list folder {shown}: {why}; its files are not inspected",
+            "note": ""}
+
+
+def _held(held: dict, shown: str) -> bool:
+    hold = held.get(shown)
+    if hold is not None and time.monotonic() < hold[1]:
+        return True
+    held[shown] = (None, time.monotonic() + ERROR_RETRY_SECONDS)
+    return False
+
+
+def _check_lock(lock: OutputLock, console: Console) -> None:
+    """A watch's output folder deleted under it: re-create it with its lock (the rows in memory are
+    written again at the next table write), or stop with one line when another run holds it now."""
+    if lock.lost():
+        lock.take_again()
+        console.print(f"[yellow]warning:[/] the output folder {lock.out} was removed; re-created it with its lock",
+                      highlight=False)
 
 
 def bundle_identity(model_dir: Path) -> list:
@@ -412,7 +507,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     """Inspect `folder` every `interval` seconds with the model loaded once, until `stop` is set (or
     `max_passes` passes): a line PC pays torch's import and the model's loading once, not per cron run.
     The output lock is held throughout. Files still being written wait for a later pass; on_pass(summary)
-    is called after each pass that wrote rows. Rows reach results.jsonl as they are made; results.csv is
+    is called after each pass that wrote rows (or, first, reports rows a killed run never reported). Rows reach results.jsonl as they are made; results.csv is
     rewritten at most every WATCH_TABLES_SECONDS and when the watch ends. When the run folder's model, recipe, calibration or router
     changes, the model is loaded again before the next pass; while it cannot be (a calibration being
     written, a missing file), or while the folder is gone (an unmounted share), inspection pauses and says
@@ -431,7 +526,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console,
                 tables_every=WATCH_TABLES_SECONDS)
     passes, paused, held = 0, None, {}
-    with OutputLock(out, lock_wait):
+    with OutputLock(out, lock_wait) as lock:
         _remove_stale_temporaries(out)
         previous = _previous_rows(out / "results.jsonl", console)
         console.print(f"watching {folder} every {interval:g} s with model {detector.model_id} (stop: Ctrl-C or SIGTERM)",
@@ -464,10 +559,12 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
             if paused is not None:
                 console.print("resumed", highlight=False)
                 paused = None
-            summary = job.run(previous, force and passes == 0, stop=stop, held=held)
+            _check_lock(lock, console)
+            summary = job.run(previous, force and passes == 0, stop=stop, held=held, lock=lock)
             passes += 1
-            if summary.rows and on_pass is not None:
+            if (summary.rows or summary.carried) and on_pass is not None:
                 on_pass(summary)
+            job.mark_reported(summary, previous)  # printed (or handed to on_pass): reported
             if max_passes is not None and passes >= max_passes:
                 break
             stop.wait(interval)

@@ -18,7 +18,8 @@ from rich.console import Console
 from adcli import io as aio
 from adcli.calibrate import calibrate
 from adcli.errors import DataError
-from adcli.inspect import inspect_folder, watch_folder
+from adcli.inspect import inspect_folder
+from adcli.inspect.folder import FAR_NOTE, watch_folder
 from adcli.journal import read_journal
 from adcli.recipe import load_recipe
 from adcli.train import train
@@ -66,11 +67,13 @@ def test_bad_input_corpus(model, demo_root, tmp_path, monkeypatch):
     assert csv_text.count("\n") == len(rows) + 1
 
 
-def test_file_being_written_is_retried_later(model, tmp_path):
+def test_file_being_written_is_left_for_a_later_run_without_a_row(model, tmp_path):
     folder = tmp_path / "in"
     _good_png(folder / "a.png")
     first = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=30)
-    assert first.rows[0]["verdict"] == "ERROR" and "still being written" in first.rows[0]["error"]
+    # Not judged yet and retried by itself: not something to page anybody about (no ERROR row, exit 0).
+    assert first.rows == [] and first.still_writing == 1 and first.exit_code == 0
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["still_being_written"] == 1
     second = inspect_folder(folder, model, tmp_path / "out", category="disc", device="cpu", settle_seconds=0)
     assert second.rows[0]["verdict"] in ("OK", "DEFECT")
     assert len(read_journal(tmp_path / "out" / "results.jsonl").rows) == 1
@@ -110,11 +113,21 @@ def test_auto_category_and_unknown(model, demo_root, tmp_path):
     summary = inspect_folder(demo_root, calibrated, tmp_path / "out", device="cpu", settle_seconds=0)
     by_path = {r["path"]: r for r in summary.rows}
     for path, row in by_path.items():
-        if "ground_truth" in path:  # black-and-white masks are not a product
-            assert row["verdict"] == "UNKNOWN_CATEGORY", path
+        assert row["category"] in ("disc", "weave") and row["score"] != "" and row["threshold"] != "", path
+        if "ground_truth" in path:  # black-and-white masks are no product: far from both, scored all the same
+            assert row["verdict"] in ("DEFECT", "UNKNOWN_CATEGORY") and FAR_NOTE in row["note"], path
         else:  # every product image is scored under its own category: defects are never hidden as UNKNOWN
             assert row["category"] == ("disc" if "/disc/" in path else "weave"), path
-            assert row["verdict"] in ("OK", "DEFECT") and row["score"] != "", path
+            assert row["verdict"] in ("OK", "DEFECT") and FAR_NOTE not in row["note"], path
+    masks = [p for p in by_path if "ground_truth" in p]
+    # A far image is DEFECT above its nearest product's threshold, UNKNOWN_CATEGORY (needs a look) below it.
+    for threshold, verdict in ((-1e9, "DEFECT"), (1e9, "UNKNOWN_CATEGORY")):
+        calibrate(calibrated, thresholds={"disc": threshold, "weave": threshold}, device="cpu")
+        again = inspect_folder(demo_root / "disc" / "ground_truth", calibrated, tmp_path / f"out{verdict}", device="cpu",
+                               settle_seconds=0)
+        assert {r["verdict"] for r in again.rows} == {verdict} and len(again.rows) == len([p for p in masks if "/disc/" in p])
+        assert all(float(r["threshold"]) == threshold and r["score"] != "" for r in again.rows)
+        assert again.exit_code == (1 if verdict == "DEFECT" else 3)
 
 
 def test_uncalibrated_model_is_refused_unless_scores_only(model, demo_root, tmp_path):
@@ -335,7 +348,7 @@ def test_watch_rewrites_results_csv_at_most_every_30_s_and_when_it_ends(model, t
         _good_png(folder / "b.png", 2)
         _wait_for(lambda: len(watcher.rows()) == 2, "the second file")
         assert (out / "results.csv").read_text().count("\n") == 2  # within 30 s: not rewritten yet...
-        assert (out / "results.jsonl").read_text().count("\n") == 2  # ...while the journal has the row
+        assert len(read_journal(out / "results.jsonl", repair=False).rows) == 2  # ...while the journal has the row
     finally:
         watcher.close()
     assert (out / "results.csv").read_text().count("\n") == 3
@@ -428,7 +441,7 @@ def test_cli_watch_ends_on_sigterm_with_exit_0(model, tmp_path):
                              str(out), "--category", "disc", "--device", "cpu", "--settle-seconds", "0", "--watch",
                              "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: (out / "results.jsonl").exists() and (out / "results.jsonl").read_text().count("\n") == 1,
+        _wait_for(lambda: len(read_journal(out / "results.jsonl", repair=False).rows) == 1,
                   "the watch's first row")
         time.sleep(0.3)
     finally:
