@@ -25,7 +25,9 @@ and refuses any other content. Checkpoints and stage outputs leave them out too.
 A run's identity (`model_id`) is the SHA-256 prefix of its weights, its recipe and the SHA-256 of the
 pretrained files it references (packing does not change it): inference and
 scoring settings change the scores of the same weights, so inspect's "already inspected" check and
-report's output cache must not mistake one model for another.
+report's output cache must not mistake one model for another. meta.json is not hashed (its training
+summary is not part of the model), so the fields of it that change scores (`SCORING_META`) are also
+stored in model.safetensors' metadata, and a meta.json that disagrees with them is refused.
 
 A calibration is replaced as one unit: the router is written under a name of its own content, then
 calibration.json (naming it) is replaced atomically, the single commit point; a kill at any moment
@@ -54,6 +56,9 @@ from adcli.runtime import place
 
 FORMAT = "adcli-bundle"
 FORMAT_VERSION = 1
+# meta.json fields that change scores: the input size, and the categories whose order gives the ids
+# the weights were trained with. Stored in model.safetensors' metadata too (covered by model_id).
+SCORING_META = ("image_size", "categories")
 # A calibration.json is refused unread above this: one measured from a test run holds ~1.4 KB per
 # category with 24 normals (each normal's score is ~25 bytes), so 64 MiB is over two million normal
 # scores; a padded file (a million copies of a category: 2.8 GB) would otherwise cost gigabytes and
@@ -293,11 +298,11 @@ class RunFolder:
                        "sha256": sha256_file(p.folder / p.files[0])} for p in _frozen(model)]
         training_only = model.training_only() if hasattr(model, "training_only") else ()
         state = {k: v for k, v in _trained_state(model).items() if not (training_only and k.startswith(training_only))}
-        save_tensors(self.path / self.WEIGHTS, state)
-        self.write_recipe(config)
         full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "adcli_version": __version__,
                      "method": config.method, "image_size": config.data.image_size, "seed": config.seed, **meta,
                      **({"pretrained": references} if references else {})}
+        save_tensors(self.path / self.WEIGHTS, state, {f"meta.{k}": json.dumps(full_meta[k]) for k in SCORING_META})
+        self.write_recipe(config)
         atomic_write_json(self.path / self.META, full_meta)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -330,7 +335,24 @@ class RunFolder:
                                                                             and "\\" not in f and f != ".." for f in r["files"])
                 for r in references):
             raise BundleError(f"{path}: 'pretrained' is damaged (each entry needs part, source, files, sha256); train again")
+        self._check_scoring_meta(meta)
         return meta
+
+    def _check_scoring_meta(self, meta: dict) -> None:
+        """meta.json's score-changing fields must be those the weights were trained with: model_id does
+        not hash meta.json, so an edited image size would change every verdict under the same id."""
+        try:
+            stored = file_metadata(self.path / self.WEIGHTS)
+        except (BundleError, OSError):
+            return  # missing or damaged weights: loading them says so, in its own words
+        if any(f"meta.{k}" in stored for k in SCORING_META):
+            trained = {k: json.loads(stored[f"meta.{k}"]) for k in SCORING_META if f"meta.{k}" in stored}
+        else:  # bundles written before: the recipe (hashed into model_id) still knows the image size
+            trained = {"image_size": self.read_config().data.image_size}
+        for key, value in trained.items():
+            if meta.get(key) != value:
+                raise BundleError(f"{self.path / self.META}: '{key}' is {json.dumps(meta.get(key))} but the model was "
+                                  f"trained with {json.dumps(value)}; the bundle was edited: restore {self.META} or train again")
 
     def load_model(self, device: torch.device | str = "cpu"):
         """-> (model in eval mode on `device`, meta dict). No pickle, no network."""
