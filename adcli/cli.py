@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from adcli import __version__
-from adcli.errors import AdcliError, OutputError
+from adcli.errors import AdcliError, OutputError, Stopped
 from adcli.recipe import recipe_names
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -442,6 +442,9 @@ def main() -> None:
     except AdcliError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
+    except Stopped as exc:
+        console.print(f"stopped by {exc}")
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
