@@ -369,9 +369,10 @@ def export(
     model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
     format: Annotated[str, typer.Option("--format", help="onnx and/or openvino, comma-separated.")] = "onnx",
 ):
-    """Write the model's scoring as one graph (RUN/export/): ONNX for onnxruntime, OpenVINO IR. It takes a
+    r"""Write the model's scoring as one graph (RUN/export/): ONNX for onnxruntime, OpenVINO IR. It takes a
     batch of any size and each image's category; it is checked against torch before it is written.
-    Then: adcli inspect ... --backend onnx. Needs `pip install 'adcli[onnx]'` (and `adcli[openvino]`)."""
+    Then: adcli inspect ... --backend onnx. Needs `pip install 'adcli\[onnx]'` (and `adcli\[openvino]`)."""
+    # The backslashes keep Typer's rich help from reading the extras' brackets as markup (and dropping them).
     from adcli.bench import parse_list
     from adcli.export import FORMATS, export as run_export
 
