@@ -7,9 +7,12 @@ normals per category calibration refuses (unless `allow_few`): a threshold from 
 promises a false-alarm rate it cannot keep. `--threshold CATEGORY=VALUE` replaces a category's
 threshold by hand (source "manual"), keeping the normals' statistics to show what it costs.
 
-Writes, atomically, the category router (RUN/routing.safetensors, adcli/routing.py) and then
-RUN/calibration.json (adcli/calibration.py; the previous one kept as calibration.prev.json).
-Categories not calibrated in this call keep their previous calibration.
+Writes the category router (RUN/routing-HASH.safetensors, adcli/routing.py) and then, atomically,
+RUN/calibration.json naming it (adcli/calibration.py; the previous one kept as calibration.prev.json):
+the calibration changes as one unit, however the process ends (adcli/run.py).
+Categories not calibrated in this call keep their previous calibration. A calibration this model
+cannot use (another model's, damaged, its router missing) is replaced, with a warning, and none of it
+is kept: it is the way out that inspect's refusal names.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from adcli import __version__
@@ -161,7 +165,11 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
     if prepared is None and normals is None and not thresholds:
         raise AdcliError("nothing to calibrate from: give --data PREPARED (its calib split), --normals FOLDER "
                          "[--category NAME], or --threshold CATEGORY=VALUE")
-    detector = Detector.load(run, device, batch_size)
+    detector = Detector.load(run, device, batch_size, bad_calibration="drop")
+    if detector.dropped_calibration:
+        # The reason ends in "run `adcli calibrate` again": that is what this call does.
+        reason = detector.dropped_calibration.split("; run `adcli calibrate")[0]
+        console.print(f"[yellow]warning:[/] replacing the calibration: {escape(reason)}", highlight=False)
     categories = detector.categories
     for cat in thresholds:
         detector.check_category(cat)
@@ -195,8 +203,7 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
         router = _router(detector, sets, console)
         routing = ""
         if router is not None:
-            detector.run.write_router(router)
-            routing = detector.run.routing_sha256()
+            routing = detector.run.write_router(router)
     calibration = Calibration(format_version=FORMAT_VERSION, adcli_version=__version__, model_id=detector.model_id,
                               created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), target_fpr=target_fpr, routing=routing,
                               categories={c: per_category[c] for c in categories if c in per_category})

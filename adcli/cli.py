@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from adcli import __version__
-from adcli.errors import AdcliError, OutputError
+from adcli.errors import AdcliError, OutputError, Stopped
 from adcli.recipe import recipe_names
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
@@ -395,9 +395,10 @@ def export(
     model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
     format: Annotated[str, typer.Option("--format", help="onnx and/or openvino, comma-separated.")] = "onnx",
 ):
-    """Write the model's scoring as one graph (RUN/export/): ONNX for onnxruntime, OpenVINO IR. It takes a
+    r"""Write the model's scoring as one graph (RUN/export/): ONNX for onnxruntime, OpenVINO IR. It takes a
     batch of any size and each image's category; it is checked against torch before it is written.
-    Then: adcli inspect ... --backend onnx. Needs `pip install 'adcli[onnx]'` (and `adcli[openvino]`)."""
+    Then: adcli inspect ... --backend onnx. Needs `pip install 'adcli\[onnx]'` (and `adcli\[openvino]`)."""
+    # The backslashes keep Typer's rich help from reading the extras' brackets as markup (and dropping them).
     from adcli.bench import parse_list
     from adcli.export import FORMATS, export as run_export
 
@@ -468,6 +469,9 @@ def main() -> None:
     except AdcliError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
+    except Stopped as exc:
+        console.print(f"stopped by {exc}")
+        sys.exit(128 + exc.signum)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

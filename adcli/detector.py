@@ -78,20 +78,25 @@ class Scored:
 
 class Detector:
     def __init__(self, run: RunFolder, model, meta: dict, model_id: str, calibration: Calibration | None,
-                 device: torch.device, batch_size: int, backend: str = "torch"):
+                 device: torch.device, batch_size: int, backend: str = "torch", router=None,
+                 dropped_calibration: str | None = None):
         self.run, self.model, self.meta, self.model_id, self.calibration = run, model, meta, model_id, calibration
         self.device, self.batch_size, self.backend = device, batch_size, backend
         self.categories: list[str] = list(meta["categories"])
         self.image_size: int = int(meta["image_size"])
-        self.router = run.read_router(calibration)  # CategoryRouter or None (adcli/routing.py)
+        self.router = router  # CategoryRouter or None (adcli/routing.py): the calibration's
+        self.dropped_calibration = dropped_calibration  # why the folder's calibration was not used (see `load`)
         # Exported graphs are fp32 (their runtimes choose their own kernels).
         self.bf16 = backend == "torch" and scores_in_bf16(model.cpu_dtype, device)
 
     @classmethod
     def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None,
-             backend: str = "torch") -> Detector:
+             backend: str = "torch", bad_calibration: str = "refuse") -> Detector:
         """A finished run folder -> Detector. batch_size: None = the recipe's `inference.batch_size`.
-        backend: torch, or onnx / openvino for the graph `adcli export` wrote (CPU only)."""
+        backend: torch, or onnx / openvino for the graph `adcli export` wrote (CPU only).
+        bad_calibration: what a calibration that cannot be used (another model's, damaged, its router
+        missing) does: "refuse" (a BundleError), or "drop" (for `adcli calibrate`, which writes a new one:
+        the detector is uncalibrated and `dropped_calibration` says why)."""
         from adcli.export import BACKENDS, ExportedModel
 
         run = run if isinstance(run, RunFolder) else RunFolder(run)
@@ -106,12 +111,18 @@ class Detector:
             model, meta = run.load_model(dev)
         else:
             meta, model = run.read_meta(), ExportedModel(run, backend)
+        if bad_calibration not in ("refuse", "drop"):
+            raise ValueError(f"bad_calibration must be 'refuse' or 'drop', got {bad_calibration!r}")
         model_id = run.model_id()
-        calibration = run.read_calibration()
-        if calibration is not None and calibration.model_id != model_id:
-            raise BundleError(f"{run.path / run.CALIBRATION} was made for another model ({calibration.model_id}; this one "
-                              f"is {model_id}); run `adcli calibrate {run.path}` again")
-        return cls(run, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size, backend)
+        dropped = None
+        try:
+            calibration, router = run.load_calibration(model_id, meta["categories"])
+        except BundleError as exc:
+            if bad_calibration == "refuse":
+                raise
+            calibration, router, dropped = None, None, str(exc)
+        return cls(run, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size, backend,
+                   router, dropped)
 
     # ---- categories and thresholds -------------------------------------------------------------
     @property

@@ -38,3 +38,15 @@ class OutputError(AdcliError):
     """Results cannot be written: disk full, read-only or missing permission, --out is a file."""
 
     exit_code = 5
+
+
+class Stopped(BaseException):
+    """A signal (SIGTERM: `kill`, a scheduler, a container stop) that ends a long command as Ctrl-C does,
+    so `finally` blocks and logs still run. The CLI exits 128 + the signal's number, as a shell reports it.
+    Not a KeyboardInterrupt, which Typer turns into exit 130; not an Exception, which handlers swallow."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

@@ -12,7 +12,9 @@
                                     summary (written last: its presence marks a finished model)
     RUN/calibration.json            per-category thresholds (adcli calibrate; previous one kept as
                                     calibration.prev.json), with its outputs cache in .calibration-cache/
-    RUN/routing.safetensors         the category router for --category auto (adcli/routing.py)
+    RUN/routing-HASH.safetensors    the category router for --category auto (adcli/routing.py), named by
+                                    the first 16 hex of its SHA-256, which calibration.json records
+                                    (older calibrations: RUN/routing.safetensors)
     RUN/pretrained/PART/            a packed copy of a frozen pretrained part (`adcli weights pack`)
 
 Frozen pretrained weights (Stable Diffusion's in DiAD) are not stored in model.safetensors: meta.json
@@ -23,7 +25,13 @@ and refuses any other content. Checkpoints and stage outputs leave them out too.
 A run's identity (`model_id`) is the SHA-256 prefix of its weights, its recipe and the SHA-256 of the
 pretrained files it references (packing does not change it): inference and
 scoring settings change the scores of the same weights, so inspect's "already inspected" check and
-report's output cache must not mistake one model for another.
+report's output cache must not mistake one model for another. meta.json is not hashed (its training
+summary is not part of the model), so the fields of it that change scores (`SCORING_META`) are also
+stored in model.safetensors' metadata, and a meta.json that disagrees with them is refused.
+
+A calibration is replaced as one unit: the router is written under a name of its own content, then
+calibration.json (naming it) is replaced atomically, the single commit point; a kill at any moment
+leaves the old calibration with its own router or the new one with its own.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -47,6 +56,14 @@ from adcli.runtime import place
 
 FORMAT = "adcli-bundle"
 FORMAT_VERSION = 1
+# meta.json fields that change scores: the input size, and the categories whose order gives the ids
+# the weights were trained with. Stored in model.safetensors' metadata too (covered by model_id).
+SCORING_META = ("image_size", "categories")
+# A calibration.json is refused unread above this: one measured from a test run holds ~1.4 KB per
+# category with 24 normals (each normal's score is ~25 bytes), so 64 MiB is over two million normal
+# scores; a padded file (a million copies of a category: 2.8 GB) would otherwise cost gigabytes and
+# minutes on every load.
+CALIBRATION_MAX_BYTES = 64 << 20
 
 
 def file_metadata(path: Path) -> dict:
@@ -281,11 +298,11 @@ class RunFolder:
                        "sha256": sha256_file(p.folder / p.files[0])} for p in _frozen(model)]
         training_only = model.training_only() if hasattr(model, "training_only") else ()
         state = {k: v for k, v in _trained_state(model).items() if not (training_only and k.startswith(training_only))}
-        save_tensors(self.path / self.WEIGHTS, state)
-        self.write_recipe(config)
         full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "adcli_version": __version__,
                      "method": config.method, "image_size": config.data.image_size, "seed": config.seed, **meta,
                      **({"pretrained": references} if references else {})}
+        save_tensors(self.path / self.WEIGHTS, state, {f"meta.{k}": json.dumps(full_meta[k]) for k in SCORING_META})
+        self.write_recipe(config)
         atomic_write_json(self.path / self.META, full_meta)
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -318,7 +335,24 @@ class RunFolder:
                                                                             and "\\" not in f and f != ".." for f in r["files"])
                 for r in references):
             raise BundleError(f"{path}: 'pretrained' is damaged (each entry needs part, source, files, sha256); train again")
+        self._check_scoring_meta(meta)
         return meta
+
+    def _check_scoring_meta(self, meta: dict) -> None:
+        """meta.json's score-changing fields must be those the weights were trained with: model_id does
+        not hash meta.json, so an edited image size would change every verdict under the same id."""
+        try:
+            stored = file_metadata(self.path / self.WEIGHTS)
+        except (BundleError, OSError):
+            return  # missing or damaged weights: loading them says so, in its own words
+        if any(f"meta.{k}" in stored for k in SCORING_META):
+            trained = {k: json.loads(stored[f"meta.{k}"]) for k in SCORING_META if f"meta.{k}" in stored}
+        else:  # bundles written before: the recipe (hashed into model_id) still knows the image size
+            trained = {"image_size": self.read_config().data.image_size}
+        for key, value in trained.items():
+            if meta.get(key) != value:
+                raise BundleError(f"{self.path / self.META}: '{key}' is {json.dumps(meta.get(key))} but the model was "
+                                  f"trained with {json.dumps(value)}; the bundle was edited: restore {self.META} or train again")
 
     def load_model(self, device: torch.device | str = "cpu"):
         """-> (model in eval mode on `device`, meta dict). No pickle, no network."""
@@ -412,21 +446,53 @@ class RunFolder:
         return self.path / self.CALIBRATION_CACHE
 
     def read_calibration(self):
-        """-> Calibration or None when the model is not calibrated."""
+        """-> Calibration or None when the model is not calibrated (checked as a file, not against the
+        model: `load_calibration` does that)."""
         from adcli.calibration import Calibration
 
         path = self.path / self.CALIBRATION
         if not path.is_file():
             return None
+        size = path.stat().st_size
+        if size > CALIBRATION_MAX_BYTES:
+            raise BundleError(f"{path} is {size / 1e6:.1f} MB, more than any calibration holds "
+                              f"({CALIBRATION_MAX_BYTES / 1e6:.0f} MB); run `adcli calibrate {self.path}` again")
         try:
             tree = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{path}: unreadable ({exc}); run `adcli calibrate` again") from None
+            raise BundleError(f"{path}: unreadable ({exc}); run `adcli calibrate {self.path}` again") from None
         return Calibration.from_dict(tree, str(path))
 
-    def routing_sha256(self) -> str:
-        path = self.path / self.ROUTING
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    def load_calibration(self, model_id: str, categories: list[str]):
+        """-> (Calibration, CategoryRouter or None), or (None, None) when the model is not calibrated.
+        The calibration must be this model's, hold only its categories and name a router that is there;
+        anything else is a one-line BundleError (which `adcli calibrate` writes a new one over)."""
+        calibration = self.read_calibration()
+        if calibration is None:
+            return None, None
+        path = self.path / self.CALIBRATION
+        if calibration.model_id != model_id:
+            raise BundleError(f"{path} was made for another model ({calibration.model_id}; this one is {model_id}); "
+                              f"run `adcli calibrate {self.path}` again")
+        unknown = next((c for c in calibration.categories if c not in categories), None)
+        if unknown is not None:
+            raise BundleError(f"{path} holds category '{unknown}', which is not one of the model's "
+                              f"({', '.join(categories)}); run `adcli calibrate {self.path}` again")
+        return calibration, self.read_router(calibration)
+
+    def router_path(self, sha256: str) -> Path:
+        """Where the router with this SHA-256 is: routing-<16 hex>.safetensors, or for a calibration
+        written before content-addressed names, routing.safetensors (`read_router` checks the hash)."""
+        named = self.path / f"routing-{sha256[:16]}.safetensors"
+        legacy = self.path / self.ROUTING
+        return legacy if not named.is_file() and legacy.is_file() else named
+
+    def calibration_files(self) -> list[Path]:
+        """The files a Detector reads for its calibration: calibration.json and the router it names
+        (routing.safetensors when it names none or cannot be read: the list always has two paths; they
+        may not exist). A recalibration replaces calibration.json (a new inode) and names a new router."""
+        sha = _named_router(self.path / self.CALIBRATION)
+        return [self.path / self.CALIBRATION, self.router_path(sha) if sha else self.path / self.ROUTING]
 
     def read_router(self, calibration):
         """-> the CategoryRouter the calibration was made with, or None when it has none."""
@@ -434,16 +500,60 @@ class RunFolder:
 
         if calibration is None or not calibration.routing:
             return None
-        if self.routing_sha256() != calibration.routing:
-            raise BundleError(f"{self.path / self.ROUTING} is missing or does not belong to {self.path / self.CALIBRATION}; "
+        path = self.router_path(calibration.routing)
+        if not path.is_file() or _sha256(path) != calibration.routing:
+            raise BundleError(f"{path} is missing or does not belong to {self.path / self.CALIBRATION}; "
                               f"run `adcli calibrate {self.path}` again")
-        return CategoryRouter.load(self.path / self.ROUTING)
+        return CategoryRouter.load(path)
 
-    def write_router(self, router) -> None:
-        router.save(self.path / self.ROUTING)
+    def write_router(self, router) -> str:
+        """Write a router under its content's name; -> its SHA-256, for the calibration that will name it.
+        Until that calibration is written, the current one and its router stay as they are."""
+        staging = self.path / ".routing-new.safetensors"
+        router.save(staging)
+        sha = _sha256(staging)
+        os.replace(staging, self.path / f"routing-{sha[:16]}.safetensors")
+        return sha
 
     def write_calibration(self, calibration) -> None:
-        """Atomically, keeping the previous calibration as calibration.prev.json."""
-        if (self.path / self.CALIBRATION).is_file():
-            shutil.copy2(self.path / self.CALIBRATION, self.path / self.CALIBRATION_BACKUP)
-        atomic_write_json(self.path / self.CALIBRATION, dataclasses.asdict(calibration))
+        """Atomically (the commit point of a recalibration), keeping the previous calibration as
+        calibration.prev.json; then remove the routers neither of them names."""
+        current = self.path / self.CALIBRATION
+        if current.is_file():
+            backup = self.path / self.CALIBRATION_BACKUP
+            tmp = backup.with_name(f".{backup.name}.tmp")
+            shutil.copy2(current, tmp)  # a copy, not a read: a damaged file may be huge
+            os.replace(tmp, backup)
+        atomic_write_json(current, dataclasses.asdict(calibration))
+        self._remove_unnamed_routers()
+
+    def _remove_unnamed_routers(self) -> None:
+        """Routers that neither calibration.json nor calibration.prev.json names (the backup keeps its
+        router, so copying it back restores a working calibration), and a killed write's staging file."""
+        named = {_named_router(self.path / name) for name in (self.CALIBRATION, self.CALIBRATION_BACKUP)} - {""}
+        for path in self.path.glob("routing-*.safetensors"):
+            if not any(path.name == f"routing-{sha[:16]}.safetensors" for sha in named):
+                path.unlink(missing_ok=True)
+        legacy = self.path / self.ROUTING
+        if legacy.is_file() and _sha256(legacy) not in named:
+            legacy.unlink(missing_ok=True)
+        (self.path / ".routing-new.safetensors").unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _named_router(calibration_file: Path) -> str:
+    """The router SHA-256 a calibration file names; "" for none, or for a missing or unreadable file."""
+    try:
+        if calibration_file.stat().st_size > CALIBRATION_MAX_BYTES:
+            return ""
+        routing = json.loads(calibration_file.read_text(encoding="utf-8")).get("routing", "")
+    except (OSError, ValueError, AttributeError):  # missing, not JSON, or not an object
+        return ""
+    return routing if isinstance(routing, str) else ""

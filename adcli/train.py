@@ -21,6 +21,8 @@ import dataclasses
 import hashlib
 import json
 import platform
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from adcli.config import EngineConfig, SynthConfig
 from adcli.data.batches import Synthesizer, TrainImages
 from adcli.data.manifest import load_manifest
 from adcli.distributed import Ranks, micro_batches
-from adcli.errors import AdcliError, BundleError, DataError
+from adcli.errors import AdcliError, BundleError, DataError, Stopped
 from adcli.methods.base import FitStage, GradientStage, Stage, StageContext
 from adcli.progress import track
 from adcli.recipe import LoadedRecipe
@@ -51,6 +53,7 @@ class TrainOutput:
         self.console = console
         self.file = None
         self.pending: list[str] = []
+        self.where = "before training"  # for the log line of a stopped run: "in stage X, epoch 3/12"
 
     def open(self, path: Path, header: str) -> None:
         self.file = open(path, "a", encoding="utf-8")
@@ -168,6 +171,7 @@ def _run_stages(model, config, data: TrainImages, synthesizer: Synthesizer | Non
             continue
         start = time.monotonic()
         if isinstance(stage, FitStage):
+            out.where = f"in stage {stage.name}"
             stage.fit(data, ctx)
             stage_seconds[stage.name] = time.monotonic() - start
         else:
@@ -263,6 +267,7 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data, sy
                       completed=position["global_step"]) as task:
         while position["epoch"] < stage.epochs:
             epoch = position["epoch"]
+            out.where = f"in {label}, epoch {epoch + 1}/{stage.epochs}"
             # Stage 0 keeps the single-stage keys, so one-stage runs reproduce across versions.
             key = [config.seed, epoch] if stage_index == 0 else [config.seed, stage_index, epoch]
             order = np.random.default_rng(key).permutation(len(data))
@@ -340,6 +345,15 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data, sy
     return position
 
 
+def _resume_point(run: RunFolder) -> str:
+    """Where `--resume` would start, for the log line of a stopped run."""
+    position = run.checkpoint_position()
+    if position is None:
+        return "from the kept stages, or the start (no checkpoint yet)"
+    where = f"stage {position['stage']}, " if position.get("stage") else ""
+    return f"from the checkpoint ({where}epoch {position['epoch'] + 1}, step {position['step_in_epoch']})"
+
+
 def _checkpoint_due(config, last_save: float) -> bool:
     minutes = config.train.checkpoint_minutes
     return minutes > 0 and time.monotonic() - last_save > 60 * minutes
@@ -356,10 +370,30 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
     run = RunFolder(out)
     ranks, dev = Ranks.from_environment(resolve_device(device))
     try:
-        return _train(prepared, run, recipe, resume, dev, console if ranks.is_main else Console(quiet=True),
-                      stages_from, ranks)
+        with _sigterm_stops():
+            return _train(prepared, run, recipe, resume, dev, console if ranks.is_main else Console(quiet=True),
+                          stages_from, ranks)
     finally:
         ranks.close()
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """SIGTERM (a scheduler, `kill`, a container stop) ends training as Ctrl-C does: as an exception, so
+    train.log records how the run ended and files are closed. Signal handlers belong to the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the log line short
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, dev: torch.device, console: Console,
@@ -428,6 +462,11 @@ def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, 
         reused = position.get("reused")
         note = f"; stages {', '.join(reused)} finished earlier" if reused else ""
         output.say(f"model written to {out} ({position['seconds'] / 60:.1f} min of training{note})")
+    except (KeyboardInterrupt, Stopped) as exc:  # Ctrl-C, SIGTERM
+        signal_name = str(exc) if isinstance(exc, Stopped) else "SIGINT (Ctrl-C)"
+        output.log(f"stopped by {signal_name} {output.where}; `adcli train --resume --data {prepared} --out {out}` "
+                   f"continues {_resume_point(run)}")
+        raise
     except BaseException as exc:  # the log says how the run ended, whatever ended it
         output.log(f"stopped: {type(exc).__name__}: {exc}")
         raise

@@ -1,12 +1,18 @@
 """adcli calibrate's sources: a prepared calib split, a folder of normals, thresholds set by hand."""
 
+import json
+import re
 import shutil
+import sys
 
 import pytest
 
+from adcli import run as run_module
 from adcli.calibrate import calibrate, parse_thresholds
+from adcli.cli import main
 from adcli.detector import Detector
-from adcli.errors import AdcliError, DataError
+from adcli.errors import AdcliError, BundleError, DataError
+from adcli.run import RunFolder
 from adcli.train import train
 from tests.conftest import recipe_with_weights
 
@@ -73,3 +79,102 @@ def test_threshold_syntax_errors_say_the_form(bad):
     with pytest.raises(AdcliError, match="expected CATEGORY=NUMBER"):
         parse_thresholds([bad])
     assert parse_thresholds(["disc=0.5", "weave = 2"]) == {"disc": 0.5, "weave": 2.0}
+
+
+def _routers(run):
+    return sorted(p.name for p in run.glob("routing*.safetensors"))
+
+
+def _cli(args, monkeypatch, capsys):
+    capsys.readouterr()  # what came before
+    monkeypatch.setattr(sys, "argv", ["adcli", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_a_calibration_killed_after_its_router_leaves_the_old_calibration_working(run, prepared, demo_root, monkeypatch):
+    first = calibrate(run, prepared, 0.2, device="cpu")
+    router_before = Detector.load(run, "cpu").router
+
+    def killed(self, calibration):  # the process dies after the new router is written, before calibration.json
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(RunFolder, "write_calibration", killed)
+        with pytest.raises(KeyboardInterrupt):
+            calibrate(run, normals=demo_root / "disc" / "validation" / "good", category="disc", device="cpu")
+    det = Detector.load(run, "cpu")  # refused before: "routing.safetensors does not belong to calibration.json"
+    assert det.calibration == first and det.router.categories == router_before.categories
+    again = calibrate(run, normals=demo_root / "disc" / "validation" / "good", category="disc", device="cpu")
+    assert again.categories["disc"].source == "normals" and Detector.load(run, "cpu").router is not None
+    # The router is named by its hash; only the routers of calibration.json and calibration.prev.json stay.
+    files = RunFolder(run).calibration_files()
+    assert files == [run / "calibration.json", run / f"routing-{again.routing[:16]}.safetensors"]
+    assert _routers(run) == sorted({f"routing-{first.routing[:16]}.safetensors", files[1].name})
+
+
+def test_a_calibration_written_before_hashed_router_names_still_loads(run, prepared, demo_root):
+    cal = calibrate(run, prepared, 0.2, device="cpu")
+    (run / f"routing-{cal.routing[:16]}.safetensors").rename(run / "routing.safetensors")  # the old layout
+    det = Detector.load(run, "cpu")
+    assert det.calibration == cal and det.router.categories == ["disc", "weave"]
+    assert RunFolder(run).calibration_files()[1] == run / "routing.safetensors"
+    folder = demo_root / "disc" / "validation" / "good"
+    calibrate(run, normals=folder, category="disc", device="cpu")
+    assert "routing.safetensors" in _routers(run)  # calibration.prev.json still names it
+    newest = calibrate(run, normals=folder, category="disc", device="cpu")
+    assert "routing.safetensors" not in _routers(run) and Detector.load(run, "cpu").calibration == newest
+
+
+def _other_model(run):
+    tree = json.loads((run / "calibration.json").read_text())
+    (run / "calibration.json").write_text(json.dumps({**tree, "model_id": "0123456789ab"}))
+
+
+def _router_lost(run):
+    for path in run.glob("routing*.safetensors"):
+        path.unlink()
+
+
+def _unknown_category(run):
+    tree = json.loads((run / "calibration.json").read_text())
+    tree["categories"]["gear"] = tree["categories"]["disc"]
+    (run / "calibration.json").write_text(json.dumps(tree))
+
+
+@pytest.mark.parametrize("damage, refusal", [
+    (_other_model, "was made for another model"),
+    (_router_lost, "is missing or does not belong to"),
+    (lambda run: (run / "calibration.json").write_text("{not json"), "unreadable"),
+    (_unknown_category, "holds category 'gear', which is not one of the model's (disc, weave)"),
+])
+def test_calibrate_writes_over_a_calibration_inspect_refuses(run, prepared, demo_root, tmp_path, monkeypatch, capsys,
+                                                             damage, refusal):
+    calibrate(run, prepared, 0.2, device="cpu")
+    damage(run)
+    with pytest.raises(BundleError, match=re.escape(refusal)):
+        Detector.load(run, "cpu")
+    code, err = _cli(["inspect", demo_root / "disc" / "test" / "good", "--model", run, "--out", tmp_path / "out",
+                      "--category", "disc", "--device", "cpu", "--settle-seconds", "0"], monkeypatch, capsys)
+    assert code == 2 and refusal in err and f"run `adcli calibrate {run}` again" in err and err.count("\n") == 1, err
+    # The command the refusal names works, says in one line what it replaced, and keeps none of it.
+    code, err = _cli(["calibrate", run, "--normals", demo_root / "disc" / "validation" / "good", "--category", "disc",
+                      "--device", "cpu"], monkeypatch, capsys)
+    assert code is None or code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: replacing the calibration: ") and refusal in warnings[0]
+    det = Detector.load(run, "cpu")
+    assert list(det.calibration.categories) == ["disc"] and det.router.categories == ["disc"]
+
+
+def test_a_padded_calibration_is_refused_unread(run, prepared, monkeypatch):
+    cal = calibrate(run, prepared, 0.2, device="cpu")
+    size = (run / "calibration.json").stat().st_size
+    assert size * 1000 < run_module.CALIBRATION_MAX_BYTES  # the bound is generous for a real one
+    monkeypatch.setattr(run_module, "CALIBRATION_MAX_BYTES", 2 * size)
+    # Padding that is not even JSON: parsing it would say "unreadable"; the bound refuses it first.
+    (run / "calibration.json").write_text((run / "calibration.json").read_text() + " " * (2 * size) + "{")
+    with pytest.raises(BundleError, match=r"calibration.json is [\d.]+ MB, more than any calibration holds"):
+        Detector.load(run, "cpu")
+    assert calibrate(run, prepared, 0.2, device="cpu").categories.keys() == cal.categories.keys()

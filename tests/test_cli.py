@@ -1,4 +1,5 @@
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,13 @@ def test_every_command_imports_in_a_fresh_process(tmp_path):
 def test_help_lists_the_built_in_recipes():
     text = " ".join(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout.split())
     assert "diad, diffusionad, drdc, knn, timenet, uniad" in text
+
+
+def test_export_help_names_the_extras_to_install():
+    result = subprocess.run([sys.executable, "-m", "adcli", "export", "-h"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    text = " ".join(result.stdout.split())  # rich's help markup once ate the brackets: "pip install 'adcli'"
+    assert result.returncode == 0 and "Needs `pip install 'adcli[onnx]'` (and `adcli[openvino]`)." in text, text
 
 
 def test_errors_say_what_to_do(tmp_path, demo_root):

@@ -1,5 +1,6 @@
 """The one inference path (adcli/detector.py) and the public Python API."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from PIL import Image
 import adcli
 from adcli.calibrate import calibrate
 from adcli.detector import Detector, ModelInput
-from adcli.errors import AdcliError
+from adcli.errors import AdcliError, BundleError
 from adcli.train import train
 from tests.conftest import recipe_with_weights, save_png
 
@@ -158,3 +159,38 @@ def test_an_image_like_no_product_is_scored_under_its_nearest_one(knn_run, demo_
     assert p.far_from_products and p.category in det.categories and np.isfinite(p.score) and p.threshold is not None
     assert p.verdict == ("DEFECT" if p.score >= p.threshold else "UNKNOWN_CATEGORY")
     assert not det.predict(_test_images(demo_root)[0]).far_from_products
+
+
+def _edit_meta(run, **fields):
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, **fields}))
+
+
+@pytest.mark.parametrize("field, value, trained", [
+    ("image_size", 256, "32"),
+    ("categories", ["weave", "disc"], '["disc", "weave"]'),  # the order gives the category ids
+])
+def test_a_meta_json_edited_to_change_scores_is_refused(knn_run, tmp_path, field, value, trained):
+    copy = tmp_path / "run"
+    shutil.copytree(knn_run, copy)
+    _edit_meta(copy, **{field: value})
+    message = (f"'{field}' is {json.dumps(value)} but the model was trained with {trained}; the bundle was edited: "
+               "restore meta.json or train again")
+    with pytest.raises(BundleError, match=re.escape(message)):
+        Detector.load(copy, "cpu")
+    _edit_meta(copy, profile="renamed", train_seconds=1.0)  # a summary field changes no score
+    _edit_meta(copy, **{field: json.loads(trained)})
+    assert Detector.load(copy, "cpu").calibration is not None
+
+
+def test_a_bundle_without_trained_settings_in_its_weights_is_checked_against_its_recipe(knn_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"  # written before model.safetensors carried meta.json's scoring fields
+    shutil.copytree(knn_run, old)
+    save_file(load_file(old / "model.safetensors"), old / "model.safetensors")
+    (old / "calibration.json").unlink()  # made for the weights file with metadata
+    assert Detector.load(old, "cpu").image_size == 32
+    _edit_meta(old, image_size=256)
+    with pytest.raises(BundleError, match=re.escape("'image_size' is 256 but the model was trained with 32")):
+        Detector.load(old, "cpu")

@@ -3,6 +3,10 @@
 import csv
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -95,9 +99,33 @@ def test_resume_continues_exactly(prepared, tmp_path, monkeypatch):
     log = (tmp_path / "killed" / "train.log").read_text().splitlines()  # appended to, never rewritten
     starts = [i for i, line in enumerate(log) if "adcli" in line and " train" in line and "method diffusionad" in line]
     assert len(starts) == 2 and "--resume" in log[starts[1]] and "--resume" not in log[starts[0]]
-    assert any("stopped: KeyboardInterrupt" in line for line in log[:starts[1]])
+    stopped = [line for line in log[:starts[1]] if "stopped" in line]
+    assert len(stopped) == 1 and re.search(r"stopped by SIGINT \(Ctrl-C\) in stage model of diffusionad, epoch 2/2; `adcli train --resume "
+                                           r"--data .+ --out .+` continues from the checkpoint \(stage \w+, epoch 2, step 0\)",
+                                           stopped[0]), stopped
     assert "model written to" in log[-1]
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d ", line) for line in log)  # every line time-stamped
+
+
+def test_sigterm_is_recorded_in_train_log_and_exits_143(prepared, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "adcli", "train", "--recipe", "diffusionad", "--profile", "test",
+                             "--data", str(prepared), "--out", str(out), "--device", "cpu", "--set", "train.epochs=1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint" / "last.safetensors").is_file():  # the first epoch is done: mid-training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "stopped by SIGTERM", err
+    last = (out / "train.log").read_text().splitlines()[-1]
+    assert re.search(r"stopped by SIGTERM in stage model of diffusionad, epoch \d+/1000; `adcli train --resume --data .+ --out .+` "
+                     r"continues from the checkpoint \(stage \w+, epoch \d+, step \d+\)$", last), last
 
 
 def test_bundle_format_errors(run, prepared, tmp_path):

@@ -494,8 +494,9 @@ def _check_lock(lock: OutputLock, console: Console) -> None:
 def bundle_identity(model_dir: Path) -> list:
     """What a watch compares to notice a retrained or recalibrated model: size, modification time and
     inode of the files a Detector reads (None for a missing one)."""
-    names = (RunFolder.WEIGHTS, RunFolder.RECIPE, RunFolder.META, RunFolder.CALIBRATION, RunFolder.ROUTING)
-    return [_identity_now(model_dir / name) for name in names]
+    run = RunFolder(model_dir)
+    files = [model_dir / name for name in (RunFolder.WEIGHTS, RunFolder.RECIPE, RunFolder.META)] + run.calibration_files()
+    return [_identity_now(path) for path in files]
 
 
 def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, interval: float = 2.0,

@@ -31,6 +31,7 @@ from adcli.inspect import inspect_folder
 from adcli.io import decode_image
 from adcli.journal import read_journal
 from adcli.recipe import load_recipe
+from adcli.run import RunFolder
 from adcli.train import train
 from tests.conftest import save_png
 
@@ -232,7 +233,8 @@ def _damage(path: Path, text: str):
 def test_malformed_bundle_files_are_one_line_errors_with_exit_2(run, tmp_path, monkeypatch, capsys, file, content, message):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    target = copy / file
+    # The router's file is the one calibration.json names (routing-HASH.safetensors).
+    target = RunFolder(copy).calibration_files()[1] if file == "routing.safetensors" else copy / file
     if file == "meta.json" and content is None:
         meta = json.loads(target.read_text())
         meta["categories"] = "disc"
