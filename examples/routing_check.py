@@ -1,7 +1,7 @@
 """How well `--category auto` routes: a calibrated model's router on a prepared test split, on large
 synthetic defects, and on images of no trained product.
 
-    python examples/routing_check.py RUN PREPARED [--foreign DIR ...]
+    python examples/routing_check.py RUN PREPARED [--foreign DIR ...] [--blob-fraction 0.5]
 
 Prints three tables:
 1. per category, how many test images (good, defective, and good ones with a dark or a bright blob
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("prepared")
     ap.add_argument("--foreign", nargs="*", default=[], help="folders of images of no trained product")
+    ap.add_argument("--blob-fraction", type=float, default=0.5, help="share of the frame each blob covers")
     args = ap.parse_args()
     router = Detector.load(args.run, "cpu").router
     if router is None:
@@ -73,7 +74,7 @@ def main() -> None:
     test = [s for s in load_manifest(args.prepared) if s.split == "test" and s.category in router.categories]
     rng = np.random.default_rng(0)
     rows = [(s.category, "defect" if s.label else "good", s.path) for s in test]
-    rows += [(s.category, f"{tone} blob", blob(read_image(s.path), rng, tone == "bright"))
+    rows += [(s.category, f"{tone} blob", blob(read_image(s.path), rng, tone == "bright", args.blob_fraction))
              for tone in ("dark", "bright") for s in test if s.label == 0]
     routed = _route(router, [item for _, _, item in rows])
     print("| category | kind | images | to its category | to another | UNKNOWN |\n|---|---|---|---|---|---|")
