@@ -5,7 +5,8 @@ synthetic defects, and on images of no trained product.
 
 Prints three tables:
 1. per category, how many test images (good, defective, and good ones with a dark or a bright blob
-   over half the frame, see `blob`) go to their own category, to another one, or to UNKNOWN_CATEGORY;
+   over half the frame, see `blob`) go to their own category, to another one, or to UNKNOWN_CATEGORY
+   (and for how many of those their own category is still the nearest, where inspect scores them);
 2. leave-one-out: per category, the router rebuilt without it (`CategoryRouter(embedder, the other
    profiles)`, as if the model had never been trained on it) must reject its test images;
 3. per foreign source (each DIR searched recursively, plus generated uniform frames and noise
@@ -50,11 +51,11 @@ def foreign_frames(rng: np.random.Generator) -> dict[str, list[Image.Image]]:
 
 
 def _route(router, paths_or_images):
+    """-> each image's category, None for UNKNOWN_CATEGORY; and its nearest category."""
     out = []
     for i in range(0, len(paths_or_images), 32):
-        chunk = [read_image(p) if isinstance(p, (str, Path)) else p for p in paths_or_images[i:i + 32]]
-        out += router.route(chunk)
-    return out
+        out += router.nearest([read_image(p) if isinstance(p, (str, Path)) else p for p in paths_or_images[i:i + 32]])
+    return [r.category if r.known else None for r in out], [r.category for r in out]
 
 
 def _rate(k: int, n: int) -> str:
@@ -76,20 +77,21 @@ def main() -> None:
     rows = [(s.category, "defect" if s.label else "good", s.path) for s in test]
     rows += [(s.category, f"{tone} blob", blob(read_image(s.path), rng, tone == "bright", args.blob_fraction))
              for tone in ("dark", "bright") for s in test if s.label == 0]
-    routed = _route(router, [item for _, _, item in rows])
-    print("| category | kind | images | to its category | to another | UNKNOWN |\n|---|---|---|---|---|---|")
+    routed, nearest = _route(router, [item for _, _, item in rows])
+    print("| category | kind | images | to its category | to another | UNKNOWN | UNKNOWN, own category nearest |\n"
+          "|---|---|---|---|---|---|---|")
     for cat in router.categories:
         for kind in ("good", "defect", "dark blob", "bright blob"):
-            got = Counter("own" if r == cat else ("unknown" if r is None else "other")
-                          for (c, k, _), r in zip(rows, routed) if c == cat and k == kind)
-            n = sum(got.values())
-            print(f"| {cat} | {kind} | {n} | {_rate(got['own'], n)} | {got['other']} | {got['unknown']} |")
+            got = Counter("own" if r == cat else ("unknown" + "-own" * (near == cat) if r is None else "other")
+                          for (c, k, _), r, near in zip(rows, routed, nearest) if c == cat and k == kind)
+            n, unknown = sum(got.values()), got["unknown"] + got["unknown-own"]
+            print(f"| {cat} | {kind} | {n} | {_rate(got['own'], n)} | {got['other']} | {unknown} | {got['unknown-own']} |")
 
     print("\n| left out (router without it) | images | rejected (UNKNOWN) | accepted as |\n|---|---|---|---|")
     total = rejected = 0
     for cat in router.categories:
         without = CategoryRouter(router.embedder, {c: p for c, p in router.profiles.items() if c != cat})
-        out = _route(without, [s.path for s in test if s.category == cat])
+        out = _route(without, [s.path for s in test if s.category == cat])[0]
         n_rej = sum(r is None for r in out)
         total, rejected = total + len(out), rejected + n_rej
         accepted = Counter(r for r in out if r is not None)
@@ -101,7 +103,7 @@ def main() -> None:
     print("\n| foreign source | images | rejected (UNKNOWN) | accepted as |\n|---|---|---|---|")
     total = rejected = 0
     for name, items in sources.items():
-        out = _route(router, items)
+        out = _route(router, items)[0]
         n_rej = sum(r is None for r in out)
         total, rejected = total + len(out), rejected + n_rej
         accepted = Counter(r for r in out if r is not None)
