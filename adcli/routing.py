@@ -2,21 +2,29 @@
 
 An image's signature is a grid of patch features: MobileNetV2 (ImageNet) block 13 at 224² px, one
 96-channel vector per 16×16-pixel patch (14×14 patches). Each category keeps a bank of patches
-sampled from its good images. The distance of an image to a category is the PATCH_QUANTILE (35th
-percentile) of its patches' nearest-bank cosine distances: a defect, even one covering most of the
-frame, leaves a third of the patches looking like the product, while another product, an empty
-fixture, a covered lens or another camera changes them all. Earlier thumbnails (16×16 px of the
-whole image) moved with every defect and sent defective parts to UNKNOWN_CATEGORY.
+sampled from its good images; each patch of an image has a cosine distance to its nearest bank patch.
 
-An image goes to its nearest category. It is UNKNOWN_CATEGORY only when that distance exceeds the
-category's radius: RADIUS_FRACTION of the way from the 99th percentile of its held-out normals'
+Which product an image shows is decided by its best-matching patches: it goes to the category where
+the ROUTE_QUANTILE (10th percentile) of those distances is smallest. Whether it shows a trained
+product at all needs most of it to match: its distance to that category is the PATCH_QUANTILE (35th
+percentile), and it is UNKNOWN_CATEGORY when that exceeds the category's radius. Another product, an
+empty fixture, a covered lens or another camera changes every patch; a defect leaves part of the
+image looking like the product. The two quantiles differ because the block-13 patches see most of the
+frame: a blob over half of a part disturbs nearly every patch, so at the 35th percentile such an image
+is often nearer another product, while its best tenth still resembles its own (six real and three
+generated products: the nearest category is its own for 95-97 % of such images at the 10th
+percentile, 55-58 % at the 35th; defects and good images 100 % at both; docs/routing.md). Earlier
+thumbnails (16×16 px of the whole image) moved with every defect.
+
+The radius is RADIUS_FRACTION of the way from the 99th percentile of the category's held-out normals'
 distances to the nearest reference that is certainly not that product (another trained category's
-images, uniform grey frames, noise frames). The radius therefore scales with how far "not this
-product" is, not with how tight the normals are (synthetic or very uniform products have normals
-an order of magnitude tighter than their defects).
+images, uniform grey frames, noise frames). It therefore scales with how far "not this product" is,
+not with how tight the normals are (synthetic or very uniform products have normals an order of
+magnitude tighter than their defects). Images with a blob over half of the part are mostly beyond it
+(as far from their product as an empty frame is): UNKNOWN_CATEGORY, with their own product nearest.
 
 The router (embedder weights, banks, radii inputs) is saved with the calibration as
-RUN/routing.safetensors, so inspecting needs no pretrained weights on the line PC.
+RUN/routing-HASH.safetensors (adcli/run.py), so inspecting needs no pretrained weights on the line PC.
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ EMBED_CONFIG = BackboneConfig(name="mobilenet_v2", layers=("features.13",))
 BANK_IMAGES = 256  # good images per category whose patches feed its bank
 BANK_PATCHES = 4096  # patches kept per category
 REFERENCE_IMAGES = 8  # per category: its images that test the other categories' radii
-PATCH_QUANTILE = 0.35
+PATCH_QUANTILE = 0.35  # is it a trained product: the radius is checked at this quantile of patch distances
+ROUTE_QUANTILE = 0.1  # which product: the nearest category at this quantile
 RADIUS_FRACTION = 0.75
 FORMAT_VERSION = 1
 
@@ -74,11 +83,15 @@ class PatchEmbedder(torch.nn.Module):
         return embedder
 
 
+def patch_distances(patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """patches (N, P, C) and a bank (M, C), unit length -> (N, P): each patch's nearest-bank cosine distance."""
+    return torch.stack([1 - (p @ bank.T).amax(-1) for p in patches.float()]) if len(patches) else torch.zeros(0, 1)
+
+
 def category_distance(patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """patches (N, P, C) and a bank (M, C), unit length -> (N,): the PATCH_QUANTILE of each image's
     nearest-bank cosine distances."""
-    nearest = torch.stack([1 - (p @ bank.T).amax(-1) for p in patches.float()]) if len(patches) else torch.zeros(0, 1)
-    return torch.quantile(nearest, PATCH_QUANTILE, dim=1)  # (N, P) -> (N,)
+    return torch.quantile(patch_distances(patches, bank), PATCH_QUANTILE, dim=1)  # (N, P) -> (N,)
 
 
 def generic_frames() -> list[Image.Image]:
@@ -113,8 +126,9 @@ def build_profile(embedder: PatchEmbedder, bank_images: list[Image.Image], held_
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-    """Where the router puts one image: its nearest category, and whether it is within that category's
-    radius (known) or resembles none of the trained products (UNKNOWN_CATEGORY: still scored there)."""
+    """Where the router puts one image: its nearest category (at ROUTE_QUANTILE), its distance to it
+    (at PATCH_QUANTILE), and whether that is within the category's radius (known) or the image resembles
+    none of the trained products (UNKNOWN_CATEGORY: still scored there)."""
 
     category: str
     distance: float
@@ -155,11 +169,14 @@ class CategoryRouter:
         """uint8 (N, S, S, 3) from `PatchEmbedder.view` -> each image's nearest category and whether it
         lies within that category's radius. One network call for the whole batch (inspect routes a
         batch at a time, beside the model)."""
-        routes = []
         patches = torch.cat([self.embedder.embed_views(views[i:i + 16]) for i in range(0, len(views), 16)])
-        for row in self._distances(patches):
-            best = self.categories[int(row.argmin())]
-            routes.append(Route(best, float(row.min()), bool(row.min() <= self.radius[best])))
+        near = torch.stack([patch_distances(patches, bank) for bank in self.banks], 1)  # (N, K, P)
+        choice = torch.quantile(near, ROUTE_QUANTILE, dim=-1).argmin(1).tolist()  # which product: best patches
+        distance = torch.quantile(near, PATCH_QUANTILE, dim=-1).numpy()  # (N, K): within its radius?
+        routes = []
+        for row, k in zip(distance, choice):
+            best = self.categories[k]
+            routes.append(Route(best, float(row[k]), bool(row[k] <= self.radius[best])))
         return routes
 
     # ---- RUN/routing.safetensors ---------------------------------------------------------------

@@ -1,11 +1,16 @@
-"""How well `--category auto` routes: a calibrated model's router on a prepared test split and on
-images of no trained product.
+"""How well `--category auto` routes: a calibrated model's router on a prepared test split, on large
+synthetic defects, and on images of no trained product.
 
-    python examples/routing_check.py RUN PREPARED --foreign DIR [DIR ...]
+    python examples/routing_check.py RUN PREPARED [--foreign DIR ...] [--blob-fraction 0.5]
 
-Prints, per category, how many test images (good and defective) go to their own category, to
-another one, or to UNKNOWN_CATEGORY; then, per foreign source (each DIR searched recursively, plus
-generated uniform frames and noise frames), how many are rejected as UNKNOWN_CATEGORY.
+Prints three tables:
+1. per category, how many test images (good, defective, and good ones with a dark or a bright blob
+   over half the frame, see `blob`) go to their own category, to another one, or to UNKNOWN_CATEGORY
+   (and for how many of those their own category is still the nearest, where inspect scores them);
+2. leave-one-out: per category, the router rebuilt without it (`CategoryRouter(embedder, the other
+   profiles)`, as if the model had never been trained on it) must reject its test images;
+3. per foreign source (each DIR searched recursively, plus generated uniform frames and noise
+   frames), how many are rejected as UNKNOWN_CATEGORY.
 """
 
 import argparse
@@ -13,17 +18,48 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from adcli.data.manifest import load_manifest
 from adcli.detector import Detector
 from adcli.inspect.intake import list_files
 from adcli.io import read_image
+from adcli.routing import CategoryRouter
+
+
+def blob(image: Image.Image, rng: np.random.Generator, bright: bool, fraction: float = 0.5) -> Image.Image:
+    """`image` with a dark (grey 20) or bright (grey 235) ellipse over `fraction` of the frame, soft-edged,
+    at a random place inside it: a defect that covers about half of a part that fills the frame."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    h, w = rgb.shape[:2]
+    a, b = w * np.sqrt(fraction / np.pi), h * np.sqrt(fraction / np.pi)  # semi-axes: pi*a*b = fraction*w*h
+    cx, cy = rng.uniform(a, w - a), rng.uniform(b, h - b)
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = Image.fromarray(((((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1) * 255).astype(np.uint8))
+    soft = np.asarray(inside.filter(ImageFilter.GaussianBlur(max(1.0, w / 150))), np.float32)[..., None] / 255
+    fill = (235.0 if bright else 20.0) + rng.normal(0, 4, rgb.shape)
+    return Image.fromarray(np.clip(rgb * (1 - soft) + fill * soft, 0, 255).astype(np.uint8))
+
+
+def foreign_frames(rng: np.random.Generator) -> dict[str, list[Image.Image]]:
+    """Frames of no product: 20 uniform colours (empty fixture, covered lens) and 20 noise frames."""
+    return {"uniform frames": [Image.new("RGB", (256, 256), tuple(int(v) for v in rng.integers(0, 256, 3)))
+                               for _ in range(20)],
+            "noise frames": [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(10)] +
+                            [Image.fromarray(np.clip(rng.normal(128, 30, (256, 256, 3)), 0, 255).astype(np.uint8))
+                             for _ in range(10)]}
 
 
 def _route(router, paths_or_images):
-    images = [read_image(p) if isinstance(p, (str, Path)) else p for p in paths_or_images]
-    return [r for i in range(0, len(images), 32) for r in router.route(images[i:i + 32])]
+    """-> each image's category, None for UNKNOWN_CATEGORY; and its nearest category."""
+    out = []
+    for i in range(0, len(paths_or_images), 32):
+        out += router.nearest([read_image(p) if isinstance(p, (str, Path)) else p for p in paths_or_images[i:i + 32]])
+    return [r.category if r.known else None for r in out], [r.category for r in out]
+
+
+def _rate(k: int, n: int) -> str:
+    return f"{k} ({k / max(n, 1):.1%})"
 
 
 def main() -> None:
@@ -31,36 +67,49 @@ def main() -> None:
     ap.add_argument("run")
     ap.add_argument("prepared")
     ap.add_argument("--foreign", nargs="*", default=[], help="folders of images of no trained product")
+    ap.add_argument("--blob-fraction", type=float, default=0.5, help="share of the frame each blob covers")
     args = ap.parse_args()
     router = Detector.load(args.run, "cpu").router
     if router is None:
         raise SystemExit("this run has no router: calibrate it first (with MobileNetV2 weights available)")
     test = [s for s in load_manifest(args.prepared) if s.split == "test" and s.category in router.categories]
-    routed = _route(router, [s.path for s in test])
-    print("| category | kind | images | to its category | to another | UNKNOWN |\n|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    rows = [(s.category, "defect" if s.label else "good", s.path) for s in test]
+    rows += [(s.category, f"{tone} blob", blob(read_image(s.path), rng, tone == "bright", args.blob_fraction))
+             for tone in ("dark", "bright") for s in test if s.label == 0]
+    routed, nearest = _route(router, [item for _, _, item in rows])
+    print("| category | kind | images | to its category | to another | UNKNOWN | UNKNOWN, own category nearest |\n"
+          "|---|---|---|---|---|---|---|")
     for cat in router.categories:
-        for kind, label in (("good", 0), ("defect", 1)):
-            got = Counter("own" if r == cat else ("unknown" if r is None else "other")
-                          for s, r in zip(test, routed) if s.category == cat and s.label == label)
-            n = sum(got.values())
-            print(f"| {cat} | {kind} | {n} | {got['own']} ({got['own'] / max(n, 1):.1%}) | {got['other']} | {got['unknown']} |")
-    rng = np.random.default_rng(123)
-    sources = {"/".join(Path(d).resolve().parts[-2:]): list_files(Path(d)) for d in args.foreign}
-    sources["uniform frames"] = [Image.new("RGB", (256, 256), tuple(int(v) for v in rng.integers(0, 256, 3)))
-                                 for _ in range(20)]
-    sources["noise frames"] = [Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(10)] + \
-                              [Image.fromarray(np.clip(rng.normal(128, 30, (256, 256, 3)), 0, 255).astype(np.uint8))
-                               for _ in range(10)]
-    print("\n| foreign source | images | rejected (UNKNOWN) | accepted as |\n|---|---|---|---|")
+        for kind in ("good", "defect", "dark blob", "bright blob"):
+            got = Counter("own" if r == cat else ("unknown" + "-own" * (near == cat) if r is None else "other")
+                          for (c, k, _), r, near in zip(rows, routed, nearest) if c == cat and k == kind)
+            n, unknown = sum(got.values()), got["unknown"] + got["unknown-own"]
+            print(f"| {cat} | {kind} | {n} | {_rate(got['own'], n)} | {got['other']} | {unknown} | {got['unknown-own']} |")
+
+    print("\n| left out (router without it) | images | rejected (UNKNOWN) | accepted as |\n|---|---|---|---|")
     total = rejected = 0
-    for name, items in sources.items():
-        out = _route(router, items)
+    for cat in router.categories:
+        without = CategoryRouter(router.embedder, {c: p for c, p in router.profiles.items() if c != cat})
+        out = _route(without, [s.path for s in test if s.category == cat])[0]
         n_rej = sum(r is None for r in out)
         total, rejected = total + len(out), rejected + n_rej
         accepted = Counter(r for r in out if r is not None)
-        print(f"| {name} | {len(out)} | {n_rej} ({n_rej / max(len(out), 1):.1%}) | "
+        print(f"| {cat} | {len(out)} | {_rate(n_rej, len(out))} | {', '.join(f'{c} {k}' for c, k in accepted.items()) or '-'} |")
+    print(f"| all left out | {total} | {_rate(rejected, total)} | |")
+
+    sources = {"/".join(Path(d).resolve().parts[-2:]): list_files(Path(d)) for d in args.foreign}
+    sources.update(foreign_frames(np.random.default_rng(123)))
+    print("\n| foreign source | images | rejected (UNKNOWN) | accepted as |\n|---|---|---|---|")
+    total = rejected = 0
+    for name, items in sources.items():
+        out = _route(router, items)[0]
+        n_rej = sum(r is None for r in out)
+        total, rejected = total + len(out), rejected + n_rej
+        accepted = Counter(r for r in out if r is not None)
+        print(f"| {name} | {len(out)} | {_rate(n_rej, len(out))} | "
               f"{', '.join(f'{c} {k}' for c, k in accepted.items()) or '-'} |")
-    print(f"| all foreign | {total} | {rejected} ({rejected / max(total, 1):.1%}) | |")
+    print(f"| all foreign | {total} | {_rate(rejected, total)} | |")
 
 
 if __name__ == "__main__":
