@@ -3,14 +3,21 @@ synthetic defects, and on images of no trained product.
 
     python examples/routing_check.py RUN PREPARED [--foreign DIR ...] [--blob-fraction 0.5]
 
-Prints three tables:
+Prints four tables:
 1. per category, how many test images (good, defective, and good ones with a dark or a bright blob
    over half the frame, see `blob`) go to their own category, to another one, or to UNKNOWN_CATEGORY
    (and for how many of those their own category is still the nearest, where inspect scores them);
 2. leave-one-out: per category, the router rebuilt without it (`CategoryRouter(embedder, the other
    profiles)`, as if the model had never been trained on it) must reject its test images;
 3. per foreign source (each DIR searched recursively, plus generated uniform frames and noise
-   frames), how many are rejected as UNKNOWN_CATEGORY.
+   frames), how many are rejected as UNKNOWN_CATEGORY;
+4. verdicts: per category, the defective and blob images judged as `inspect --category auto` judges
+   them (routed, far images scored under their nearest product) against the verdict the model gives
+   them under their own category.
+
+Exits 1 when routing costs a defect its verdict: a defective or blob image that its own category's
+model calls DEFECT but that does not end as DEFECT with --category auto. (Defects the model itself
+misses are the model's, not routing's: table 4 counts them, the exit code does not.)
 """
 
 import argparse
@@ -69,7 +76,8 @@ def main() -> None:
     ap.add_argument("--foreign", nargs="*", default=[], help="folders of images of no trained product")
     ap.add_argument("--blob-fraction", type=float, default=0.5, help="share of the frame each blob covers")
     args = ap.parse_args()
-    router = Detector.load(args.run, "cpu").router
+    detector = Detector.load(args.run, "cpu")
+    router = detector.router
     if router is None:
         raise SystemExit("this run has no router: calibrate it first (with MobileNetV2 weights available)")
     test = [s for s in load_manifest(args.prepared) if s.split == "test" and s.category in router.categories]
@@ -110,6 +118,39 @@ def main() -> None:
         print(f"| {name} | {len(out)} | {_rate(n_rej, len(out))} | "
               f"{', '.join(f'{c} {k}' for c, k in accepted.items()) or '-'} |")
     print(f"| all foreign | {total} | {_rate(rejected, total)} | |")
+
+    lost = verdict_table(detector, [r for r in rows if r[1] != "good"])
+    if lost:
+        print(f"\nrouting cost {len(lost)} defect(s) their DEFECT verdict:", *lost[:20], sep="\n  ")
+        raise SystemExit(1)
+
+
+def verdict_table(detector: Detector, rows: list[tuple[str, str, object]]) -> list[str]:
+    """rows (category, kind, path or image) of defective images -> prints their verdicts with --category
+    auto and under their own category; returns the images routing cost a DEFECT verdict."""
+    items = [item for _, _, item in rows]
+    auto = [p for i in range(0, len(items), 32) for p in detector.predict(items[i:i + 32])]
+    own: list = [None] * len(rows)
+    for cat in detector.categories:
+        idx = [i for i, (c, _, _) in enumerate(rows) if c == cat]
+        for start in range(0, len(idx), 32):
+            chunk = idx[start:start + 32]
+            for i, p in zip(chunk, detector.predict([items[i] for i in chunk], category=cat)):
+                own[i] = p
+    print("\n| category | kind | images | DEFECT (auto) | UNKNOWN_CATEGORY | OK | scored under another | "
+          "DEFECT under its own | lost by routing |\n|---|---|---|---|---|---|---|---|---|")
+    lost = []
+    for cat in detector.categories:
+        for kind in sorted({k for c, k, _ in rows if c == cat}):
+            idx = [i for i, (c, k, _) in enumerate(rows) if c == cat and k == kind]
+            verdicts = Counter(auto[i].verdict for i in idx)
+            lost_here = [i for i in idx if own[i].verdict == "DEFECT" and auto[i].verdict != "DEFECT"]
+            lost += [f"{cat} {kind} {rows[i][2] if isinstance(rows[i][2], str) else f'#{i}'}: {auto[i].verdict} "
+                     f"under {auto[i].category}" for i in lost_here]
+            print(f"| {cat} | {kind} | {len(idx)} | {verdicts['DEFECT']} | {verdicts['UNKNOWN_CATEGORY']} | "
+                  f"{verdicts['OK']} | {sum(auto[i].category != cat for i in idx)} | "
+                  f"{sum(own[i].verdict == 'DEFECT' for i in idx)} | {len(lost_here)} |")
+    return lost
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from adcli.data.manifest import prepare
@@ -64,3 +65,49 @@ def test_cron_md_watch_wrapper_reads_the_exit_code_of_each_pass(tmp_path):
     line = '{"counts": {"DEFECT": 0, "UNKNOWN_CATEGORY": 1}, "exit_code": 3, "watching": true}'
     done = subprocess.run([sys.executable, "-c", snippet], input=line, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "3"
+
+
+@pytest.fixture(scope="module")
+def knn_run(prepared, mobilenet_weights, tmp_path_factory):
+    from adcli.calibrate import calibrate
+    from adcli.train import train
+    from tests.conftest import recipe_with_weights
+
+    run = train(prepared, tmp_path_factory.mktemp("routing") / "run", recipe_with_weights("knn", mobilenet_weights),
+                device="cpu")
+    calibrate(run, prepared, 0.2, device="cpu")
+    return run
+
+
+def _routing_check(run, prepared, monkeypatch, capsys) -> tuple[int, str]:
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "routing_check.py"), run_name="routing_check")
+    monkeypatch.setattr(sys, "argv", ["routing_check.py", str(run), str(prepared)])
+    try:
+        script["main"]()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().out
+
+
+def test_routing_check_passes_when_routing_costs_no_defect_its_verdict(knn_run, prepared, monkeypatch, capsys):
+    code, out = _routing_check(knn_run, prepared, monkeypatch, capsys)
+    assert code == 0, out
+    assert "| DEFECT (auto) |" in out and "| disc | dark blob |" in out
+
+
+def test_routing_check_exits_1_when_routing_costs_a_defect_its_verdict(knn_run, prepared, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from adcli.calibrate import calibrate
+    from adcli.routing import CategoryRouter, Route
+
+    run = tmp_path / "run"
+    shutil.copytree(knn_run, run)
+    calibrate(run, thresholds={"disc": 1e9, "weave": -1e9}, device="cpu")  # nothing is a disc defect, every weave is
+    # A router that sends every image to disc: each weave defect would end OK there.
+    monkeypatch.setattr(CategoryRouter, "nearest_views", lambda self, views: [Route("disc", 0.0, True)] * len(views))
+    code, out = _routing_check(run, prepared, monkeypatch, capsys)
+    assert code == 1 and "routing cost" in out and "weave defect" in out, out
