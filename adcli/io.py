@@ -6,6 +6,7 @@ fsync, then `os.replace`, so a killed process leaves either the old file or the 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -143,3 +144,12 @@ def _convert(im: Image.Image, mode: str) -> Image.Image:
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask as a bool array (H, W): any non-zero pixel is a defect."""
     return np.asarray(read_image(path, mode="L")) > 0
+
+
+def sha256_file(path: Path) -> str:
+    """A file's SHA-256 (hex), read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

