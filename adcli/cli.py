@@ -212,7 +212,7 @@ def inspect(
                              settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
                              scores_only=scores_only, heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
     if as_json:
-        print(json.dumps(json.loads((out / "summary.json").read_text())))
+        print(json.dumps(summary.record))
     else:
         c = summary.counts
         console.print(f"{c['OK']} OK, {c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
@@ -263,7 +263,7 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
 
     def on_pass(summary) -> None:
         if as_json:
-            print(json.dumps(json.loads((out / "summary.json").read_text())), flush=True)
+            print(json.dumps(summary.record), flush=True)
             return
         c, files = summary.counts, f"{len(summary.rows)} file{'' if len(summary.rows) == 1 else 's'}"
         console.print(f"{time.strftime('%H:%M:%S')} {files} in {summary.seconds:.2f} s: {c['OK']} OK, {c['DEFECT']} DEFECT, "

@@ -19,7 +19,7 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -48,32 +48,54 @@ class Prediction:
     far_from_products: bool = False  # routed, and beyond every trained product's radius (see `verdict`)
 
 
-@dataclasses.dataclass
-class ModelInput:
-    """What a loader hands to `Detector.stream` for an image to be scored (`Detector.model_input`)."""
-
-    pixels: np.ndarray  # (S, S, 3) uint8: the image resized to the model's size
-    category: str | None  # None: the router decides in `stream` (its nearest category)
-    payload: Any = None  # anything the caller wants back with the result (e.g. the decoded image)
-    route_view: np.ndarray | None = None  # the router's view of the image, while category is None
+P = TypeVar("P")  # what a caller's loader hands back with each result
+T = TypeVar("T")  # the items a caller streams (paths, indices, images)
 
 
 @dataclasses.dataclass
-class Scored:
-    """One item out of `Detector.stream`: what the loader returned and, if that was a ModelInput, its result."""
+class ToScore(Generic[P]):
+    """What a loader returns to have an image judged; anything else it returns passes through unscored."""
 
-    item: Any
-    loaded: Any
-    score: float | None = None
-    anomaly_map: np.ndarray | None = None  # (S, S) float32 at the model's resolution
-    infer_ms: float = 0.0  # this image's share of its batch's model time
-    route_ms: float = 0.0  # and of its batch's routing time
-    route: Route | None = None  # where the router put it (None: the category was given)
+    image: Image.Image
+    payload: P  # given back with the result (inspect: the file's row so far)
+    category: str | None = None  # None: `fixed_category` (the router's nearest one with --category auto)
 
-    @property
-    def far_from_products(self) -> bool:
-        """Routed, and beyond the radius of every trained category: scored under its nearest one anyway."""
-        return self.route is not None and not self.route.known
+
+@dataclasses.dataclass
+class Judged:
+    """The model's result for one image, at the model's resolution."""
+
+    category: str  # the given one, or the router's nearest
+    score: float  # raw image score (larger = more anomalous)
+    anomaly_map: np.ndarray  # (S, S) float32
+    verdict: str  # OK | DEFECT | UNKNOWN_CATEGORY | uncalibrated (`Detector.verdict`)
+    threshold: float | None  # the category's calibrated threshold
+    far_from_products: bool  # routed, and beyond every trained product's radius: scored under its nearest
+    prepare_ms: float  # resizing (and the router's view) in the loader thread
+    route_ms: float  # this image's share of its batch's routing time
+    infer_ms: float  # and of its batch's model time
+
+
+@dataclasses.dataclass
+class Streamed(Generic[T, P]):
+    """One item out of `Detector.stream`, in input order."""
+
+    item: T
+    payload: P  # what the loader returned (for a ToScore: its payload)
+    judged: Judged | None  # None: the loader passed the item through unscored
+
+
+@dataclasses.dataclass
+class _ModelInput:
+    """A ToScore prepared in a loader thread: resized, with the router's view while the category is open."""
+
+    pixels: np.ndarray  # (S, S, 3) uint8
+    category: str | None
+    payload: Any
+    route_view: np.ndarray | None
+    prepare_ms: float
+    route: Route | None = None
+    route_ms: float = 0.0
 
 
 class Detector:
@@ -155,10 +177,13 @@ class Detector:
                          f"MobileNetV2 weights available; see `adcli weights list`); or give --category "
                          f"({', '.join(self.categories)})")
 
-    def model_input(self, image: Image.Image, category: str | None, payload: Any = None) -> ModelInput:
-        """A decoded image -> what `stream` scores; category from `fixed_category`. Any thread."""
-        view = None if category is not None else self.router.embedder.view(image)
-        return ModelInput(resized(image, self.image_size), category, payload, view)
+    def _prepare(self, to_score: ToScore) -> _ModelInput:
+        """A loader's ToScore -> the model's input. Runs in a loader thread."""
+        t0 = time.perf_counter()
+        category = to_score.category if to_score.category is not None else self.fixed_category(None)
+        view = None if category is not None else self.router.embedder.view(to_score.image)
+        pixels = resized(to_score.image, self.image_size)
+        return _ModelInput(pixels, category, to_score.payload, view, (time.perf_counter() - t0) * 1e3)
 
     # ---- batches ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -169,11 +194,16 @@ class Detector:
             out = self.model.predict(to_tensor(pixels).to(self.device), ids)
         return out.score.float().cpu().numpy(), out.anomaly_map.float().cpu().numpy()
 
-    def stream(self, items: Iterable[Any], load: Callable[[Any], Any]) -> Iterator[Scored]:
-        """Score items in order, `batch_size` at a time. `load(item)` runs in worker threads while the
-        model works on the previous batch; items it returns a ModelInput for are scored, anything
-        else (an error, a skip) passes through unscored."""
+    def stream(self, items: Iterable[T], load: Callable[[T], ToScore[P] | P]) -> Iterator[Streamed[T, P]]:
+        """Judge items in order, `batch_size` at a time. `load(item)` runs in worker threads while the
+        model works on the previous batch; what it returns as a ToScore is judged, anything else (an
+        error row, a skip) passes through unscored."""
         items = iter(items)
+
+        def prepared(item: T):
+            loaded = load(item)
+            return self._prepare(loaded) if isinstance(loaded, ToScore) else loaded
+
         with ThreadPoolExecutor(LOAD_WORKERS) as pool:
             pending: collections.deque = collections.deque()
 
@@ -182,33 +212,46 @@ class Detector:
                     item = next(items, _END)
                     if item is _END:
                         return
-                    pending.append((item, pool.submit(load, item)))
+                    pending.append((item, pool.submit(prepared, item)))
 
             refill()
             while pending:
-                batch = [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]
-                results = [Scored(item, future.result()) for item, future in batch]
+                batch = [(item, future.result()) for item, future in
+                         [pending.popleft() for _ in range(min(self.batch_size, len(pending)))]]
                 refill()  # the next batch decodes while this one is in the model
-                self._route([r for r in results if isinstance(r.loaded, ModelInput) and r.loaded.category is None])
-                to_score = [r for r in results if isinstance(r.loaded, ModelInput)]
-                if to_score:
-                    start = time.perf_counter()
-                    scores, maps = self.score_pixels(np.stack([r.loaded.pixels for r in to_score]),
-                                                     [r.loaded.category for r in to_score])
-                    share = (time.perf_counter() - start) * 1e3 / len(to_score)
-                    for r, score, anomaly_map in zip(to_score, scores, maps):
-                        r.score, r.anomaly_map, r.infer_ms = float(score), anomaly_map, share
-                yield from results
+                inputs = [loaded for _, loaded in batch if isinstance(loaded, _ModelInput)]
+                self._route([x for x in inputs if x.category is None])
+                judged = iter(self._judge(inputs))
+                for item, loaded in batch:
+                    if isinstance(loaded, _ModelInput):
+                        yield Streamed(item, loaded.payload, next(judged))
+                    else:
+                        yield Streamed(item, loaded, None)
 
-    def _route(self, unrouted: list[Scored]) -> None:
-        """Give each of a batch's images its nearest category (and the route: how near), in one call."""
+    def _judge(self, inputs: list[_ModelInput]) -> list[Judged]:
+        """One model call for a batch's inputs (categories known) -> their results, verdicts included."""
+        if not inputs:
+            return []
+        start = time.perf_counter()
+        scores, maps = self.score_pixels(np.stack([x.pixels for x in inputs]), [x.category for x in inputs])
+        share = (time.perf_counter() - start) * 1e3 / len(inputs)
+        results = []
+        for x, score, anomaly_map in zip(inputs, scores, maps):
+            far = x.route is not None and not x.route.known
+            cal = self.category_calibration(x.category)
+            results.append(Judged(x.category, float(score), anomaly_map, self.verdict(x.category, float(score), far),
+                                  cal.threshold if cal else None, far, x.prepare_ms, x.route_ms, share))
+        return results
+
+    def _route(self, unrouted: list[_ModelInput]) -> None:
+        """Give each of a batch's open images its nearest category (and the route: how near), in one call."""
         if not unrouted:
             return
         start = time.perf_counter()
-        routes = self.router.nearest_views(np.stack([r.loaded.route_view for r in unrouted]))
+        routes = self.router.nearest_views(np.stack([x.route_view for x in unrouted]))
         share = (time.perf_counter() - start) * 1e3 / len(unrouted)
-        for r, route in zip(unrouted, routes):
-            r.loaded.category, r.loaded.route_view, r.route_ms, r.route = route.category, None, share, route
+        for x, route in zip(unrouted, routes):
+            x.category, x.route_view, x.route_ms, x.route = route.category, None, share, route
 
     # ---- the Python API ---------------------------------------------------------------------------
     def predict(self, images, category: str | None = None):
@@ -217,7 +260,7 @@ class Detector:
         single = not isinstance(images, (list, tuple))
         decoded = [_as_image(x) for x in ([images] if single else images)]
         fixed = self.fixed_category(category)
-        results = [self._prediction(r) for r in self.stream(decoded, lambda image: self.model_input(image, fixed))]
+        results = [_prediction(s.payload, s.judged) for s in self.stream(decoded, lambda image: ToScore(image, image, fixed))]
         return results[0] if single else results
 
     def verdict(self, category: str, score: float, far_from_products: bool = False) -> str:
@@ -230,12 +273,11 @@ class Detector:
         verdict = cal.verdict(score)
         return "UNKNOWN_CATEGORY" if far_from_products and verdict == "OK" else verdict
 
-    def _prediction(self, r: Scored) -> Prediction:
-        cat = r.loaded.category
-        full = np.asarray(Image.fromarray(r.anomaly_map, mode="F").resize(r.item.size, Image.BILINEAR))
-        cal = self.category_calibration(cat)
-        return Prediction(cat, r.score, full, self.verdict(cat, r.score, r.far_from_products),
-                          cal.threshold if cal else None, r.far_from_products)
+
+def _prediction(image: Image.Image, judged: Judged) -> Prediction:
+    """A judged image -> the API's Prediction, its map at the image's own size."""
+    full = np.asarray(Image.fromarray(judged.anomaly_map, mode="F").resize(image.size, Image.BILINEAR))
+    return Prediction(judged.category, judged.score, full, judged.verdict, judged.threshold, judged.far_from_products)
 
 
 _END = object()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from adcli.data.batches import resized
 from adcli.data.manifest import Sample
-from adcli.detector import Detector, ModelInput
+from adcli.detector import Detector, ToScore
 from adcli.errors import BundleError
 from adcli.io import load_tensors, read_image, read_mask, save_tensors
 from adcli.run import file_metadata
@@ -82,11 +82,11 @@ def predict_samples(detector: Detector, samples: list[Sample], cache_dir: Path,
     maps = np.zeros((len(samples), size, size), np.float32)
     start = time.perf_counter()
 
-    def load(i: int) -> ModelInput:
-        return ModelInput(resized(read_image(samples[i].path), size), samples[i].category)
+    def load(i: int) -> ToScore[int]:
+        return ToScore(read_image(samples[i].path), i, samples[i].category)
 
     for r in detector.stream(range(len(samples)), load):
-        scores[r.item], maps[r.item] = r.score, r.anomaly_map
+        scores[r.item], maps[r.item] = r.judged.score, r.judged.anomaly_map
         if progress:
             progress()
     ms = (time.perf_counter() - start) * 1e3 / max(len(samples), 1)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import adcli
 from adcli.calibrate import calibrate
-from adcli.detector import Detector, ModelInput
+from adcli.detector import Detector, ToScore
 from adcli.errors import AdcliError, BundleError
 from adcli.train import train
 from tests.conftest import recipe_with_weights, save_png
@@ -80,12 +80,14 @@ def test_uncalibrated_model_needs_a_category_and_gives_no_verdict(knn_run, demo_
 
 def test_stream_keeps_order_and_passes_unscored_items_through(knn_run):
     det = Detector.load(knn_run, "cpu", batch_size=2)
-    pixels = np.zeros((det.image_size, det.image_size, 3), np.uint8)
+    image = Image.new("RGB", (det.image_size, det.image_size))
     items = list(range(7))
-    out = list(det.stream(items, lambda i: ModelInput(pixels, "disc") if i % 3 else f"skip {i}"))
+    out = list(det.stream(items, lambda i: ToScore(image, f"scored {i}", "disc") if i % 3 else f"skip {i}"))
     assert [r.item for r in out] == items
-    assert [r.score is None for r in out] == [i % 3 == 0 for i in items]
-    scores = [r.score for r in out if r.score is not None]
+    assert [r.judged is None for r in out] == [i % 3 == 0 for i in items]
+    assert [r.payload for r in out] == [f"scored {i}" if i % 3 else f"skip {i}" for i in items]
+    assert all(r.judged.verdict in ("OK", "DEFECT") and r.judged.category == "disc" for r in out if r.judged)
+    scores = [r.judged.score for r in out if r.judged is not None]
     assert np.allclose(scores, scores[0], rtol=1e-5)  # same image; batches of 1 and 2 differ only in float rounding
 
 

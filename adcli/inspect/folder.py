@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import enum
 import errno
 import hashlib
 import io
@@ -27,14 +28,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
+from PIL import Image
 from rich.console import Console
 
 from adcli.calibration import Calibration
 from adcli.data.manifest import IMAGE_EXTENSIONS
-from adcli.detector import Detector, ModelInput, Scored
+from adcli.detector import Detector, Judged, ToScore
 from adcli.errors import AdcliError, DataError, ImageError, OutputError
 from adcli.inspect.intake import (OutputLock, StillWriting, clock_ahead_seconds, display_path, file_identity, read_settled,
                                   walk_files)
@@ -54,8 +56,6 @@ SCORES_ONLY_EXIT_CODE = 6  # never 0: a run without verdicts must not read as "n
 DRIFT_WINDOW = 50  # most recent OK images per category
 DRIFT_MIN = 20
 DRIFT_Z = 4.0
-_ALREADY_DONE = object()
-_STILL_WRITING = object()
 ERROR_RETRY_SECONDS = 60.0  # a watch tries an unchanged file that gave an ERROR row again after this long
 WATCH_TABLES_SECONDS = 30.0  # a watch rewrites results.csv (and compacts the journal) at most this often
 
@@ -76,6 +76,7 @@ class InspectSummary:
     carried: list[dict] = dataclasses.field(default_factory=list)  # rows of a killed run, reported by this one
     still_writing: int = 0  # files left for a later run (no row)
     clock_ahead: float = 0.0  # the largest modification time in the future among the files judged (s)
+    record: dict = dataclasses.field(default_factory=dict)  # what summary.json holds for this run
 
     @property
     def errors(self) -> int:
@@ -149,8 +150,18 @@ class _Pending:
     """A file that loaded as an image: its row so far, the image, and its load time."""
 
     row: dict
-    image: object
+    image: Image.Image
     load_ms: float
+
+
+class _Skipped(enum.Enum):
+    """A file that gets no row in this run."""
+
+    ALREADY_DONE = "inspected with this model, unchanged since"
+    STILL_WRITING = "still being written: a later run judges it"
+
+
+_Loaded = Union[ToScore[_Pending], _Skipped, dict]  # to judge; no row; or a finished (ERROR) row
 
 
 class _FolderInspection:
@@ -165,8 +176,8 @@ class _FolderInspection:
         self.clock_ahead = 0.0  # the largest modification time in the future seen (s); loads run in threads
         self._clock_lock = threading.Lock()
 
-    def load(self, path: Path):
-        """Runs in a worker thread: -> ModelInput, a finished row (ERROR), _ALREADY_DONE or _STILL_WRITING."""
+    def load(self, path: Path) -> _Loaded:
+        """Runs in a worker thread: the file read, checked and decoded."""
         shown = display_path(path)
         row = {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
                "model_id": self.detector.model_id, "heatmap": "", "error": "", "note": ""}
@@ -175,15 +186,15 @@ class _FolderInspection:
         if done is not None and done.get("model_id") != self.detector.model_id:
             done = None
         if _unchanged_since(done, self.detector.model_id, _identity_now(path)):
-            return _ALREADY_DONE  # unchanged since it was inspected: not even read again
+            return _Skipped.ALREADY_DONE  # unchanged since it was inspected: not even read again
         try:
             data, st = read_settled(path, self.settle_seconds)
             row["sha256"], row["file"] = hashlib.sha256(data).hexdigest(), file_identity(st)
             if done is not None and done["sha256"] == row["sha256"]:
-                return _ALREADY_DONE
+                return _Skipped.ALREADY_DONE
             image = decode_image(data, shown)
         except StillWriting:
-            return _STILL_WRITING
+            return _Skipped.STILL_WRITING
         except ImageError as exc:
             row["error"] = str(exc)
             return row
@@ -191,26 +202,21 @@ class _FolderInspection:
             row["note"] = f"modified {ahead:.0f} s in the future: the clock of the PC that wrote it is off"
             with self._clock_lock:
                 self.clock_ahead = max(self.clock_ahead, ahead)
-        pending = _Pending(row, image, 0.0)
-        loaded = self.detector.model_input(image, self.category, pending)
-        pending.load_ms = (time.perf_counter() - t0) * 1e3
-        return loaded
+        return ToScore(image, _Pending(row, image, (time.perf_counter() - t0) * 1e3), self.category)
 
-    def finish(self, path: Path, result: Scored) -> tuple[dict, np.ndarray | None]:
-        """A scored file -> its row, after its heatmap is on disk; and its (load, infer, write) ms."""
-        pending: _Pending = result.loaded.payload
-        row, cat = pending.row, result.loaded.category
+    def finish(self, path: Path, pending: _Pending, judged: Judged) -> tuple[dict, np.ndarray]:
+        """A judged file -> its row, after its heatmap is on disk; and its (load, infer, write) ms."""
+        row, cat, verdict = pending.row, judged.category, judged.verdict
         row["category"] = cat
         t0 = time.perf_counter()
         cal = self.detector.category_calibration(cat)
-        verdict = self.detector.verdict(cat, result.score, result.far_from_products)
-        if result.far_from_products:  # scored under its nearest product all the same
+        if judged.far_from_products:  # scored under its nearest product all the same
             row["note"] = "; ".join(filter(None, [f"{FAR_NOTE} (nearest: {cat})", row.get("note")]))
         names = {fmt: heatmap_name(path, self.folder, fmt) for fmt in HEATMAP_FORMATS}
         name = names[self.heatmap_format]
         if self.heatmaps == "all" or (self.heatmaps == "defects" and verdict != "OK"):
-            caption = Caption(row["path"], result.score, cal.threshold if cal else None, verdict)
-            picture = render_heatmap(pending.image, result.anomaly_map, cal.display_range if cal else self.detector.map_range,
+            caption = Caption(row["path"], judged.score, judged.threshold, verdict)
+            picture = render_heatmap(pending.image, judged.anomaly_map, cal.display_range if cal else self.detector.map_range,
                                      cal.pixel_threshold if cal else None, caption, self.heatmap_format)
             atomic_write_bytes(self.out / "heatmaps" / name, picture)
             row["heatmap"] = f"heatmaps/{name}"
@@ -220,10 +226,11 @@ class _FolderInspection:
         for other in set(names.values()) - keep:  # an earlier verdict's (or format's) picture would contradict this row
             (self.out / "heatmaps" / other).unlink(missing_ok=True)
         write_ms = (time.perf_counter() - t0) * 1e3
-        load_ms = pending.load_ms + result.route_ms  # reading, decoding, resizing and choosing the category
-        row.update(score=f"{result.score:.6g}", threshold=f"{cal.threshold:.6g}" if cal else "", verdict=verdict,
-                   ms=f"{load_ms + result.infer_ms + write_ms:.1f}")
-        return row, np.array([load_ms, result.infer_ms, write_ms])
+        # reading, decoding, resizing and choosing the category
+        load_ms = pending.load_ms + judged.prepare_ms + judged.route_ms
+        row.update(score=f"{judged.score:.6g}", threshold=f"{judged.threshold:.6g}" if cal else "", verdict=verdict,
+                   ms=f"{load_ms + judged.infer_ms + write_ms:.1f}")
+        return row, np.array([load_ms, judged.infer_ms, write_ms])
 
 
 def _check_heatmap_options(heatmaps: str, heatmap_format: str) -> None:
@@ -410,18 +417,18 @@ class _Pass:
                 with track(self.console, "inspect", len(files)) as task:
                     for result in detector.stream(files, inspection.load):
                         task.advance()
-                        if result.loaded is _ALREADY_DONE:
+                        if result.payload is _Skipped.ALREADY_DONE:
                             skipped += 1
                             continue
-                        if result.loaded is _STILL_WRITING:
+                        if result.payload is _Skipped.STILL_WRITING:
                             still_writing += 1
                             continue
-                        if isinstance(result.loaded, ModelInput):
-                            row, times = inspection.finish(result.item, result)
+                        if result.judged is not None:
+                            row, times = inspection.finish(result.item, result.payload, result.judged)
                             timing += times
                             n_scored += 1
                         else:
-                            row = result.loaded
+                            row = result.payload  # an ERROR row
                         keep(row, result.item)
                         if stop is not None and stop.is_set():
                             break
@@ -436,17 +443,18 @@ class _Pass:
                                  carried=carried, still_writing=still_writing, clock_ahead=inspection.clock_ahead)
         if not watching or (self._tables_stale and self._tables_due()):
             self.write_tables(previous, compact_journal=True)
+        summary.record = {
+            "folder": display_path(self.folder), "model": str(self.model_dir), "model_id": detector.model_id,
+            "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "counts": counts, "skipped_already_inspected": skipped, "still_being_written": still_writing,
+            "from_interrupted_run": {"counts": summary.carried_counts, "paths": [r["path"] for r in carried]},
+            "exit_code": summary.exit_code,
+            "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
+            "seconds": round(summary.seconds, 3),
+            "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
+            "drift": drift}
         if run_rows or carried or not watching:
-            atomic_write_json(out / "summary.json", {
-                "folder": display_path(self.folder), "model": str(self.model_dir), "model_id": detector.model_id,
-                "calibrated": detector.calibration is not None, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "counts": counts, "skipped_already_inspected": skipped, "still_being_written": still_writing,
-                "from_interrupted_run": {"counts": summary.carried_counts, "paths": [r["path"] for r in carried]},
-                "exit_code": summary.exit_code,
-                "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
-                "seconds": round(summary.seconds, 3),
-                "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
-                "drift": drift})
+            atomic_write_json(out / "summary.json", summary.record)
         if not watching:  # a watch marks its rows once it has printed them (watch_folder)
             self.mark_reported(summary, previous)
         return summary
