@@ -181,8 +181,9 @@ INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.js
 Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, or a model not
 calibrated (nothing done); 3 = ran, no defects, but something needs a look: files that could not
 be read, or parts like no trained product (UNKNOWN_CATEGORY); 4 = internal error (a bug; rows
-written before it are kept); 5 = results could not be written (disk full, read-only); 6 = ran with
---scores-only on an uncalibrated model: scores, no verdicts. Page a person on 1 and 3.
+written before it are kept); 5 = results could not be written (disk full, read-only); 6 = ran, no
+defects, but images of an uncalibrated category were scored without verdicts (--scores-only, or
+--category auto on a partly calibrated model). Page a person on 1 and 3.
 
 Safe to run from cron: already inspected files are skipped, files still being written are left
 for a later run, writes are atomic, a second run on the same --out waits for the first, and
