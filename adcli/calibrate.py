@@ -3,8 +3,10 @@
 Normals come from a prepared dataset's `calib` split (the dataset's validation/good where it has one,
 else the held-out part of train/good), or from a folder of fresh good images of one category
 (`--normals`). Never from training images' scores, never from test labels. Below `min_normals`
-normals per category calibration refuses (unless `allow_few`): a threshold from three normals
-promises a false-alarm rate it cannot keep. `--threshold CATEGORY=VALUE` replaces a category's
+normals a category is not calibrated (unless `allow_few`): a threshold from three normals promises a
+false-alarm rate it cannot keep. Such a category is left out with a warning and the others are
+calibrated (PartlyCalibrated, exit 7, after the calibration is written); only when no category of the
+call has enough is the call refused, writing nothing. `--threshold CATEGORY=VALUE` replaces a category's
 threshold by hand (source "manual"), keeping the normals' statistics to show what it costs.
 
 Writes the category router (RUN/routing-HASH.safetensors, adcli/routing.py) and then, atomically,
@@ -30,16 +32,16 @@ from adcli import __version__
 from adcli.calibration import FORMAT_VERSION, Calibration, CategoryCalibration
 from adcli.data.manifest import Sample, load_manifest
 from adcli.detector import Detector
-from adcli.errors import AdcliError, DataError, ImageError
+from adcli.errors import AdcliError, DataError, ImageError, PartlyCalibrated
 from adcli.io import read_image
 from adcli.nets.weights import WeightsNotFound
 from adcli.predictions import predict_samples
 from adcli.progress import print_table, track
 from adcli.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
-from adcli.thresholds import fit_threshold, normals_needed, score_summary
+from adcli.thresholds import MIN_NORMALS, fit_threshold, normals_needed, score_summary
 
 PIXEL_QUANTILE = 0.999  # of all calibration-normal pixels: the contour level on heatmaps
-MIN_NORMALS = 20
+PROFILE_MIN_NORMALS = 2  # a category left out still gets a routing profile from this many held-out normals
 
 
 @dataclasses.dataclass
@@ -67,6 +69,7 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
 
 
 def normals_from_prepared(prepared: str | Path, categories: list[str]) -> dict[str, NormalSet]:
+    """The calib split of each category that has one (categories without are left out of the dict)."""
     manifest = load_manifest(prepared)
     where = str(Path(prepared).resolve())
     sets = {}
@@ -75,10 +78,6 @@ def normals_from_prepared(prepared: str | Path, categories: list[str]) -> dict[s
         train = [s.path for s in manifest if s.split == "train" and s.category == cat]
         if calib:
             sets[cat] = NormalSet("prepared", where, calib, train or [s.path for s in calib])
-    missing = sorted(set(categories) - set(sets))
-    if missing:
-        raise DataError(f"no calibration normals for {', '.join(missing)} in {prepared}: prepare with "
-                        "--calib-fraction > 0, add validation/good, or calibrate them with --normals FOLDER --category NAME")
     return sets
 
 
@@ -104,16 +103,38 @@ def normals_from_folder(folder: str | Path, category: str, console: Console) -> 
     return NormalSet("normals", str(folder.resolve()), samples, [s.path for s in samples[::2]])
 
 
-def check_enough(sets: dict[str, NormalSet], target_fpr: float, min_normals: int, allow_few: bool) -> None:
-    for cat, normal_set in sets.items():
-        n = len(normal_set.normals)
-        if n < 2:
-            raise DataError(f"{cat}: {n} calibration normal(s); at least 2 are needed even with --allow-few")
-        if n < min_normals and not allow_few:
-            raise DataError(
-                f"{cat}: only {n} calibration normals; at least {min_normals} are needed ({min_normals - n} more), and "
-                f"{normals_needed(target_fpr)} to confirm a {target_fpr:.1%} false-alarm rate at 95% confidence. Add good "
-                f"images (--normals FOLDER --category {cat}) or accept a weaker threshold with --allow-few")
+def shortfall(cat: str, normal_set: NormalSet | None, target_fpr: float, min_normals: int, allow_few: bool) -> str | None:
+    """Why `cat` cannot be calibrated from these normals, as one line naming the fixes; None if it can."""
+    n = len(normal_set.normals) if normal_set else 0
+    fixes = f"add good images (--normals FOLDER --category {cat})"
+    if normal_set is None or normal_set.source == "prepared":
+        fixes += " or hold out more of its train/good with `adcli prepare --calib-fraction`"
+    if n == 0:
+        return f"{cat}: no calibration normals; {fixes}"
+    if n < 2:
+        return f"{cat}: {n} calibration normal; at least 2 are needed even with --allow-few; {fixes}"
+    if n < min_normals and not allow_few:
+        return (f"{cat}: only {n} calibration normals; at least {min_normals} are needed ({min_normals - n} more), and "
+                f"{normals_needed(target_fpr)} to confirm a {target_fpr:.1%} false-alarm rate at 95% confidence. "
+                f"{fixes[0].upper()}{fixes[1:]}, or accept a weaker threshold with --allow-few")
+    return None
+
+
+def _refuse_all(short: dict[str, str], min_normals: int) -> None:
+    """No category of the call has enough normals: one line, nothing written."""
+    if len(short) == 1:
+        raise DataError(next(iter(short.values())))
+    raise DataError(f"no category could be calibrated, each has fewer than {min_normals} calibration normals "
+                    f"({', '.join(short)}): add good images (--normals FOLDER --category NAME), hold out more with "
+                    "`adcli prepare --calib-fraction`, or accept weaker thresholds with --allow-few")
+
+
+def _left_out(short: dict[str, str], previous: dict[str, CategoryCalibration], console: Console) -> None:
+    for cat, why in short.items():
+        prev = previous.get(cat)
+        keeps = (f"it keeps its previous calibration (threshold {prev.threshold:.5g} from {prev.n_normals} normals)"
+                 if prev else "it stays uncalibrated: inspect refuses it")
+        console.print(f"[yellow]warning:[/] left out {escape(why)}; {keeps}", highlight=False)
 
 
 def _category_calibration(normal_set: NormalSet, scores: np.ndarray, maps: np.ndarray, target_fpr: float,
@@ -132,8 +153,8 @@ def _category_calibration(normal_set: NormalSet, scores: np.ndarray, maps: np.nd
 
 
 def _router(detector: Detector, sets: dict[str, NormalSet], console: Console) -> CategoryRouter | None:
-    """The previous router with the newly calibrated categories' profiles replaced; None (and a note)
-    when no pretrained weights can be found for a new one."""
+    """The previous router with the profiles of `sets`' categories replaced; None (and a note) when no
+    pretrained weights can be found for a new one."""
     previous = detector.router
     try:
         embedder = previous.embedder if previous is not None else PatchEmbedder()
@@ -176,14 +197,20 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
     if normals is not None:
         if category is None and len(categories) > 1:
             raise AdcliError(f"--normals holds one category's images: add --category ({', '.join(categories)})")
-        sets = {detector.check_category(category or categories[0]): normals_from_folder(normals, category or categories[0], console)}
+        wanted = [detector.check_category(category or categories[0])]
+        found = {wanted[0]: normals_from_folder(normals, wanted[0], console)}
     elif prepared is not None:
-        sets = normals_from_prepared(prepared, [detector.check_category(category)] if category else categories)
+        wanted = [detector.check_category(category)] if category else categories
+        found = normals_from_prepared(prepared, wanted)
     else:
-        sets = {}
-    check_enough(sets, target_fpr, min_normals, allow_few)
+        wanted, found = [], {}
+    short = {c: why for c in wanted if (why := shortfall(c, found.get(c), target_fpr, min_normals, allow_few))}
+    if wanted and len(short) == len(wanted):
+        _refuse_all(short, min_normals)
+    sets = {c: found[c] for c in wanted if c not in short}
 
     per_category = dict(detector.calibration.categories) if detector.calibration else {}
+    _left_out(short, per_category, console)
     if sets:
         samples = [s for normal_set in sets.values() for s in normal_set.normals]
         with track(console, "calibrate", len(samples)) as task:
@@ -200,7 +227,12 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
 
     routing = detector.calibration.routing if detector.calibration else ""
     if sets:
-        router = _router(detector, sets, console)
+        # A category left out still gets a profile (unless it keeps one), so that --category auto sends its
+        # images to it (verdict `uncalibrated`) rather than to the nearest calibrated product, where they could pass.
+        known = detector.router.profiles if detector.router is not None else {}
+        profiled = {c: found[c] for c in short if c in found and c not in known
+                    and len(found[c].normals) >= PROFILE_MIN_NORMALS}
+        router = _router(detector, {**sets, **profiled}, console)
         routing = ""
         if router is not None:
             routing = detector.run.write_router(router)
@@ -213,6 +245,8 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
     if uncalibrated:
         console.print(f"[yellow]note:[/] not calibrated yet: {', '.join(uncalibrated)} (inspect refuses them)", highlight=False)
     console.print(f"calibration written to {detector.run.path / detector.run.CALIBRATION}")
+    if short:
+        raise PartlyCalibrated(calibration, list(short), list(sets))
     return calibration
 
 

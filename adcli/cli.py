@@ -76,6 +76,7 @@ def prepare(
     from adcli.data.manifest import prepare as prepare_dataset
     from adcli.data.manifest import write_prepared
     from adcli.progress import print_table, track
+    from adcli.thresholds import MIN_NORMALS
 
     with track(console, "checking images", None) as task:
         result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=task.advance, follow_links=follow_links)
@@ -90,6 +91,8 @@ def prepare(
     print_table(console, table)
     if result.problems:
         console.print(f"{len(result.problems)} problem(s) listed in {out / 'problems.txt'}")
+    for line in result.calibration_warnings(MIN_NORMALS):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
 
 
 @app.command(epilog="Example: adcli train --recipe knn --profile cpu --data prepared/ --out runs/knn")
@@ -131,7 +134,17 @@ def train(
         weights_pack(run)
 
 
-@app.command(epilog="Examples: adcli calibrate runs/knn --data prepared/ · adcli calibrate runs/knn --normals "
+CALIBRATE_HELP = """Choose per-category thresholds from held-out normal images, or set them by hand.
+
+Exit codes: 0 = calibration written; 2 = usage, model or data error, or no category of the call has
+enough normals (nothing written); 7 = partly calibrated: written for the categories with enough
+normals, the others left out (each named in a warning with what would fix it; one with a previous
+calibration keeps it, one without stays refused by inspect).
+"""
+
+
+@app.command(help=CALIBRATE_HELP,
+             epilog="Examples: adcli calibrate runs/knn --data prepared/ · adcli calibrate runs/knn --normals "
                     "line3/good --category bottle · adcli calibrate runs/knn --threshold bottle=0.42")
 def calibrate(
     model: Annotated[Path, typer.Argument(help="Trained model (run folder).")],
@@ -144,18 +157,23 @@ def calibrate(
     threshold: Annotated[Optional[list[str]], typer.Option("--threshold", help="Set a category's threshold by hand: "
                                                            "CATEGORY=VALUE (stored with source 'manual').")] = None,
     target_fpr: Annotated[float, typer.Option(help="Target false-alarm rate per category.")] = 0.01,
-    min_normals: Annotated[int, typer.Option("--min-normals", min=2, help="Refuse categories with fewer calibration normals.")] = 20,
+    min_normals: Annotated[int, typer.Option("--min-normals", min=2, help="Leave out categories with fewer calibration "
+                                             "normals (exit 7; exit 2 when that is every one).")] = 20,
     allow_few: Annotated[bool, typer.Option("--allow-few", help="Calibrate even below --min-normals (weaker thresholds).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: BatchSize = None,
 ):
-    """Choose per-category thresholds from held-out normal images, or set them by hand."""
     from adcli.calibrate import calibrate as run_calibration
     from adcli.calibrate import parse_thresholds
+    from adcli.errors import PartlyCalibrated
 
-    run_calibration(model, data, target_fpr, device=device, console=console, batch_size=batch_size, normals=normals,
-                    category=category, thresholds=parse_thresholds(threshold or []), min_normals=min_normals,
-                    allow_few=allow_few)
+    try:
+        run_calibration(model, data, target_fpr, device=device, console=console, batch_size=batch_size, normals=normals,
+                        category=category, thresholds=parse_thresholds(threshold or []), min_normals=min_normals,
+                        allow_few=allow_few)
+    except PartlyCalibrated as exc:  # written: not an "error:" line
+        console.print(f"[yellow]partly calibrated:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(exc.exit_code)
 
 
 INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.jsonl and summary.json.
@@ -163,8 +181,9 @@ INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.js
 Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, or a model not
 calibrated (nothing done); 3 = ran, no defects, but something needs a look: files that could not
 be read, or parts like no trained product (UNKNOWN_CATEGORY); 4 = internal error (a bug; rows
-written before it are kept); 5 = results could not be written (disk full, read-only); 6 = ran with
---scores-only on an uncalibrated model: scores, no verdicts. Page a person on 1 and 3.
+written before it are kept); 5 = results could not be written (disk full, read-only); 6 = ran, no
+defects, but images of an uncalibrated category were scored without verdicts (--scores-only, or
+--category auto on a partly calibrated model). Page a person on 1 and 3.
 
 Safe to run from cron: already inspected files are skipped, files still being written are left
 for a later run, writes are atomic, a second run on the same --out waits for the first, and

@@ -7,8 +7,9 @@ class AdcliError(Exception):
     Exit codes of every command: 0 done (inspect: no defects), 1 inspect found defects, 2 usage,
     configuration, data or model error, 3 inspect ran but some files could not be judged, 4 an
     unexpected error (a bug: the traceback goes to a log file), 5 results could not be written
-    (disk full, read-only, not a folder), 6 inspect --scores-only scored images of an uncalibrated
-    model (no verdicts).
+    (disk full, read-only, not a folder), 6 inspect scored images of an uncalibrated category without
+    verdicts (--scores-only, or --category auto on a partly calibrated model), 7 calibrate wrote the
+    thresholds of some categories and left out others (too few normals; PartlyCalibrated).
     """
 
     exit_code = 2
@@ -38,6 +39,18 @@ class OutputError(AdcliError):
     """Results cannot be written: disk full, read-only or missing permission, --out is a file."""
 
     exit_code = 5
+
+
+class PartlyCalibrated(AdcliError):
+    """`adcli calibrate` wrote the calibration, but some categories of the call had too few normals and
+    were left out (each with a warning). Raised after the write: `calibration` is what was written."""
+
+    exit_code = 7
+
+    def __init__(self, calibration, left_out: list[str], calibrated: list[str]):
+        super().__init__(f"calibrated {', '.join(calibrated)}; left out {', '.join(left_out)} (too few calibration "
+                         "normals: see the warnings above)")
+        self.calibration, self.left_out, self.calibrated = calibration, left_out, calibrated
 
 
 class Stopped(BaseException):

@@ -16,6 +16,9 @@ import math
 import numpy as np
 
 CONFIDENCE = 0.95
+# Fewer normals than this and `adcli calibrate` leaves a category out (unless --allow-few); `adcli prepare`
+# warns about calib splits that small. Lives here, not in calibrate.py, so prepare need not import torch.
+MIN_NORMALS = 20
 
 
 def choose_transform(scores: np.ndarray) -> str:

@@ -11,7 +11,7 @@ from adcli import run as run_module
 from adcli.calibrate import calibrate, parse_thresholds
 from adcli.cli import main
 from adcli.detector import Detector
-from adcli.errors import AdcliError, BundleError, DataError
+from adcli.errors import AdcliError, BundleError, DataError, PartlyCalibrated
 from adcli.run import RunFolder
 from adcli.train import train
 from tests.conftest import recipe_with_weights
@@ -178,3 +178,63 @@ def test_a_padded_calibration_is_refused_unread(run, prepared, monkeypatch):
     with pytest.raises(BundleError, match=r"calibration.json is [\d.]+ MB, more than any calibration holds"):
         Detector.load(run, "cpu")
     assert calibrate(run, prepared, 0.2, device="cpu").categories.keys() == cal.categories.keys()
+
+
+def _short_prepared(prepared, tmp_path, keep: dict[str, int]):
+    """A copy of the prepared dataset whose calib split keeps only keep[category] normals of a category."""
+    out = tmp_path / "short"
+    out.mkdir()
+    rows, seen = [], {}
+    for line in (prepared / "manifest.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["split"] == "calib" and row["category"] in keep:
+            seen[row["category"]] = seen.get(row["category"], 0) + 1
+            if seen[row["category"]] > keep[row["category"]]:
+                continue
+        rows.append(line + "\n")
+    (out / "manifest.jsonl").write_text("".join(rows))
+    return out
+
+
+def test_one_category_short_of_normals_is_left_out_and_the_others_calibrated(run, prepared, demo_root, tmp_path,
+                                                                             monkeypatch, capsys):
+    short = _short_prepared(prepared, tmp_path, {"weave": 3})
+    code, err = _cli(["calibrate", run, "--data", short, "--target-fpr", "0.2", "--device", "cpu"], monkeypatch, capsys)
+    assert code == 7
+    assert re.search(r"warning: left out weave: only 3 calibration normals; at least 20 are needed \(17 more\).*"
+                     r"--normals FOLDER --category weave.*--calib-fraction.*--allow-few; it stays uncalibrated", err)
+    assert "partly calibrated: calibrated disc; left out weave" in err
+    cal = json.loads((run / "calibration.json").read_text())
+    assert list(cal["categories"]) == ["disc"]
+    det = Detector.load(run, "cpu")
+    assert det.router.categories == ["disc", "weave"]  # routing still knows weave: its images are not sent to disc
+
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(next((demo_root / "disc" / "test" / "good").glob("*.png")), images / "disc.png")
+    shutil.copy(next((demo_root / "weave" / "test" / "good").glob("*.png")), images / "weave.png")
+    inspect = ["inspect", images, "--model", run, "--settle-seconds", "0", "--device", "cpu"]
+    code, err = _cli([*inspect, "--out", tmp_path / "o1", "--category", "weave"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "no threshold for weave" in err
+    code, err = _cli([*inspect, "--out", tmp_path / "o2", "--category", "disc"], monkeypatch, capsys)
+    assert code in (0, 1)
+    code, err = _cli([*inspect, "--out", tmp_path / "o3"], monkeypatch, capsys)  # --category auto
+    rows = [json.loads(line) for line in (tmp_path / "o3" / "results.jsonl").read_text().splitlines()]
+    assert all(r["verdict"] == "uncalibrated" for r in rows if r["category"] == "weave") and code != 0
+    assert "not calibrated: weave" in err
+
+
+def test_a_category_left_out_keeps_its_previous_calibration(run, prepared, tmp_path):
+    first = calibrate(run, prepared, 0.2, device="cpu")
+    with pytest.raises(PartlyCalibrated) as info:
+        calibrate(run, _short_prepared(prepared, tmp_path, {"disc": 5}), 0.1, device="cpu")
+    assert info.value.left_out == ["disc"] and info.value.exit_code == 7
+    cal = Detector.load(run, "cpu").calibration
+    assert cal.categories["disc"] == first.categories["disc"] and cal.categories["weave"].target_fpr == 0.1
+
+
+def test_every_category_short_is_refused_writing_nothing(run, prepared, tmp_path, monkeypatch, capsys):
+    short = _short_prepared(prepared, tmp_path, {"weave": 3, "disc": 0})
+    code, err = _cli(["calibrate", run, "--data", short, "--device", "cpu"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "no category could be calibrated" in err
+    assert not (run / "calibration.json").exists()

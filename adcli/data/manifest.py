@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import random
 from pathlib import Path
 from typing import Callable, Iterable
@@ -43,6 +44,7 @@ class Sample:
 class PrepareResult:
     samples: list[Sample]
     problems: list[str]
+    held_out_by_dataset: frozenset[str] = frozenset()  # categories whose calib split is the dataset's validation/good
 
     def summary_rows(self) -> list[dict]:
         rows: dict[str, dict] = {}
@@ -53,6 +55,44 @@ class PrepareResult:
             else:
                 row[s.split] += 1
         return [rows[c] for c in sorted(rows)]
+
+    def calibration_warnings(self, min_normals: int) -> list[str]:
+        """One line per category whose calib split is too small for `adcli calibrate` (which leaves it
+        out), naming what would be enough: a --calib-fraction, or good images of its own."""
+        lines = []
+        for row in self.summary_rows():
+            cat, n = row["category"], row["calib"]
+            if n >= min_normals or not row["train"]:  # no train/good: already a problem line
+                continue
+            n_good = row["train"] + n
+            if cat in self.held_out_by_dataset:
+                fix = "add good images to its validation/good, or "
+            elif (fraction := calib_fraction_for(n_good, min_normals)) is not None:
+                held = _n_calib(n_good, fraction)
+                fix = (f"prepare with --calib-fraction {fraction:g} (holds out {held} of its {n_good} train/good images, "
+                       f"{n_good - held} left to train), or ")
+            else:
+                fix = f"its {n_good} train/good images are too few to hold out {min_normals} and still train: "
+            lines.append(f"{cat}: {n} calibration normals, `adcli calibrate` needs {min_normals} and leaves it uncalibrated: "
+                         f"{fix}calibrate it with `adcli calibrate RUN --normals FOLDER --category {cat}`")
+        return lines
+
+
+def _n_calib(n_good: int, fraction: float) -> int:
+    """How many of a category's n_good train/good images `_split_calibration` holds out at `fraction`."""
+    n = int(round(fraction * n_good))
+    if fraction > 0 and n == 0 and n_good >= 2:
+        n = 1
+    return min(n, n_good - 1)
+
+
+def calib_fraction_for(n_good: int, needed: int) -> float | None:
+    """The smallest --calib-fraction (two decimals) that holds out `needed` of n_good train/good images
+    (None when even 0.99 cannot: the category needs good images of its own)."""
+    for hundredths in range(max(1, math.floor(100 * (needed - 1) / max(n_good, 1))), 100):
+        if _n_calib(n_good, hundredths / 100) >= needed:
+            return hundredths / 100
+    return None
 
 
 def _image_files(folder: Path, problems: list[str]) -> list[Path]:
@@ -191,10 +231,7 @@ def _split_calibration(samples: list[Sample], fraction: float, seed: int) -> lis
     for cat, items in sorted(by_cat.items()):
         order = sorted(items, key=lambda s: s.path)
         random.Random(f"{seed}:{cat}").shuffle(order)
-        n_calib = int(round(fraction * len(order)))
-        if fraction > 0 and n_calib == 0 and len(order) >= 2:
-            n_calib = 1
-        n_calib = min(n_calib, len(order) - 1)
+        n_calib = _n_calib(len(order), fraction)
         out += [dataclasses.replace(s, split="calib") for s in order[:n_calib]]
         out += order[n_calib:]
     return sorted(out, key=lambda s: (s.category, SPLITS.index(s.split), s.path))
@@ -239,7 +276,8 @@ def prepare(root: str | Path, fmt: str = "mvtec", calib_fraction: float = 0.1, s
     if not cats_train:
         reasons = f": {_first(problems)}" if problems else ""
         raise DataError(f"no readable training images found under {root} (format {fmt}){reasons}")
-    return PrepareResult(_split_calibration(samples, calib_fraction, seed), problems)
+    held_out = frozenset(s.category for s in samples if s.split == "calib")
+    return PrepareResult(_split_calibration(samples, calib_fraction, seed), problems, held_out)
 
 
 def write_prepared(result: PrepareResult, out: str | Path) -> None:

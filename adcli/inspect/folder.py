@@ -259,11 +259,20 @@ def _checked_folders(folder: Path, out: Path) -> tuple[Path, Path]:
 
 
 def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend: str, category: str | None,
-                   scores_only: bool) -> Detector:
-    """The model, refused (DataError) when it has no thresholds for the categories it would judge."""
+                   scores_only: bool, console: Console) -> Detector:
+    """The model, refused (DataError) when it has no thresholds for the categories it would judge. With
+    --category auto, categories left out of a partial calibration are allowed where the router knows
+    them: their images get the verdict `uncalibrated` (exit 6), never OK. A category the router does not
+    know would send its images to the nearest calibrated product, where they could pass: refused."""
     detector = Detector.load(model_dir, device, batch_size, backend)
     missing = detector.uncalibrated(category)
-    if missing and not scores_only:
+    routed = detector.router.profiles if detector.router is not None else {}
+    auto = category in (None, "auto")
+    if missing and not scores_only and auto and len(missing) < len(detector.categories) and set(missing) <= set(routed):
+        console.print(f"[yellow]warning:[/] not calibrated: {', '.join(missing)}; images routed there get the verdict "
+                      f"'uncalibrated' (exit code {SCORES_ONLY_EXIT_CODE}). Calibrate with `adcli calibrate {model_dir} "
+                      f"--normals GOOD_IMAGES_FOLDER --category {missing[0]}`", highlight=False)
+    elif missing and not scores_only:
         example = f" --category {missing[0]}" if len(detector.categories) > 1 else ""
         raise DataError(f"model {model_dir} has no threshold for {', '.join(missing)}, so no defect could be flagged. Run "
                         f"`adcli calibrate {model_dir} --data PREPARED` (or `--normals GOOD_IMAGES_FOLDER{example}`), "
@@ -294,7 +303,7 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     console = console or Console(stderr=True)
     model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
-    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
     if detector.meta.get("unet_calls_per_image"):
         console.print(f"{detector.meta['method']}: {detector.meta['unet_calls_per_image']} UNet calls per image", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -529,7 +538,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
     identity = bundle_identity(model_dir)
-    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
     job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console,
@@ -559,7 +568,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
             now = bundle_identity(model_dir)
             if now != identity:
                 try:
-                    job.detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only)
+                    job.detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
                 except (AdcliError, OSError) as exc:
                     pause(f"the model changed and cannot be loaded: {exc}")
                     continue

@@ -112,3 +112,38 @@ def test_missing_or_empty_dataset(tmp_path):
         prepare(tmp_path / "empty")
     with pytest.raises(DataError, match="run `adcli prepare` first"):
         load_manifest(tmp_path)
+
+
+def test_prepare_warns_about_calib_splits_too_small_for_calibrate(no_validation, demo_root, tmp_path, monkeypatch,
+                                                                  capsys):
+    import sys
+
+    from adcli.cli import main
+
+    shutil.rmtree(no_validation / "weave")  # weave: 24 validation/good normals; disc: 2 held out of 8 train/good
+    shutil.copytree(demo_root / "weave", no_validation / "weave")
+    monkeypatch.setattr(sys, "argv", ["adcli", "prepare", str(no_validation), "--out", str(tmp_path / "p"),
+                                      "--calib-fraction", "0.25"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code in (0, None) and load_manifest(tmp_path / "p")  # still prepared
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: disc: 2 calibration normals, `adcli calibrate` needs 20 and leaves it uncalibrated: "
+                        "its 8 train/good images are too few to hold out 20 and still train: calibrate it with `adcli calibrate RUN --normals FOLDER --category disc`"]
+
+
+def test_calibration_warning_names_the_calib_fraction_that_would_be_enough():
+    from adcli.data.manifest import PrepareResult, Sample, calib_fraction_for
+
+    assert calib_fraction_for(200, 20) == 0.1 and calib_fraction_for(60, 20) == 0.33  # round(19.8) = 20
+    assert calib_fraction_for(20, 20) is None  # one image must stay to train
+    samples = [Sample(f"/x/{c}/{i}.png", c, "calib" if i < k else "train", 0, "good")
+               for c, k, n in (("plate", 6, 60), ("screw", 20, 200), ("cap", 3, 30)) for i in range(n)]
+    result = PrepareResult(samples, [], frozenset({"cap"}))
+    assert result.calibration_warnings(20) == [
+        "cap: 3 calibration normals, `adcli calibrate` needs 20 and leaves it uncalibrated: add good images to its "
+        "validation/good, or calibrate it with `adcli calibrate RUN --normals FOLDER --category cap`",
+        "plate: 6 calibration normals, `adcli calibrate` needs 20 and leaves it uncalibrated: prepare with "
+        "--calib-fraction 0.33 (holds out 20 of its 60 train/good images, 40 left to train), or calibrate it with "
+        "`adcli calibrate RUN --normals FOLDER --category plate`"]
