@@ -236,6 +236,7 @@ def inspect(
         c = summary.counts
         console.print(f"{c['OK']} OK, {c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
                       f"{c['uncalibrated']} uncalibrated; {summary.skipped} already inspected"
+                      + (" (--force judges them again)" if summary.skipped and not summary.rows else "")
                       + (f"; {summary.still_writing} still being written (judged by a later run)" if summary.still_writing else "")
                       + f"; results: {out / 'results.csv'}", highlight=False)
         _print_notices(summary)

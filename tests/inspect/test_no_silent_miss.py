@@ -74,7 +74,8 @@ def test_a_defect_row_of_a_killed_run_is_reported_by_the_next_run(flags_all, tmp
         main()
     err = capsys.readouterr().err.replace("\n", " ")
     assert rerun.value.code == 1, err  # the page the killed run never caused
-    assert "3 already inspected" in err and "from an interrupted run, not reported before: 3 DEFECT" in err
+    assert "3 already inspected (--force judges them again)" in err  # at a desk, a rerun says how to re-judge
+    assert "from an interrupted run, not reported before: 3 DEFECT" in err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["from_interrupted_run"]["counts"]["DEFECT"] == 3 and summary["exit_code"] == 1
     # Reported once: the run after that has nothing new to say.
