@@ -59,6 +59,7 @@ FORMAT_VERSION = 1
 # meta.json fields that change scores: the input size, and the categories whose order gives the ids
 # the weights were trained with. Stored in model.safetensors' metadata too (covered by model_id).
 SCORING_META = ("image_size", "categories")
+SCORING_META_KEY = "adcli.scoring_meta"
 # A calibration.json is refused unread above this: one measured from a test run holds ~1.4 KB per
 # category with 24 normals (each normal's score is ~25 bytes), so 64 MiB is over two million normal
 # scores; a padded file (a million copies of a category: 2.8 GB) would otherwise cost gigabytes and
@@ -300,7 +301,9 @@ class RunFolder:
         full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "adcli_version": __version__,
                      "method": config.method, "image_size": config.data.image_size, "seed": config.seed, **meta,
                      **({"pretrained": references} if references else {})}
-        save_tensors(self.path / self.WEIGHTS, state, {f"meta.{k}": json.dumps(full_meta[k]) for k in SCORING_META})
+        # One metadata key: safetensors writes several in a random order, and these bytes are the model id.
+        save_tensors(self.path / self.WEIGHTS, state,
+                     {SCORING_META_KEY: json.dumps({k: full_meta[k] for k in SCORING_META}, sort_keys=True)})
         self.write_recipe(config)
         atomic_write_json(self.path / self.META, full_meta)
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -344,8 +347,8 @@ class RunFolder:
             stored = file_metadata(self.path / self.WEIGHTS)
         except (BundleError, OSError):
             return  # missing or damaged weights: loading them says so, in its own words
-        if any(f"meta.{k}" in stored for k in SCORING_META):
-            trained = {k: json.loads(stored[f"meta.{k}"]) for k in SCORING_META if f"meta.{k}" in stored}
+        if SCORING_META_KEY in stored:
+            trained = json.loads(stored[SCORING_META_KEY])
         else:  # bundles written before: the recipe (hashed into model_id) still knows the image size
             trained = {"image_size": self.read_config().data.image_size}
         for key, value in trained.items():

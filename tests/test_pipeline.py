@@ -66,6 +66,10 @@ def test_same_seed_same_weights_and_scores(run, prepared, demo_root, tmp_path):
     again = _train(prepared, tmp_path / "again")
     a, b = load_file(run / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Byte for byte (safetensors writes several metadata keys in a random order): the same model id, so
+    # inspect's journal and calibrations carry over to a retrained, identical model.
+    assert (run / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
+    assert RunFolder(run).model_id() == RunFolder(again).model_id()
     folder = demo_root / "weave" / "test"
     s1 = inspect_folder(folder, run, tmp_path / "i1", category="weave", device="cpu", settle_seconds=0, scores_only=True)
     s2 = inspect_folder(folder, again, tmp_path / "i2", category="weave", device="cpu", settle_seconds=0, scores_only=True)
