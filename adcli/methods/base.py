@@ -71,6 +71,17 @@ def _silent_progress(description: str, total: int):
     yield _SilentTask()
 
 
+class StageData(Protocol):
+    """What a GradientStage trains on: the training images (adcli.data.batches.TrainImages) or what its
+    `make_data` makes of them (backbone features, reflow pairs, latents)."""
+
+    categories: list[str]  # names, in category-id order
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices, rng, synthesizer) -> Any: ...
+
+
 @dataclasses.dataclass
 class GradientStage:
     """A stage trained by the shared optimizer loop: epochs of batches, checkpoints, exact resume."""
@@ -83,9 +94,8 @@ class GradientStage:
     keeps: tuple[str, ...] = ()  # state-dict key prefixes kept in RUN/stages/NAME.safetensors when it ends
     settings: dict = dataclasses.field(default_factory=dict)  # recipe values it depends on (its fingerprint)
     synth: SynthConfig | None = None  # given: half of each batch of training images gets a synthetic anomaly
-    # (training images, context) -> the stage's data: len() and batch(indices, rng, synthesizer).
-    # None = the training images themselves.
-    make_data: Callable[[Any, StageContext], Any] | None = None
+    # (training images, context) -> the stage's data. None = the training images themselves.
+    make_data: Callable[[Any, StageContext], StageData] | None = None
     optimizer: str = "adam"  # "adam" or "adamw" (decoupled weight decay: give each group its weight_decay)
     clip_grad_norm: float | None = None  # clip the trained parameters' gradient norm before each step
     # Some trained parameters get no gradient in some steps (DiAD's discriminator before disc_start):
