@@ -134,9 +134,9 @@ def bench_model(model, categories: list[str], image_size: int, device: torch.dev
                 dtypes: list[str], threads: int, images: int, warmup: int = 1,
                 backends: dict | None = None) -> list[BenchRow]:
     """Time `predict` on random images (cost does not depend on content) for every backend × batch ×
-    dtype. backends: name -> model with `predict` (default {"torch": model}); FLOPs are counted on
-    the torch model: its `predict` for torch rows, its export graph for exported ones (float32, so
-    fp32 rows only)."""
+    dtype. backends: name -> model with `predict` (default {"torch": model}; any other name: an
+    adcli.export.ExportedModel); FLOPs are counted on the torch model: its `predict` for torch rows,
+    its export graph for exported ones (float32, so fp32 rows only)."""
     torch.set_num_threads(threads)
     backends = backends or {"torch": model}
     graph = model.scoring_graph() if any(name != "torch" for name in backends) else None  # built once
@@ -147,8 +147,9 @@ def bench_model(model, categories: list[str], image_size: int, device: torch.dev
             for batch in batches:
                 x = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
                 ids = (torch.arange(batch) % max(1, len(categories))).to(device)
-                flops = count_flops(model, x, ids, dtype, graph=graph if name != "torch" else None,
-                                    by_category=getattr(scorer, "batch_by_category", False))
+                exported = name != "torch"  # an ExportedModel, which declares how it batches categories
+                flops = count_flops(model, x, ids, dtype, graph=graph if exported else None,
+                                    by_category=exported and scorer.batch_by_category)
                 _reset_peak_rss()
                 calls = max(1, -(-images // batch))
                 seconds = []

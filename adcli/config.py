@@ -126,3 +126,27 @@ def fitting_settings(inference: InferenceLoopConfig) -> dict:
     """The inference keys a trained or fitted stage depends on (its fingerprint): all but how a CPU
     scores afterwards, so switching `cpu_dtype` reuses every stage."""
     return {k: v for k, v in dataclasses.asdict(inference).items() if k != "cpu_dtype"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A recipe section a stage depends on: its fingerprint holds these keys' values (a stage is
+    reused only where they are unchanged)."""
+
+    name: str  # the config's attribute: "scoring", "inference", ...
+    keys: tuple[str, ...] | None = None  # None: every key of the section
+    without: tuple[str, ...] = ()  # keys left out (how a CPU scores afterwards: `cpu_dtype`)
+
+    def values(self, config) -> dict:
+        values = dataclasses.asdict(getattr(config, self.name))
+        names = values if self.keys is None else self.keys
+        return {k: values[k] for k in names if k not in self.without}
+
+
+# What fitting_settings keeps: a stage that runs the model over training images depends on how it batches them.
+FITTING_INFERENCE = Section("inference", without=("cpu_dtype",))
+
+
+def section_settings(config, sections: tuple[Section, ...]) -> dict:
+    """A stage's fingerprint settings, {section: {key: value}}, from the sections it declares it depends on."""
+    return {s.name: s.values(config) for s in sections}

@@ -1,6 +1,11 @@
-"""What a normal image's anomaly map looks like at each pixel, per category: the image score's view of
-"unusual for this place". Fitted from training normals after a model is trained; any method whose
-image score pools its anomaly map can standardise the map first (recipe key `scoring.image_score`)."""
+"""The standardised image score, owned here for every method: what a normal image's anomaly map looks
+like at each pixel, per category, fitted from training normals by the `score_scale` stage after the
+model is trained, and the image score that pools the map standardised against it (recipe key
+`scoring.image_score`: standardised) or as it is (map).
+
+A method declares how its image score is made (`ImageScoring`: its pooling, its map, whether it is
+standardised, what the stage depends on); adcli/methods/base.py's `Method` adds the stage and scores
+through `image_score` below. No method fits the statistics itself."""
 
 from __future__ import annotations
 
@@ -11,10 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from adcli.config import Section, section_settings
 from adcli.data.batches import to_tensor
 from adcli.scoring import pixel_statistics, standardise
 
 IMAGE_SCORES = ("map", "standardised")
+IMAGE_SCORE_KEYS = ("image_score", "normal_images")  # what every score_scale stage depends on (recipes' names)
+SCORE_SCALE = "score_scale"  # the stage's name: kept stage files of existing runs carry it
 
 
 def check_image_score(image_score: str, normal_images: int, key: str = "scoring.normal_images") -> None:
@@ -38,18 +46,59 @@ class ImageScoreConfig:
         check_image_score(self.image_score, self.normal_images)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageScoring:
+    """How a method makes its image score from its anomaly map: what the method declares (`Method.image_scoring`)."""
+
+    pool: Callable[[torch.Tensor], torch.Tensor]  # (B, H, W) -> (B,): the paper's pooling
+    # (images (B, 3, H, W), category_ids (B,)) -> (B, H, W): the map the score pools, made as `predict` makes it
+    anomaly_map: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    standardised: bool = False  # recipe `scoring.image_score: standardised`
+    normal_images: int = 0  # training images per category that fit the statistics
+    # The recipe sections the score_scale stage depends on: its fingerprint. A method's own spelling stays,
+    # so stages kept by runs before this declaration keep their fingerprints.
+    depends_on: tuple[Section, ...] = (Section("scoring", IMAGE_SCORE_KEYS),)
+    # Other constants of the score fitted from training normals in the same stage, before the statistics
+    # (TimeNet's normalisers, which its map uses): (training images, StageContext) -> None, and the
+    # state-dict prefixes they fill.
+    fit_constants: Callable | None = None
+    constants: tuple[str, ...] = ()
+
+    @property
+    def fitted(self) -> bool:
+        """Whether a score_scale stage fits anything."""
+        return self.standardised or self.fit_constants is not None
+
+    @property
+    def keeps(self) -> tuple[str, ...]:
+        return self.constants + (("map_stats.",) if self.standardised else ())
+
+    def stage_settings(self, config) -> dict:
+        return section_settings(config, self.depends_on)
+
+
+def image_score(scoring: ImageScoring, stats: NormalMapStatistics | None, anomaly_map: torch.Tensor,
+                category_ids: torch.Tensor) -> torch.Tensor:
+    """The image score: the declared pooling of the map, standardised per pixel first where the recipe
+    says so (`stats` fitted). (B, H, W), (B,) -> (B,)."""
+    pooled = anomaly_map if stats is None else stats.standardise(anomaly_map, category_ids)
+    return scoring.pool(pooled)
+
+
+def fit_score_scale(method: nn.Module, scoring: ImageScoring, stats: NormalMapStatistics | None, data,
+                    batch_size: int, ctx) -> None:
+    """The score_scale stage: the method's own constants, then the normal maps' statistics."""
+    if scoring.fit_constants is not None:
+        scoring.fit_constants(data, ctx)
+    if stats is not None:
+        stats.fit(method, scoring.anomaly_map, data, method.categories, scoring.normal_images, batch_size, ctx)
+
+
 def evenly_spaced(data, category: int, count: int) -> torch.Tensor:
     """Up to `count` of a category's training images, evenly spaced through them: (N, 3, H, W) in [0, 1]."""
     own = data.of_category(category)
     count = min(count, len(own))
     return to_tensor(own[np.linspace(0, len(own) - 1, count).round().astype(int)])
-
-
-def for_image_score(method: nn.Module, maps: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
-    """What a method's image score pools: its maps standardised per pixel where it holds fitted statistics
-    (`map_stats`, present when `scoring.image_score` is standardised), else the maps themselves."""
-    stats = getattr(method, "map_stats", None)
-    return maps if stats is None else stats.standardise(maps, category_ids)
 
 
 class NormalMapStatistics(nn.Module):

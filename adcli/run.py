@@ -44,7 +44,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -53,6 +53,9 @@ from adcli import __version__
 from adcli.errors import AdcliError, BundleError
 from adcli.io import atomic_write_json, atomic_write_text, load_tensors, save_tensors, sha256_file
 from adcli.runtime import place
+
+if TYPE_CHECKING:
+    from adcli.methods.base import Method
 
 FORMAT = "adcli-bundle"
 FORMAT_VERSION = 1
@@ -108,19 +111,15 @@ def _history_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _frozen(model) -> list:
-    return model.frozen_pretrained() if hasattr(model, "frozen_pretrained") else []
-
-
-def _trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _trained_state(model: Method) -> dict[str, torch.Tensor]:
     """The state dict without frozen pretrained parts (a bundle references those files instead)."""
-    frozen = {k for part in _frozen(model) for k in part.keys}
+    frozen = {k for part in model.frozen_pretrained() for k in part.keys}
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
-def _load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+def _load_trained_state(model: Method, state: dict[str, torch.Tensor], source: Path) -> None:
     """Load a `_trained_state`: the missing keys must be exactly frozen pretrained ones."""
-    frozen = {k for part in _frozen(model) for k in part.keys}
+    frozen = {k for part in model.frozen_pretrained() for k in part.keys}
     result = model.load_state_dict(state, strict=False)
     wrong = [k for k in result.missing_keys if k not in frozen] + list(result.unexpected_keys)
     if wrong:
@@ -220,7 +219,7 @@ class RunFolder:
         return int(self._run_info().get("micro_batches", accumulate))
 
     # ---- checkpoint --------------------------------------------------------------------------------
-    def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, position: dict,
+    def save_checkpoint(self, model: Method, optimizer: torch.optim.Optimizer, position: dict,
                         extra_tensors: dict[str, torch.Tensor] | None = None, extra: dict | None = None) -> None:
         """extra_tensors: the loop's own state (EMA weights, stored as `extra.NAME`); extra: JSON-able
         state (the gradient scaler's)."""
@@ -243,7 +242,7 @@ class RunFolder:
             return None
         return json.loads(file_metadata(self.checkpoint_path)["position"])
 
-    def load_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    def load_checkpoint(self, model: Method, optimizer: torch.optim.Optimizer) -> dict:
         tensors = load_tensors(self.checkpoint_path)
         meta = file_metadata(self.checkpoint_path)
         _load_trained_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, self.checkpoint_path)
@@ -266,11 +265,11 @@ class RunFolder:
         meta = file_metadata(path)
         return meta if meta.get("fingerprint") == fingerprint else None
 
-    def save_stage(self, model: torch.nn.Module, name: str, keeps: tuple[str, ...], fingerprint: str, seconds: float) -> None:
+    def save_stage(self, model: Method, name: str, keeps: tuple[str, ...], fingerprint: str, seconds: float) -> None:
         kept = {k: v for k, v in _trained_state(model).items() if k.startswith(keeps)}
         save_tensors(self.stage_file(name), kept, metadata={"fingerprint": fingerprint, "seconds": str(round(seconds, 1))})
 
-    def load_stage(self, model: torch.nn.Module, name: str) -> None:
+    def load_stage(self, model: Method, name: str) -> None:
         model.load_state_dict(load_tensors(self.stage_file(name)), strict=False)
 
     def copy_stage_from(self, source: RunFolder, name: str) -> None:
@@ -292,11 +291,11 @@ class RunFolder:
         atomic_write_text(path, _history_csv(earlier + stage_rows))
 
     # ---- the finished model ----------------------------------------------------------------------------
-    def write_model(self, model: torch.nn.Module, config: Any, meta: dict) -> None:
+    def write_model(self, model: Method, config: Any, meta: dict) -> None:
 
         references = [{"part": p.part, "source": p.source, "files": list(p.files), "keys": len(p.keys),
-                       "sha256": sha256_file(p.folder / p.files[0])} for p in _frozen(model)]
-        training_only = model.training_only() if hasattr(model, "training_only") else ()
+                       "sha256": sha256_file(p.folder / p.files[0])} for p in model.frozen_pretrained()]
+        training_only = model.training_only()
         state = {k: v for k, v in _trained_state(model).items() if not (training_only and k.startswith(training_only))}
         full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "adcli_version": __version__,
                      "method": config.method, "image_size": config.data.image_size, "seed": config.seed, **meta,

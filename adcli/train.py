@@ -37,7 +37,7 @@ from adcli.data.batches import Synthesizer, TrainImages
 from adcli.data.manifest import load_manifest
 from adcli.distributed import Ranks, micro_batches
 from adcli.errors import AdcliError, BundleError, DataError, Stopped
-from adcli.methods.base import FitStage, GradientStage, Stage, StageContext
+from adcli.methods.base import FitStage, GradientStage, Stage, StageContext, StageData
 from adcli.progress import track
 from adcli.recipe import LoadedRecipe
 from adcli.registry import get_method
@@ -199,7 +199,7 @@ class _StageLoss(torch.nn.Module):
         return self.stage.losses(batch, generator)
 
 
-def _train_stage(model, config, stage_index: int, stage: GradientStage, data, synthesizer: Synthesizer | None,
+def _train_stage(model, config, stage_index: int, stage: GradientStage, data: StageData, synthesizer: Synthesizer | None,
                  run: RunFolder, resume: bool, ctx: StageContext, out: TrainOutput, micro_count: int = 1) -> dict:
     """One stage's gradient loop: epochs of batches, checkpoints, exact resume. A stage that keeps its
     weights is named in the log and in results.csv's `stage` column."""
@@ -250,7 +250,7 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data, sy
                                 extra={"scaler": scaler.state_dict()} if scaler is not None else None)
 
     n_params = sum(p.numel() for g in groups for p in g["params"])
-    categories = list(getattr(data, "categories", []))
+    categories = list(data.categories)
     of_categories = f" of {len(categories)} categories ({', '.join(categories)})" if categories else ""
     sharing = ""
     if micro_count > 1:

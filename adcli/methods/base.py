@@ -2,9 +2,13 @@
 
 A method is an `nn.Module` subclass of `Method`, registered by name (adcli/registry.py). It declares
 
-- `stages()`: how it is trained, as a list of stages that adcli/train.py runs in order:
+- `method_stages()`: how it is trained, as a list of stages that adcli/train.py runs in order:
   `GradientStage` (an optimizer loop over batches) or `FitStage` (one pass over the training images,
-  e.g. a memory bank). Nothing else about training is guessed from the model;
+  e.g. a memory bank). Nothing else about training is guessed from the model; `stages()` adds the
+  `score_scale` stage its image score needs;
+- `image_scoring()`: how its image score pools its anomaly map, standardised against training normals
+  or not (adcli/normal_maps.py fits the statistics and makes the score for every method; None: the
+  method scores images its own way, as knn's most anomalous patch);
 - `predict(images, category_ids)`: a batch in, one `AnomalyOutput` out;
 - `map_range`: the fixed value range of its anomaly maps (None = no fixed scale).
 
@@ -25,6 +29,7 @@ from torch import nn
 
 from adcli.config import SynthConfig
 from adcli.distributed import Ranks
+from adcli.normal_maps import SCORE_SCALE, ImageScoring, NormalMapStatistics, fit_score_scale, image_score
 
 
 @dataclasses.dataclass
@@ -66,6 +71,17 @@ def _silent_progress(description: str, total: int):
     yield _SilentTask()
 
 
+class StageData(Protocol):
+    """What a GradientStage trains on: the training images (adcli.data.batches.TrainImages) or what its
+    `make_data` makes of them (backbone features, reflow pairs, latents)."""
+
+    categories: list[str]  # names, in category-id order
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices, rng, synthesizer) -> Any: ...
+
+
 @dataclasses.dataclass
 class GradientStage:
     """A stage trained by the shared optimizer loop: epochs of batches, checkpoints, exact resume."""
@@ -78,9 +94,8 @@ class GradientStage:
     keeps: tuple[str, ...] = ()  # state-dict key prefixes kept in RUN/stages/NAME.safetensors when it ends
     settings: dict = dataclasses.field(default_factory=dict)  # recipe values it depends on (its fingerprint)
     synth: SynthConfig | None = None  # given: half of each batch of training images gets a synthetic anomaly
-    # (training images, context) -> the stage's data: len() and batch(indices, rng, synthesizer).
-    # None = the training images themselves.
-    make_data: Callable[[Any, StageContext], Any] | None = None
+    # (training images, context) -> the stage's data. None = the training images themselves.
+    make_data: Callable[[Any, StageContext], StageData] | None = None
     optimizer: str = "adam"  # "adam" or "adamw" (decoupled weight decay: give each group its weight_decay)
     clip_grad_norm: float | None = None  # clip the trained parameters' gradient norm before each step
     # Some trained parameters get no gradient in some steps (DiAD's discriminator before disc_start):
@@ -132,10 +147,33 @@ class Method(nn.Module, abc.ABC):
         super().__init__()
         self.config = config
         self.categories = list(categories)
+        scoring = self.image_scoring()
+        # Buffers of the standardised image score (state-dict prefix `map_stats.`), fitted by `score_scale`.
+        self.map_stats = NormalMapStatistics(len(categories), config.data.image_size) \
+            if scoring is not None and scoring.standardised else None
 
     @abc.abstractmethod
+    def method_stages(self) -> list[Stage]:
+        """The method's own stages, in order."""
+
     def stages(self) -> list[Stage]:
-        """The training stages, in order."""
+        """Every training stage in order: the method's own, then `score_scale` where its image score fits
+        anything from training normals (adcli/normal_maps.py)."""
+        stages, scoring = self.method_stages(), self.image_scoring()
+        if scoring is not None and scoring.fitted:
+            stages.append(FitStage(SCORE_SCALE, lambda data, ctx: fit_score_scale(
+                self, scoring, self.map_stats, data, self.config.inference.batch_size, ctx),
+                keeps=scoring.keeps, settings=scoring.stage_settings(self.config)))
+        return stages
+
+    def image_scoring(self) -> ImageScoring | None:
+        """How the image score pools the anomaly map (adcli/normal_maps.py). Called by `Method.__init__`,
+        so it may read only `self.config` and `self.categories`. Default None: `predict` scores itself."""
+        return None
+
+    def image_score(self, anomaly_map: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        """The declared image score of (B, H, W) maps of images of these categories -> (B,)."""
+        return image_score(self.image_scoring(), self.map_stats, anomaly_map, category_ids)
 
     @abc.abstractmethod
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:

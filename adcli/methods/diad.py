@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
+from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, Section
 from adcli.data.batches import TrainBatch, to_tensor
 from adcli.diffusion.ddim import ddim_sample, ddim_timesteps
 from adcli.diffusion.schedules import ScheduleConfig
@@ -47,7 +47,7 @@ from adcli.nets import ldm
 from adcli.nets.discriminator import PatchDiscriminator, adaptive_weight, hinge_discriminator_loss
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
-from adcli.normal_maps import NormalMapStatistics, check_image_score, for_image_score
+from adcli.normal_maps import ImageScoring, check_image_score
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import cosine_distance, gaussian_blur, pooled_max, upsample_sum
@@ -227,11 +227,18 @@ class DiAD(Method):
         self.discriminator: PatchDiscriminator | None = None  # made by stages() when the autoencoder stage is adversarial
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
         self._training_latents: TrainingLatents | None = None  # made once, shared by the denoiser and sg stages
-        if config.scoring.image_score == "standardised":
-            self.map_stats = NormalMapStatistics(len(categories), size)
+
+    def image_scoring(self) -> ImageScoring:
+        sc = self.config.scoring
+        # The statistics depend on the whole scoring and inference sections and the backbone (cpu_dtype
+        # included: so spelled when the stage was first written, and kept so its stage files stay valid).
+        return ImageScoring(lambda maps: pooled_max(maps, sc.pool_kernel, sc.pool_rounds),
+                            lambda x, ids: self.anomaly_maps(x, self.reconstruct(x)),
+                            sc.image_score == "standardised", sc.normal_images,
+                            (Section("backbone"), Section("scoring"), Section("inference")))
 
     # ---- training -------------------------------------------------------------------------------
-    def stages(self) -> list[GradientStage | FitStage]:
+    def method_stages(self) -> list[GradientStage]:
         c = self.config
         stages: list[GradientStage | FitStage] = []
         if self._trains_autoencoder:
@@ -254,14 +261,7 @@ class DiAD(Method):
             stages.append(GradientStage("sg", c.sg.epochs, c.sg.batch_size, self._groups(self._sg_trained(), c.sg.lr),
                                         self._denoiser_losses, keeps=("sg.", "sff.", "unet.", "context", "latent_scale"),
                                         make_data=self._start_sg, settings={**latent_settings, "sg": dataclasses.asdict(c.sg)}))
-        if c.scoring.image_score == "standardised":
-            stages.append(FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",),
-                                   settings={name: dataclasses.asdict(getattr(c, name)) for name in ("backbone", "scoring", "inference")}))
         return stages
-
-    def _fit_map_stats(self, data, ctx: StageContext) -> None:
-        self.map_stats.fit(self, lambda x, ids: self.anomaly_maps(x, self.reconstruct(x)), data, self.categories,
-                           self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
 
     @property
     def _trains_autoencoder(self) -> bool:
@@ -451,8 +451,6 @@ class DiAD(Method):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
-        sc = self.config.scoring
         reconstruction = self.reconstruct(images)
         anomaly_map = self.anomaly_maps(images, reconstruction)
-        pooled = for_image_score(self, anomaly_map, category_ids)
-        return AnomalyOutput(anomaly_map, pooled_max(pooled, sc.pool_kernel, sc.pool_rounds), reconstruction)
+        return AnomalyOutput(anomaly_map, self.image_score(anomaly_map, category_ids), reconstruction)

@@ -18,16 +18,17 @@ import math
 
 import torch
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings, synth_settings
+from adcli.config import (FITTING_INFERENCE, DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, Section, SynthConfig,
+                          synth_settings)
 from adcli.diffusion import coarse_noise
 from adcli.diffusion.norm_guided import norm_guided_x0
 from adcli.diffusion.schedules import ScheduleConfig
 from adcli.losses import binary_focal_loss, smooth_l1_on_probabilities
 from adcli.data.batches import TrainBatch
-from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
+from adcli.methods.base import AnomalyOutput, GradientStage, Method
 from adcli.nets.segnet import SegNet, SegNetConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
-from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics, for_image_score
+from adcli.normal_maps import IMAGE_SCORE_KEYS, ImageScoreConfig, ImageScoring
 from adcli.registry import register
 from adcli.scoring import gaussian_blur, top_k_mean
 
@@ -143,28 +144,22 @@ class DiffusionAD(Method):
         self.unet = UNet(config.unet, config.data.image_size)
         self.segnet = SegNet(config.segnet, in_channels=6)
         self.schedule = config.schedule.make()
-        if config.scoring.image_score == "standardised":
-            self.map_stats = NormalMapStatistics(len(categories), config.data.image_size)
 
-    def stages(self) -> list[GradientStage | FitStage]:
+    def image_scoring(self) -> ImageScoring:
+        c = self.config
+        return ImageScoring(lambda maps: top_k_mean(maps, c.inference.top_k), lambda x, ids: self.anomaly_map(x)[0],
+                            c.scoring.image_score == "standardised", c.scoring.normal_images,
+                            (Section("scoring", IMAGE_SCORE_KEYS), FITTING_INFERENCE))
+
+    def method_stages(self) -> list[GradientStage]:
         c = self.config
         # Every setting the trained weights depend on: a run that changes only the scoring reuses them.
         train = coarse_noise.fingerprint_settings(
             {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"})
         settings = {"schedule": dataclasses.asdict(c.schedule), "unet": dataclasses.asdict(c.unet),
                     "segnet": dataclasses.asdict(c.segnet), "synth": synth_settings(c.synth), "train": train}
-        stages: list[GradientStage | FitStage] = [
-            GradientStage("model", c.train.epochs, c.train.batch_size, self.param_groups, self.training_losses,
-                          keeps=("unet.", "segnet."), settings=settings, synth=c.synth)]
-        if c.scoring.image_score == "standardised":
-            stages.append(FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",),
-                                   settings={"scoring": dataclasses.asdict(c.scoring),
-                                             "inference": fitting_settings(c.inference)}))
-        return stages
-
-    def _fit_map_stats(self, data, ctx: StageContext) -> None:
-        self.map_stats.fit(self, lambda x, ids: self.anomaly_map(x)[0], data, self.categories,
-                           self.config.scoring.normal_images, self.config.inference.batch_size, ctx)
+        return [GradientStage("model", c.train.epochs, c.train.batch_size, self.param_groups, self.training_losses,
+                              keeps=("unet.", "segnet."), settings=settings, synth=c.synth)]
 
     def param_groups(self, total_steps: int) -> tuple[list[dict], list]:
         """Optimizer groups and, per group, an lr multiplier function of the step."""
@@ -215,5 +210,4 @@ class DiffusionAD(Method):
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) -> AnomalyOutput."""
         anomaly_map, x0_g = self.anomaly_map(images)
-        pooled = for_image_score(self, anomaly_map, category_ids)
-        return AnomalyOutput(anomaly_map, top_k_mean(pooled, self.config.inference.top_k), x0_g.clamp(0, 1))
+        return AnomalyOutput(anomaly_map, self.image_score(anomaly_map, category_ids), x0_g.clamp(0, 1))

@@ -39,7 +39,7 @@ from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, S
 from adcli.methods.uniad import BaseTrainConfig, ReconstructionConfig, UniADBase
 from adcli.nets.features import BackboneConfig
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
-from adcli.normal_maps import ImageScoreConfig, NormalMapStatistics, for_image_score
+from adcli.normal_maps import ImageScoreConfig, ImageScoring
 from adcli.registry import register
 from adcli.runtime import fixed_noise
 from adcli.scoring import pooled_max
@@ -134,8 +134,6 @@ class DRDC(Method):
         n = len(categories)
         self.register_buffer("base_unit", torch.ones(n))
         self.register_buffer("refine_unit", torch.ones(n))
-        if config.scoring.image_score == "standardised":
-            self.map_stats = NormalMapStatistics(n, size)
 
     @property
     def unet_calls_per_image(self) -> int:
@@ -145,8 +143,14 @@ class DRDC(Method):
     def bundle_meta(self) -> dict:
         return {"unet_calls_per_image": self.unet_calls_per_image}
 
+    def image_scoring(self) -> ImageScoring:
+        """The final map's pooling; its normal statistics are fitted after `fusion` (the map needs the units)."""
+        c = self.config
+        return ImageScoring(lambda maps: pooled_max(maps, c.fusion.pool_kernel, 1), self._final_map,
+                            c.scoring.image_score == "standardised", c.scoring.normal_images)
+
     # ---- training -------------------------------------------------------------------------------
-    def stages(self) -> list:
+    def method_stages(self) -> list:
         c = self.config
         refine_settings = {"unet": dataclasses.asdict(c.unet), "schedule": dataclasses.asdict(c.schedule),
                            "refine": dataclasses.asdict(c.refine),
@@ -159,14 +163,7 @@ class DRDC(Method):
         return [self.base.stage(c.train, c.inference.batch_size, keeps=("base.",)),
                 GradientStage("refine", c.refine.epochs, c.refine.batch_size, groups, self._refine_losses,
                               keeps=("refine.",), settings=refine_settings, optimizer="adamw"),
-                FitStage("fusion", self._fit_units, keeps=("base_unit", "refine_unit"), settings=fusion_settings),
-                *([FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",), settings={"scoring": dataclasses.asdict(c.scoring)})]
-                  if c.scoring.image_score == "standardised" else [])]
-
-    def _fit_map_stats(self, data, ctx: StageContext) -> None:
-        """After `fusion`: the per-pixel statistics of the final map on training normals."""
-        self.map_stats.fit(self, self._final_map, data, self.categories, self.config.scoring.normal_images,
-                           self.config.inference.batch_size, ctx)
+                FitStage("fusion", self._fit_units, keeps=("base_unit", "refine_unit"), settings=fusion_settings)]
 
     def _refine_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         f = self.config.fusion
@@ -270,8 +267,7 @@ class DRDC(Method):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         final = self._final_map(images, category_ids)
-        pooled = for_image_score(self, final, category_ids)
-        return AnomalyOutput(final, pooled_max(pooled, self.config.fusion.pool_kernel, 1))
+        return AnomalyOutput(final, self.image_score(final, category_ids))
 
 
 def _cpu_generator(generator: torch.Generator) -> torch.Generator:

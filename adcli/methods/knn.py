@@ -83,7 +83,7 @@ class Knn(Method):
         return torch.cat([F.interpolate(m, size=size, mode="bilinear", align_corners=False) if m.shape[-2:] != size else m
                           for m in pooled], dim=1)
 
-    def stages(self) -> list[FitStage]:
+    def method_stages(self) -> list[FitStage]:
         return [FitStage("banks", self.fit)]
 
     @torch.no_grad()

@@ -29,18 +29,18 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, SynthConfig, fitting_settings, synth_settings
+from adcli.config import FITTING_INFERENCE, DataConfig, EngineConfig, InferenceLoopConfig, LoopConfig, Section, SynthConfig, synth_settings
 from adcli.data.batches import TrainBatch
 from adcli.diffusion import coarse_noise
 from adcli.diffusion import rectified_flow as rf
 from adcli.io import load_tensors, save_tensors
-from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
+from adcli.methods.base import AnomalyOutput, GradientStage, Method, StageContext
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.perceptual import perceptual_loss
 from adcli.nets.tpn import TimestepPerceptiveNet
 from adcli.nets.unet import UNet, UNetConfig, check_image_size
 from adcli.registry import register
-from adcli.normal_maps import NormalMapStatistics, check_image_score, evenly_spaced, for_image_score
+from adcli.normal_maps import ImageScoring, check_image_score, evenly_spaced
 from adcli.scoring import combine_ddad, cosine_distance, euclidean_distance, gaussian_blur, map_maxima, pooled_max, upsample_sum
 
 
@@ -128,11 +128,6 @@ class ScoringConfig:
             raise ValueError("scoring.normaliser_images must be >= 1")
         check_image_score(self.image_score, self.normaliser_images, "scoring.normaliser_images")
 
-    @property
-    def fitted(self) -> bool:
-        """Whether a `score_scale` stage fits constants from training normals."""
-        return self.normaliser == "normals" or self.image_score == "standardised"
-
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig(InferenceLoopConfig):
@@ -203,12 +198,26 @@ class TimeNet(Method):
         self.backbone = FeatureExtractor(config.backbone, state=state)
         if config.scoring.normaliser == "normals":  # (category, site, (max d1, max d2)); sites: layers, then pixel vs feature
             self.register_buffer("score_maxima", torch.ones(len(categories), len(config.backbone.layers) + 1, 2))
-        if config.scoring.image_score == "standardised":
-            self.map_stats = NormalMapStatistics(len(categories), size)
         self._perceptual: list[nn.Module] = []  # training only; a list keeps it out of the state dict
 
+    def image_scoring(self) -> ImageScoring:
+        """S pooled; the score_scale stage fits the normalisers (normaliser: normals) before the statistics
+        of S, which is made with them."""
+        sc = self.config.scoring
+        names = ("normaliser", "normaliser_images", "feature_weight", "pixel_weight")
+        if sc.image_score == "standardised":  # only then named: existing score_scale stages stay valid
+            names += ("image_score", "gaussian_sigma")
+        if sc.feature_size is not None:  # likewise: named only when set
+            names += ("feature_size",)
+        fixed = sc.normaliser == "normals"
+        return ImageScoring(lambda maps: pooled_max(maps, sc.pool_kernel, sc.pool_rounds), self._score_map,
+                            sc.image_score == "standardised", sc.normaliser_images,
+                            (Section("scoring", names), FITTING_INFERENCE, Section("backbone")),
+                            fit_constants=self._fit_normalisers if fixed else None,
+                            constants=("score_maxima",) if fixed else ())
+
     # ---- training -------------------------------------------------------------------------------
-    def stages(self) -> list[GradientStage | FitStage]:
+    def method_stages(self) -> list[GradientStage]:
         c = self.config
         flow = coarse_noise.fingerprint_settings(
             {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"})
@@ -227,18 +236,6 @@ class TimeNet(Method):
                                         self._tpn_losses, keeps=("tpn.",), synth=c.synth,
                                         settings={"tpn": dataclasses.asdict(c.tpn), "synth": synth_settings(c.synth),
                                           "perceptual": self._perceptual[0].description}))
-        if c.scoring.fitted:
-            names = ("normaliser", "normaliser_images", "feature_weight", "pixel_weight")
-            keeps = ("score_maxima",) if c.scoring.normaliser == "normals" else ()
-            if c.scoring.image_score == "standardised":  # only then named: existing score_scale stages stay valid
-                names += ("image_score", "gaussian_sigma")
-                keeps += ("map_stats.",)
-            if c.scoring.feature_size is not None:  # likewise: named only when set
-                names += ("feature_size",)
-            scoring = {k: getattr(c.scoring, k) for k in names}
-            stages.append(FitStage("score_scale", self._fit_score_scale, keeps=keeps,
-                                   settings={"scoring": scoring, "inference": fitting_settings(c.inference),
-                                             "backbone": dataclasses.asdict(c.backbone)}))
         return stages
 
     @staticmethod
@@ -398,53 +395,50 @@ class TimeNet(Method):
         return self.tpn(self._noised(images)[0], category_ids)[0][:, 0]
 
     @torch.no_grad()
-    def _fit_score_scale(self, data, ctx: StageContext) -> None:
-        """Constants of the score from up to `normaliser_images` evenly spaced training images per category.
-        normaliser "normals": the mean per-image maxima of every site (the layers' first, since S_f is made
-        with them). image_score "standardised": the per-pixel mean and spread of those images' maps S."""
+    def _fit_normalisers(self, data, ctx: StageContext) -> None:
+        """normaliser "normals": per category, the mean per-image maxima of every site (the layers' first,
+        since S_f is made with them) over up to `normaliser_images` evenly spaced training images."""
         sc, batch = self.config.scoring, self.config.inference.batch_size
-        fixed = sc.normaliser == "normals"
         was_training = self.training
         self.eval()
         counts = [min(sc.normaliser_images, int((data.category_ids == c).sum())) for c in range(len(self.categories))]
         with ctx.progress("score normalisers", sum(counts)) as task:
             for cat, count in enumerate(counts):
                 picked = evenly_spaced(data, cat, count)
-                pairs, layer_records, own_maps = [], [], []  # own_maps: S with each image's own maxima
+                pairs, layer_records = [], []
                 for i in range(0, count, batch):
                     x = picked[i:i + batch].to(ctx.device)
                     r = self._reconstruct_images(x, torch.full((len(x),), cat, dtype=torch.long, device=ctx.device))
                     record: list = []
-                    own_maps.append(self.anomaly_maps(x, r, record=record))
+                    self.anomaly_maps(x, r, record=record)
                     layer_records.append(torch.stack(record[:-1], dim=1))  # (B, L, 2)
                     pairs.append((x, r))
                     task.advance(len(x))
-                if fixed:
-                    maxima = torch.ones_like(self.score_maxima[cat])
-                    maxima[:-1] = torch.cat(layer_records).mean(dim=0)
-                    finals = []
-                    for x, r in pairs:  # S_f with the layers' fixed maxima, for the last site's maxima
-                        record = []
-                        self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1), record=record)
-                        finals.append(record[-1])
-                    maxima[-1] = torch.cat(finals).mean(dim=0)
-                    self.score_maxima[cat] = maxima
-                if sc.image_score == "standardised":
-                    maps = [self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1)) for x, r in pairs] if fixed else own_maps
-                    self.map_stats.set(cat, torch.cat(maps))
-        if fixed:
-            ctx.log("score normalisers: " + "; ".join(
-                f"{name} pixel {float(m[-1, 0]):.4g} feature {float(m[-1, 1]):.4g}" for name, m in zip(self.categories, self.score_maxima)))
-        if sc.image_score == "standardised":
-            ctx.log(self.map_stats.summary(self.categories))
+                maxima = torch.ones_like(self.score_maxima[cat])
+                maxima[:-1] = torch.cat(layer_records).mean(dim=0)
+                finals = []
+                for x, r in pairs:  # S_f with the layers' fixed maxima, for the last site's maxima
+                    record = []
+                    self.anomaly_maps(x, r, norms=maxima.expand(len(x), -1, -1), record=record)
+                    finals.append(record[-1])
+                maxima[-1] = torch.cat(finals).mean(dim=0)
+                self.score_maxima[cat] = maxima
+        ctx.log("score normalisers: " + "; ".join(
+            f"{name} pixel {float(m[-1, 0]):.4g} feature {float(m[-1, 1]):.4g}" for name, m in zip(self.categories, self.score_maxima)))
         self.train(was_training)
+
+    def _score_map(self, images: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        """S of `predict`: (B, 3, H, W) in [0, 1], (B,) -> (B, H, W)."""
+        return self._anomaly_map(images, category_ids)[0]
+
+    def _anomaly_map(self, images: torch.Tensor, category_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (S (B, H, W), the reconstruction X̂ (B, 3, H, W) it compares the images with)."""
+        reconstruction = self._reconstruct_images(images, category_ids)
+        norms = self.score_maxima[category_ids] if self.config.scoring.normaliser == "normals" else None
+        return self.anomaly_maps(images, reconstruction, norms), reconstruction
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         """images (B, 3, H, W) in [0, 1] at the recipe's size, category_ids (B,) -> AnomalyOutput."""
-        sc = self.config.scoring
-        reconstruction = self._reconstruct_images(images, category_ids)
-        norms = self.score_maxima[category_ids] if sc.normaliser == "normals" else None
-        anomaly_map = self.anomaly_maps(images, reconstruction, norms)
-        pooled = for_image_score(self, anomaly_map, category_ids)
-        return AnomalyOutput(anomaly_map, pooled_max(pooled, sc.pool_kernel, sc.pool_rounds), reconstruction)
+        anomaly_map, reconstruction = self._anomaly_map(images, category_ids)
+        return AnomalyOutput(anomaly_map, self.image_score(anomaly_map, category_ids), reconstruction)

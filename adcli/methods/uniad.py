@@ -25,8 +25,8 @@ from torch import nn
 
 from adcli.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.data.batches import to_tensor
-from adcli.methods.base import AnomalyOutput, FitStage, GradientStage, Method, StageContext
-from adcli.normal_maps import NormalMapStatistics, check_image_score, for_image_score
+from adcli.methods.base import AnomalyOutput, GradientStage, Method, StageContext
+from adcli.normal_maps import ImageScoring, check_image_score
 from adcli.nets.features import BackboneConfig, FeatureExtractor, random_backbone_state
 from adcli.nets.uniad import FeatureReconstructor, ReconstructorArch, feature_jitter
 from adcli.registry import register
@@ -171,24 +171,17 @@ class UniAD(Method):
     def __init__(self, config: UniADConfig, categories: list[str], *, load_pretrained: bool = True):
         super().__init__(config, categories, load_pretrained=load_pretrained)
         self.base = UniADBase(config.backbone, config.reconstruction, config.data.image_size, load_pretrained=load_pretrained)
-        if config.scoring.image_score == "standardised":
-            self.map_stats = NormalMapStatistics(len(categories), config.data.image_size)
 
-    def stages(self) -> list[GradientStage | FitStage]:
-        c = self.config
-        stages: list[GradientStage | FitStage] = [self.base.stage(c.train, c.inference.batch_size, keeps=("base.",))]
-        if c.scoring.image_score == "standardised":
-            stages.append(FitStage("score_scale", self._fit_map_stats, keeps=("map_stats.",),
-                                   settings={"scoring": {"image_score": c.scoring.image_score, "normal_images": c.scoring.normal_images}}))
-        return stages
+    def image_scoring(self) -> ImageScoring:
+        sc = self.config.scoring
+        return ImageScoring(lambda maps: pooled_max(maps, sc.pool_kernel, 1), lambda x, ids: self.base.anomaly_map(x),
+                            sc.image_score == "standardised", sc.normal_images)
 
-    def _fit_map_stats(self, data, ctx: StageContext) -> None:
+    def method_stages(self) -> list[GradientStage]:
         c = self.config
-        self.map_stats.fit(self, lambda x, ids: self.base.anomaly_map(x), data, self.categories, c.scoring.normal_images,
-                           c.inference.batch_size, ctx)
+        return [self.base.stage(c.train, c.inference.batch_size, keeps=("base.",))]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         anomaly_map = self.base.anomaly_map(images)
-        pooled = for_image_score(self, anomaly_map, category_ids)
-        return AnomalyOutput(anomaly_map, pooled_max(pooled, self.config.scoring.pool_kernel, 1))
+        return AnomalyOutput(anomaly_map, self.image_score(anomaly_map, category_ids))

@@ -54,3 +54,53 @@ def test_registering_a_class_that_breaks_the_contract_is_refused():
     with pytest.raises(TypeError, match="inference"):
         register("broken", NoInference)(type("Broken", (Method,), {}))
     assert "broken" not in method_names()
+
+
+def _standardised_overrides(config) -> list[str] | None:
+    """The overrides that make a recipe's image score standardised; None where its scoring has no such key."""
+    import dataclasses
+
+    keys = {f.name for f in dataclasses.fields(config.scoring)} if "scoring" in {f.name for f in dataclasses.fields(config)} else set()
+    if "image_score" not in keys:
+        return None
+    count = "normal_images" if "normal_images" in keys else "normaliser_images"
+    return ["scoring.image_score=standardised", f"scoring.{count}=2"]
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_the_standardised_image_score_is_fitted_and_applied_by_normal_maps_alone(name, mobilenet_weights, tmp_path):
+    """adcli/normal_maps.py owns the standardised score: a method only declares it (`image_scoring`), never
+    makes the statistics, their stage or the standardised map itself."""
+    import inspect
+
+    from adcli.normal_maps import NormalMapStatistics, image_score
+
+    method_cls = get_method(name).method_cls
+    source = inspect.getsource(inspect.getmodule(method_cls))
+    assert "NormalMapStatistics" not in source and "map_stats" not in source and "score_scale\"" not in source
+    overrides = _standardised_overrides(recipe_with_weights(name, mobilenet_weights).config)
+    if overrides is None:
+        assert method_cls.image_scoring is Method.image_scoring  # no standardised score to declare
+        return
+    config = recipe_with_weights(name, mobilenet_weights, overrides).config
+    model = method_cls(config, ["a", "b"])
+    assert "score_scale" not in [s.name for s in model.method_stages()]
+    score_scale = model.stages()[-1]
+    assert score_scale.name == "score_scale" and "map_stats." in score_scale.keeps
+    assert isinstance(model.map_stats, NormalMapStatistics)
+    size = config.data.image_size
+    data = FakeTrainImages(np.random.default_rng(1).integers(0, 255, (6, size, size, 3), dtype=np.uint8), [0, 0, 0, 1, 1, 1],
+                           ["a", "b"])
+    ctx = StageContext.silent("cpu", tmp_path)
+    for stage in model.stages():  # every FitStage the statistics may need (DRDC's fusion units), then score_scale
+        if isinstance(stage, FitStage):
+            stage.fit(data, ctx)
+    assert not torch.equal(model.map_stats.spread, torch.ones_like(model.map_stats.spread))  # fitted
+    model.eval()
+    images, ids = torch.rand(2, 3, size, size), torch.tensor([0, 1])
+    out = model.predict(images, ids)
+    scoring = model.image_scoring()
+    expected = scoring.pool(model.map_stats.standardise(out.anomaly_map, ids))
+    assert torch.equal(out.score, expected) and torch.equal(image_score(scoring, model.map_stats, out.anomaly_map, ids), expected)
+    plain = method_cls(recipe_with_weights(name, mobilenet_weights).config, ["a", "b"])
+    assert plain.map_stats is None and "score_scale" not in [s.name for s in plain.stages()]

@@ -182,9 +182,10 @@ def _fitted_on_random_images(backbone_weights, tmp_path, overrides, seed):
     config = load_recipe("timenet", "test", [f"backbone.weights={backbone_weights}", "scoring.normaliser=normals",
                                               "scoring.normaliser_images=3", *overrides]).config
     model = TimeNet(config, ["a", "b"]).eval()
-    assert [s.name for s in model.stages()][-1] == "score_scale"
+    score_scale = model.stages()[-1]
+    assert score_scale.name == "score_scale"
     images = np.random.default_rng(seed).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
-    model._fit_score_scale(FakeTrainImages(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
+    score_scale.fit(FakeTrainImages(images, [0, 0, 0, 0, 0, 1, 1]), StageContext.silent("cpu", tmp_path))
     return model, torch.from_numpy(images[[0, 2, 4]]).permute(0, 3, 1, 2).float() / 255  # evenly spaced: 3 of 5
 
 
