@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adcli.data.batches import resized
 from adcli.data.manifest import Sample
 from adcli.detector import Detector, ToScore
 from adcli.errors import BundleError

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -91,3 +93,12 @@ class FakeTrainImages:
         from adcli.data.batches import TrainImages
 
         return TrainImages.batch(self, indices, rng, synthesizer)
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Poll `condition` until it holds (a watcher's thread or subprocess got there), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

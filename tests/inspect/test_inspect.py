@@ -23,7 +23,7 @@ from adcli.inspect.folder import FAR_NOTE, watch_folder
 from adcli.journal import read_journal
 from adcli.recipe import load_recipe
 from adcli.train import train
-from tests.conftest import save_png
+from tests.conftest import save_png, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -271,14 +271,6 @@ def test_lock_timeout_is_a_clear_error(model, tmp_path):
 
 
 # ---- --watch ----------------------------------------------------------------------------------------
-def _wait_for(condition, what, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 class Watcher:
     """watch_folder in a thread, with its passes and console output kept."""
 
@@ -315,7 +307,7 @@ def _watch_after_a_first_file(run, tmp_path):
     watcher = Watcher(folder, run, out)
     try:
         _good_png(folder / "a.png", 1)
-        _wait_for(lambda: len(watcher.rows()) == 1, "the first file")
+        wait_for(lambda: len(watcher.rows()) == 1, "the first file")
     except BaseException:
         watcher.close()
         raise
@@ -326,9 +318,9 @@ def test_watch_inspects_each_new_file_once(model, tmp_path):
     folder, out, watcher = _watch_after_a_first_file(model, tmp_path)
     try:
         _good_png(folder / "b.png", 2)
-        _wait_for(lambda: len(watcher.rows()) == 2, "the second file")
+        wait_for(lambda: len(watcher.rows()) == 2, "the second file")
         _good_png(folder / "c.png", 3)
-        _wait_for(lambda: len(watcher.rows()) == 3, "the third file")
+        wait_for(lambda: len(watcher.rows()) == 3, "the third file")
         time.sleep(0.3)  # several more passes: nothing is inspected twice
     finally:
         watcher.close()
@@ -346,7 +338,7 @@ def test_watch_rewrites_results_csv_at_most_every_30_s_and_when_it_ends(model, t
     try:
         assert (out / "results.csv").read_text().count("\n") == 2  # the first pass's table is due at once
         _good_png(folder / "b.png", 2)
-        _wait_for(lambda: len(watcher.rows()) == 2, "the second file")
+        wait_for(lambda: len(watcher.rows()) == 2, "the second file")
         assert (out / "results.csv").read_text().count("\n") == 2  # within 30 s: not rewritten yet...
         assert len(read_journal(out / "results.jsonl", repair=False).rows) == 2  # ...while the journal has the row
     finally:
@@ -402,12 +394,12 @@ def test_watch_takes_a_new_calibration_and_pauses_while_it_is_broken(model, tmp_
     try:
         aio.atomic_write_text(calibration_path, "{ not json")
         _good_png(folder / "b.png", 2)
-        _wait_for(lambda: "paused" in watcher.log.getvalue(), "the pause")
+        wait_for(lambda: "paused" in watcher.log.getvalue(), "the pause")
         time.sleep(0.3)
         assert len(watcher.rows()) == 1  # no verdict from a model whose thresholds cannot be read
         calibration["categories"]["disc"]["threshold"] *= 2
         aio.atomic_write_json(calibration_path, calibration)
-        _wait_for(lambda: len(watcher.rows()) == 2, "the file after the new calibration")
+        wait_for(lambda: len(watcher.rows()) == 2, "the file after the new calibration")
     finally:
         watcher.close()
     first, second = watcher.rows()
@@ -419,10 +411,10 @@ def test_watch_pauses_while_its_folder_is_gone(model, tmp_path):
     folder, out, watcher = _watch_after_a_first_file(model, tmp_path)
     try:
         shutil.rmtree(folder)
-        _wait_for(lambda: "paused: folder not found" in watcher.log.getvalue(), "the pause")
+        wait_for(lambda: "paused: folder not found" in watcher.log.getvalue(), "the pause")
         _good_png(tmp_path / "back" / "b.png", 2)
         os.rename(tmp_path / "back", folder)  # the folder returns whole, as a remounted share
-        _wait_for(lambda: len(watcher.rows()) == 2, "the file in the folder that came back")
+        wait_for(lambda: len(watcher.rows()) == 2, "the file in the folder that came back")
     finally:
         watcher.close()
     assert watcher.log.getvalue().count("paused") == 1 and "resumed" in watcher.log.getvalue()
@@ -441,7 +433,7 @@ def test_cli_watch_ends_on_sigterm_with_exit_0(model, tmp_path):
                              str(out), "--category", "disc", "--device", "cpu", "--settle-seconds", "0", "--watch",
                              "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: len(read_journal(out / "results.jsonl", repair=False).rows) == 1,
+        wait_for(lambda: len(read_journal(out / "results.jsonl", repair=False).rows) == 1,
                   "the watch's first row")
         time.sleep(0.3)
     finally:

@@ -24,7 +24,7 @@ from adcli.inspect.render import heatmap_name
 from adcli.journal import read_journal
 from adcli.recipe import load_recipe
 from adcli.train import train
-from tests.conftest import save_png
+from tests.conftest import save_png, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -262,21 +262,13 @@ def _watching(model, folder, out, stop, errors):
     return thread
 
 
-def _wait_for(condition, what, seconds=60.0):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_a_watch_whose_output_folder_is_deleted_takes_its_lock_again(run, tmp_path):
     folder, out = _images(tmp_path / "in", 1), tmp_path / "out"
     stop, errors = threading.Event(), []
     thread = _watching(run, folder, out, stop, errors)
     try:
         shutil.rmtree(out)
-        _wait_for(lambda: (out / LOCK_NAME).exists(), "the lock re-created")
+        wait_for(lambda: (out / LOCK_NAME).exists(), "the lock re-created")
         with pytest.raises(AdcliError, match="another adcli inspect is writing"):
             inspect_folder(folder, run, out, category="disc", device="cpu", lock_wait=0)
     finally:
