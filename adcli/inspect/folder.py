@@ -179,8 +179,7 @@ class _FolderInspection:
     def load(self, path: Path) -> _Loaded:
         """Runs in a worker thread: the file read, checked and decoded."""
         shown = display_path(path)
-        row = {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
-               "model_id": self.detector.model_id, "heatmap": "", "error": "", "note": ""}
+        row = _error_row(shown, self.detector.model_id)  # filled in as the file gets further
         t0 = time.perf_counter()
         done = self.previous.get(shown) if not self.force else None
         if done is not None and done.get("model_id") != self.detector.model_id:
@@ -483,15 +482,20 @@ class _Pass:
                 previous[path]["reported"] = True
 
 
+def _error_row(shown: str, model_id: str, error: str = "") -> dict:
+    return {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
+            "model_id": model_id, "heatmap": "", "error": error, "note": ""}
+
+
 def _unlisted_row(folder: Path, why: str, model_id: str) -> dict:
     """The ERROR row of a folder whose files cannot be listed (too long a path, no permission)."""
     shown = display_path(folder)
-    return {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
-            "model_id": model_id, "heatmap": "", "error": f"cannot list folder {shown}: {why}; its files are not inspected",
-            "note": ""}
+    return _error_row(shown, model_id, f"cannot list folder {shown}: {why}; its files are not inspected")
 
 
 def _held(held: dict, shown: str) -> bool:
+    """Whether a watch reported this unlistable folder less than ERROR_RETRY_SECONDS ago (else: report it
+    now, and hold it that long), as it does for unreadable files."""
     hold = held.get(shown)
     if hold is not None and time.monotonic() < hold[1]:
         return True
