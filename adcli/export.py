@@ -111,7 +111,7 @@ def export(run: str | Path, formats: list[str], *, check_batch: int = 3, seed: i
         info = {"model_id": folder.model_id(), "method": model.name, "categories": categories, "image_size": size,
                 "formats": formats, "map_range": list(model.map_range) if model.map_range else None,
                 "inference_batch_size": model.inference_batch_size,
-                "batch_by_category": model.export_batches_by_category,
+                "batch_by_category": model.export_batches_by_category, "cost_line": model.cost_line(),
                 "inputs": {"images": ["batch", 3, size, size], "category_ids": ["batch"]}, "max_batch": MAX_BATCH,
                 "outputs": {"anomaly_map": ["batch", size, size], "score": ["batch"]},
                 "opset": OPSET, "torch": torch.__version__,
@@ -192,7 +192,7 @@ def _open_backend(backend: str, folder: Path, threads: int):
 
 class ExportedModel:
     """A run's exported graph with the part of `Method`'s interface that inference uses (`predict`,
-    `map_range`, `inference_batch_size`, `name`)."""
+    `map_range`, `inference_batch_size`, `name`, `cost_line`)."""
 
     def __init__(self, run: RunFolder, backend: str, threads: int | None = None):
         folder = run.path / EXPORT_DIR
@@ -214,6 +214,9 @@ class ExportedModel:
         self.inference_batch_size = int(info["inference_batch_size"])
         self.batch_by_category = bool(info.get("batch_by_category", False))
         self._run = _open_backend(backend, folder, threads or torch.get_num_threads())
+
+    def cost_line(self) -> str | None:
+        return self.info.get("cost_line")
 
     def predict(self, images: torch.Tensor, category_ids: torch.Tensor) -> AnomalyOutput:
         pixels = np.ascontiguousarray(images.detach().float().cpu().numpy())

@@ -303,8 +303,8 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
     detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
-    if detector.meta.get("unet_calls_per_image"):
-        console.print(f"{detector.meta['method']}: {detector.meta['unet_calls_per_image']} UNet calls per image", highlight=False)
+    if cost := detector.model.cost_line():
+        console.print(cost, highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
     with OutputLock(out, lock_wait):

@@ -212,6 +212,10 @@ class Method(nn.Module, abc.ABC):
         """The state-dict entries (full keys) that `part`'s pretrained `folder` supplies."""
         raise NotImplementedError(f"{self.name} has no pretrained part {part!r}")
 
+    def cost_line(self) -> str | None:
+        """One line on what judging an image costs that inspect prints at its start (None: nothing to say)."""
+        return None
+
     @property
     def inference_batch_size(self) -> int:
         return self.config.inference.batch_size

@@ -143,6 +143,9 @@ class DRDC(Method):
     def bundle_meta(self) -> dict:
         return {"unet_calls_per_image": self.unet_calls_per_image}
 
+    def cost_line(self) -> str:
+        return f"drdc: {self.unet_calls_per_image} UNet calls per image"
+
     def image_scoring(self) -> ImageScoring:
         """The final map's pooling; its normal statistics are fitted after `fusion` (the map needs the units)."""
         c = self.config
