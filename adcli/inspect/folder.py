@@ -514,9 +514,11 @@ def _check_lock(lock: OutputLock, console: Console) -> None:
 
 def bundle_identity(model_dir: Path) -> list:
     """What a watch compares to notice a retrained or recalibrated model: size, modification time and
-    inode of the files a Detector reads (None for a missing one)."""
-    run = RunFolder(model_dir)
-    files = [model_dir / name for name in (RunFolder.WEIGHTS, RunFolder.RECIPE, RunFolder.META)] + run.calibration_files()
+    inode of the files a Detector reads (None for a missing one). Every router file is listed rather than
+    the one calibration.json names: that would parse the calibration on every pass, and a recalibration
+    replaces calibration.json (a new inode) anyway."""
+    names = (RunFolder.WEIGHTS, RunFolder.RECIPE, RunFolder.META, RunFolder.CALIBRATION)
+    files = [model_dir / name for name in names] + sorted(model_dir.glob("routing*.safetensors"))
     return [_identity_now(path) for path in files]
 
 
