@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 
 def load(run, device: str = "auto", batch_size: int | None = None, backend: str = "torch"):
-    """A trained run folder -> adcli.detector.Detector (imported here, so `import adcli` stays light).
+    """A trained run folder -> adcli.inference.detector.Detector (imported here, so `import adcli` stays light).
     backend: torch, or onnx / openvino after `adcli export`."""
-    from adcli.detector import Detector
+    from adcli.inference.detector import Detector
 
     return Detector.load(run, device, batch_size, backend)

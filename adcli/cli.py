@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from adcli import __version__
-from adcli.errors import AdcliError, OutputError, Stopped
-from adcli.recipe import recipe_names
+from adcli.core.errors import AdcliError, OutputError, Stopped
+from adcli.model.recipe import recipe_names
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP_OPTIONS,
@@ -48,8 +48,8 @@ def root(version: Annotated[Optional[bool], typer.Option("--version", callback=_
                                                         "Two jobs on one PC: give each half.")] = None):
     import logging
 
-    from adcli import progress
-    from adcli.allocator import keep_freed_memory
+    from adcli.core import progress
+    from adcli.core.allocator import keep_freed_memory
 
     keep_freed_memory()
     if threads is not None:
@@ -75,8 +75,8 @@ def prepare(
     """Scan a dataset, decode every image once, and write a manifest of samples."""
     from adcli.data.manifest import prepare as prepare_dataset
     from adcli.data.manifest import write_prepared
-    from adcli.progress import print_table, track
-    from adcli.thresholds import MIN_NORMALS
+    from adcli.core.progress import print_table, track
+    from adcli.stats.thresholds import MIN_NORMALS
 
     with track(console, "checking images", None) as task:
         result = prepare_dataset(root, fmt, calib_fraction, seed, strict, progress=task.advance, follow_links=follow_links)
@@ -113,8 +113,8 @@ def train(
                                          "torchrun (N GPUs; gloo on CPU). Several machines: run torchrun yourself.")] = 1,
 ):
     """Train one model for all categories of the prepared data."""
-    from adcli.recipe import load_recipe
-    from adcli.train import train as train_model
+    from adcli.model.recipe import load_recipe
+    from adcli.commands.train import train as train_model
 
     if resume and (recipe or profile or overrides):
         raise AdcliError("--resume continues with the run's stored recipe; drop --recipe/--profile/--set")
@@ -122,7 +122,7 @@ def train(
         raise AdcliError("--recipe is required (e.g. --recipe diffusionad)")
     loaded = None if resume else load_recipe(recipe, profile, overrides or [])  # a bad recipe: one line, no launch
     if devices > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside a torchrun launch
-        from adcli.distributed import torchrun_argv
+        from adcli.core.distributed import torchrun_argv
 
         command = torchrun_argv(sys.argv[1:], devices)
         console.print(" ".join(command), highlight=False)
@@ -163,9 +163,9 @@ def calibrate(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: BatchSize = None,
 ):
-    from adcli.calibrate import calibrate as run_calibration
-    from adcli.calibrate import parse_thresholds
-    from adcli.errors import PartlyCalibrated
+    from adcli.commands.calibrate import calibrate as run_calibration
+    from adcli.commands.calibrate import parse_thresholds
+    from adcli.core.errors import PartlyCalibrated
 
     try:
         run_calibration(model, data, target_fpr, device=device, console=console, batch_size=batch_size, normals=normals,
@@ -219,7 +219,7 @@ def inspect(
 ):
     import json
 
-    from adcli.inspect import inspect_folder
+    from adcli.commands.inspect import inspect_folder
 
     quiet = Console(stderr=True, quiet=True) if as_json else console
     if watch is not None:
@@ -272,7 +272,7 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
     import threading
     import time
 
-    from adcli.inspect import watch_folder
+    from adcli.commands.inspect import watch_folder
 
     stop = threading.Event()
 
@@ -319,7 +319,7 @@ def report(
     backend: Backend = "torch",
 ):
     """Evaluate a model on a labelled split: seven metrics per category, ROC, histograms, gallery."""
-    from adcli.report import make_report
+    from adcli.commands.report import make_report
 
     make_report(model, data, out, split=split, device=device, console=console, batch_size=batch_size, backend=backend)
 
@@ -329,7 +329,7 @@ def review(
     out: Annotated[Path, typer.Argument(help="An `adcli inspect` output folder (its --out).")],
 ):
     """Write OUT/review.html: counts, scores against thresholds, drift, every DEFECT/ERROR with its heatmap."""
-    from adcli.report.review import render_review
+    from adcli.commands.report.review import render_review
 
     console.print(f"review: {render_review(out)}")
 
@@ -343,7 +343,7 @@ def checks(
     Exits 5 when the folder cannot be written, else 0."""
     import json
 
-    from adcli.checks import run_checks
+    from adcli.commands.checks import run_checks
 
     result = run_checks(out)
     if as_json:
@@ -390,9 +390,9 @@ def bench(
     import dataclasses
     import json
 
-    from adcli.bench import DTYPES, bench as run_bench, parse_list
-    from adcli.export import BACKENDS
-    from adcli.progress import print_table
+    from adcli.commands.bench import DTYPES, bench as run_bench, parse_list
+    from adcli.inference.export import BACKENDS
+    from adcli.core.progress import print_table
 
     rows, facts = run_bench(model, parse_list(batch, "batch"), parse_list(dtype, "dtype", list(DTYPES)), threads, images,
                             device, parse_list(backend, "backend", list(BACKENDS)), recipe, profile, categories, train_images)
@@ -419,8 +419,8 @@ def export(
     batch of any size and each image's category; it is checked against torch before it is written.
     Then: adcli inspect ... --backend onnx. Needs `pip install 'adcli\[onnx]'` (and `adcli\[openvino]`)."""
     # The backslashes keep Typer's rich help from reading the extras' brackets as markup (and dropping them).
-    from adcli.bench import parse_list
-    from adcli.export import FORMATS, export as run_export
+    from adcli.commands.bench import parse_list
+    from adcli.inference.export import FORMATS, export as run_export
 
     info = run_export(model, parse_list(format, "format", list(FORMATS)))
     for check in info["checked"]:
@@ -439,7 +439,7 @@ def weights_pull(
     to: Annotated[Path, typer.Option("--to", help="Folder to put the files in (then copy it and set ADCLI_WEIGHTS_DIR).")],
 ):
     """Download weights on a machine with internet, to carry them to one without."""
-    from adcli.nets.weights import pull
+    from adcli.model.nets.weights import pull
 
     for network in networks:
         console.print(f"{network}: {pull(network, to)}")
@@ -448,7 +448,7 @@ def weights_pull(
 @weights_app.command("list")
 def weights_list():
     """List the weights files available here, with sizes and SHA-256."""
-    from adcli.nets.weights import local_weights, sha256_file
+    from adcli.model.nets.weights import local_weights, sha256_file
 
     table = Table(title="local weights")
     for col in ("source", "file", "MB", "sha256"):
@@ -462,7 +462,7 @@ def weights_list():
 def weights_pack(run: Annotated[Path, typer.Argument(help="A finished run folder.")]):
     """Copy the pretrained weights a model references (DiAD's Stable Diffusion) into its run folder,
     so the folder alone is enough on another PC. Scores and calibration stay valid."""
-    from adcli.run import RunFolder
+    from adcli.bundle.run_folder import RunFolder
 
     folder = RunFolder(run)
     references = folder.read_meta().get("pretrained", [])

@@ -12,9 +12,9 @@ import time
 import torch
 
 from adcli.data.batches import TrainBatch
-from adcli.recipe import load_recipe
-from adcli.registry import get_method
-from adcli.runtime import resolve_device, seeded
+from adcli.model.recipe import load_recipe
+from adcli.model.registry import get_method
+from adcli.core.device import resolve_device, seeded
 
 
 def _sync(dev):

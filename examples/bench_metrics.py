@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from adcli.metrics import aupro, curve_summary, descending_order
+from adcli.stats.metrics import aupro, curve_summary, descending_order
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     maps = (rng.random(masks.shape, dtype=np.float32) + 0.7 * masks).astype(np.float32)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t0 = time.perf_counter()
-    order = descending_order(maps)  # shared by all pixel metrics, as adcli.metrics.category_metrics does
+    order = descending_order(maps)  # shared by all pixel metrics, as adcli.stats.metrics.category_metrics does
     ts = time.perf_counter()
     s = curve_summary(maps, masks, order)
     t1 = time.perf_counter()

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from adcli.run import RunFolder
-from adcli.runtime import resolve_device
+from adcli.bundle.run_folder import RunFolder
+from adcli.core.device import resolve_device
 
 
 def _median_ms(fn, dev, repeats: int, per: int) -> float:

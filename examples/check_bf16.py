@@ -14,9 +14,9 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from adcli.data.batches import resized
-from adcli.detector import Detector
-from adcli.io import read_image
-from adcli.metrics import curve_summary
+from adcli.inference.detector import Detector
+from adcli.core.io import read_image
+from adcli.stats.metrics import curve_summary
 from split_args import model_and_split
 
 AUROC_TOLERANCE, RANK_CORRELATION = 0.002, 0.999

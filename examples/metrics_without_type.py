@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from adcli.data.manifest import load_manifest
-from adcli.errors import AdcliError, DataError
-from adcli.io import load_tensors
-from adcli.metrics import METRIC_NAMES, category_metrics
-from adcli.predictions import ground_truth
+from adcli.core.errors import AdcliError, DataError
+from adcli.core.io import load_tensors
+from adcli.stats.metrics import METRIC_NAMES, category_metrics
+from adcli.inference.predictions import ground_truth
 
 SHORT = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max", "pixel_auroc": "P-AUROC",
          "pixel_ap": "P-AP", "pixel_f1_max": "P-F1max", "aupro": "AUPRO"}

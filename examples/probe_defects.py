@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from adcli.data.batches import resized, to_tensor
-from adcli.io import read_image
-from adcli.predictions import ground_truth
+from adcli.core.io import read_image
+from adcli.inference.predictions import ground_truth
 from split_args import model_and_split
 
 

@@ -6,7 +6,7 @@
 Trains the recipe's synthetic-anomaly stage for --steps steps (no run folder) and prints, every
 --every steps: mean training loss, mean map inside / outside the masks of a fixed held-out set of
 synthetic anomalies on the calib split's normals, its pixel AUROC, and image AUROC (normal vs
-anomalous copies). Try one --set at a time against the same command without it (see adcli/probe.py).
+anomalous copies). Try one --set at a time against the same command without it (see adcli/commands/probe.py).
 """
 
 import argparse
@@ -14,8 +14,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from adcli.probe import probe
-from adcli.recipe import load_recipe
+from adcli.commands.probe import probe
+from adcli.model.recipe import load_recipe
 
 
 def main() -> None:

@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from adcli.data.manifest import load_manifest
-from adcli.detector import Detector
-from adcli.inspect.intake import list_files
-from adcli.io import read_image
-from adcli.routing import CategoryRouter
+from adcli.inference.detector import Detector
+from adcli.commands.inspect.intake import list_files
+from adcli.core.io import read_image
+from adcli.model.routing import CategoryRouter
 
 
 def blob(image: Image.Image, rng: np.random.Generator, bright: bool, fraction: float = 0.5) -> Image.Image:

@@ -39,11 +39,11 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).parent))
 from routing_check import blob, foreign_frames  # noqa: E402
 
-from adcli.calibrate import _router, normals_from_prepared  # noqa: E402
+from adcli.commands.calibrate import _router, normals_from_prepared  # noqa: E402
 from adcli.data.manifest import load_manifest  # noqa: E402
-from adcli.inspect.intake import list_files  # noqa: E402
-from adcli.io import read_image  # noqa: E402
-from adcli.routing import PatchEmbedder, generic_frames  # noqa: E402
+from adcli.commands.inspect.intake import list_files  # noqa: E402
+from adcli.core.io import read_image  # noqa: E402
+from adcli.model.routing import PatchEmbedder, generic_frames  # noqa: E402
 
 QUANTILES = (0.1, 0.2, 0.35, 0.5)
 FRACTIONS = (0.5, 0.75, 0.9)

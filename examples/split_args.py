@@ -5,8 +5,8 @@ import argparse
 import torch
 
 from adcli.data.manifest import Sample, load_manifest
-from adcli.detector import Detector
-from adcli.errors import AdcliError
+from adcli.inference.detector import Detector
+from adcli.core.errors import AdcliError
 
 
 def model_and_split(description: str) -> tuple[argparse.Namespace, Detector, list[Sample]]:

@@ -25,7 +25,7 @@ def prepared(demo_root, tmp_path_factory):
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch):
     """No real caches, no packaged weights: every weights location is an empty temporary folder."""
-    from adcli.nets import weights
+    from adcli.model.nets import weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -55,7 +55,7 @@ def mobilenet_weights(tmp_path_factory):
 
 def recipe_with_weights(name, weights, overrides=()):
     """The `test` profile of a built-in recipe, pointed at local backbone weights where it has a backbone."""
-    from adcli.recipe import load_recipe, recipes_dir, resolve_tree
+    from adcli.model.recipe import load_recipe, recipes_dir, resolve_tree
 
     tree = resolve_tree(recipes_dir() / f"{name}.yaml", "test")
     extra = [f"backbone.weights={weights}"] if "backbone" in tree else []

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from adcli import __version__
 from adcli.cli import app
-from adcli.errors import DataError
+from adcli.core.errors import DataError
 
 runner = CliRunner()
 

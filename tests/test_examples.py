@@ -69,8 +69,8 @@ def test_cron_md_watch_wrapper_reads_the_exit_code_of_each_pass(tmp_path):
 
 @pytest.fixture(scope="module")
 def knn_run(prepared, mobilenet_weights, tmp_path_factory):
-    from adcli.calibrate import calibrate
-    from adcli.train import train
+    from adcli.commands.calibrate import calibrate
+    from adcli.commands.train import train
     from tests.conftest import recipe_with_weights
 
     run = train(prepared, tmp_path_factory.mktemp("routing") / "run", recipe_with_weights("knn", mobilenet_weights),
@@ -101,8 +101,8 @@ def test_routing_check_passes_when_routing_costs_no_defect_its_verdict(knn_run, 
 def test_routing_check_exits_1_when_routing_costs_a_defect_its_verdict(knn_run, prepared, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from adcli.calibrate import calibrate
-    from adcli.routing import CategoryRouter, Route
+    from adcli.commands.calibrate import calibrate
+    from adcli.model.routing import CategoryRouter, Route
 
     run = tmp_path / "run"
     shutil.copytree(knn_run, run)

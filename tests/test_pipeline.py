@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adcli.run import RunFolder
-from adcli.errors import BundleError
-from adcli.inspect import inspect_folder
-from adcli.methods.diffusionad import DiffusionAD
-from adcli.recipe import load_recipe
-from adcli.train import train
+from adcli.bundle.run_folder import RunFolder
+from adcli.core.errors import BundleError
+from adcli.commands.inspect import inspect_folder
+from adcli.model.methods.diffusionad import DiffusionAD
+from adcli.model.recipe import load_recipe
+from adcli.commands.train import train
 
 
 def _train(prepared, out, overrides=()):

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adcli.config import SynthConfig
+from adcli.core.config import SynthConfig
 from adcli.data.manifest import Sample
 from adcli.data.synth import is_object_category, load_textures, synthesize
 from adcli.data.textures import procedural_textures
-from adcli.io import read_image
+from adcli.core.io import read_image
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from adcli.io import atomic_write_bytes
+from adcli.core.io import atomic_write_bytes
 
 CATEGORIES = ("weave", "disc")
 DEFECTS = ("scratch", "spot", "missing")

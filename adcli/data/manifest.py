@@ -18,8 +18,8 @@ import random
 from pathlib import Path
 from typing import Callable, Iterable
 
-from adcli.errors import DataError, ImageError
-from adcli.io import atomic_write_text, read_image
+from adcli.core.errors import DataError, ImageError
+from adcli.core.io import atomic_write_text, read_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 SPLITS = ("train", "calib", "test")

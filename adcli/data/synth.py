@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from adcli.data.manifest import IMAGE_EXTENSIONS
-from adcli.errors import DataError
-from adcli.io import ImageError, read_image
+from adcli.core.errors import DataError
+from adcli.core.io import ImageError, read_image
 
 
 def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from adcli.data.manifest import load_manifest, prepare, write_prepared
-from adcli.errors import DataError
+from adcli.core.errors import DataError
 from tests.conftest import save_png
 
 

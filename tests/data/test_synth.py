@@ -48,7 +48,7 @@ def test_foreground_and_strips():
 
 def test_a_mask_that_keeps_missing_the_object_leaves_a_normal_row(monkeypatch):
     """As the authors' data/dataset_beta_thresh.py: retry the Perlin draw, then label the row normal."""
-    from adcli.config import SynthConfig
+    from adcli.core.config import SynthConfig
     from adcli.data.batches import Synthesizer, TrainImages
 
     blank = np.zeros((16, 16, 3), np.float32)  # one colour: no foreground for an object category

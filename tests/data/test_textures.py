@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from adcli.config import SynthConfig
+from adcli.core.config import SynthConfig
 from adcli.data.batches import Synthesizer, TrainImages
 from adcli.data.manifest import load_manifest
 from adcli.data.synth import is_object_category
@@ -34,7 +34,7 @@ def test_object_categories_found_from_training_images(prepared):
 
 
 def test_texture_source_is_the_folder_or_code(tmp_path):
-    from adcli.errors import DataError
+    from adcli.core.errors import DataError
 
     assert len(Synthesizer.textures_for(SynthConfig(procedural_textures=5), 16, seed=0)) == 5
     assert Synthesizer.textures_for(SynthConfig(procedural_textures=0), 16, seed=0) == []

@@ -1,5 +1,0 @@
-"""`adcli report`: run a bundle on a split, compute the metrics, write tables and an HTML report."""
-
-from adcli.report.build import make_report
-
-__all__ = ["make_report"]
