@@ -195,7 +195,8 @@ def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads
           categories: int = 1, train_images: int = 200) -> tuple[list[BenchRow], dict]:
     """Load a run folder (or build a recipe's untrained model) and bench it. -> (rows, facts)."""
     from adcli.inference.export import BACKENDS, ExportedModel
-    from adcli.bundle.run_folder import RunFolder
+    from adcli.bundle.model_bundle import Bundle
+    from adcli.bundle.training_state import TrainingRun
     from adcli.core.device import resolve_device
 
     if images < 1:
@@ -212,10 +213,10 @@ def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     if run is not None:
-        folder = RunFolder(run)
+        folder = Bundle(run)
         model, meta = folder.load_model(dev)
         model.requires_grad_(False)  # the FLOP counter's module tracker trips over inputs that require grad (DiAD)
-        config, names, profile = folder.read_config(), meta["categories"], folder.profile()
+        config, names, profile = folder.read_config(), meta["categories"], TrainingRun(run).profile()
     else:
         model, names, config = untrained_model(recipe, profile, categories, train_images, dev)
     scorers = {b: model if b == "torch" else ExportedModel(folder, b, threads) for b in backends}

@@ -41,7 +41,7 @@ from adcli.model.methods.base import FitStage, GradientStage, Stage, StageContex
 from adcli.core.progress import track
 from adcli.model.recipe import LoadedRecipe
 from adcli.model.registry import get_method
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.training_state import TrainingRun
 from adcli.core.device import place, resolve_device, seeded
 
 
@@ -98,7 +98,7 @@ def _amp_dtype(engine: EngineConfig, dev: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def _micro_batches(config, ranks: Ranks, run: RunFolder, resume: bool) -> int:
+def _micro_batches(config, ranks: Ranks, run: TrainingRun, resume: bool) -> int:
     """Micro-batches per global batch: processes × accumulate, or what the resumed run started with, so
     a run started on N processes continues the same on any M that divides its count."""
     engine = _engine(config)
@@ -133,7 +133,7 @@ def _fingerprints(stages: list[Stage], config, samples: list, micro_count: int =
     return out
 
 
-def _copy_stages(source: RunFolder, run: RunFolder, stages: list[Stage], fingerprints: list[str], out: TrainOutput) -> None:
+def _copy_stages(source: TrainingRun, run: TrainingRun, stages: list[Stage], fingerprints: list[str], out: TrainOutput) -> None:
     """--stages-from: copy the leading stage outputs of another run that this recipe would reproduce."""
     copied = 0
     for stage, fingerprint in zip(stages, fingerprints):
@@ -157,7 +157,7 @@ def _synthesizer(synth: SynthConfig | None, data: TrainImages, textures: list, o
 
 
 def _run_stages(model, config, data: TrainImages, synthesizer: Synthesizer | None, stages: list[Stage],
-                fingerprints: list[str], run: RunFolder, ctx: StageContext, out: TrainOutput, micro_count: int = 1) -> dict:
+                fingerprints: list[str], run: TrainingRun, ctx: StageContext, out: TrainOutput, micro_count: int = 1) -> dict:
     """Run each stage not already kept in RUN/stages/; -> {"seconds", "stage_seconds", "reused"}."""
     checkpoint_position = run.checkpoint_position()
     stage_seconds, reused = {}, []
@@ -200,7 +200,7 @@ class _StageLoss(torch.nn.Module):
 
 
 def _train_stage(model, config, stage_index: int, stage: GradientStage, data: StageData, synthesizer: Synthesizer | None,
-                 run: RunFolder, resume: bool, ctx: StageContext, out: TrainOutput, micro_count: int = 1) -> dict:
+                 run: TrainingRun, resume: bool, ctx: StageContext, out: TrainOutput, micro_count: int = 1) -> dict:
     """One stage's gradient loop: epochs of batches, checkpoints, exact resume. A stage that keeps its
     weights is named in the log and in results.csv's `stage` column."""
     dev, ranks, engine = ctx.device, ctx.ranks, _engine(config)
@@ -345,7 +345,7 @@ def _train_stage(model, config, stage_index: int, stage: GradientStage, data: St
     return position
 
 
-def _resume_point(run: RunFolder) -> str:
+def _resume_point(run: TrainingRun) -> str:
     """Where `--resume` would start, for the log line of a stopped run."""
     position = run.checkpoint_position()
     if position is None:
@@ -367,7 +367,7 @@ def train(prepared: str | Path, out: str | Path, recipe: LoadedRecipe | None = N
     and data would reproduce them (e.g. an ablation that changes only the last stage).
     """
     console = console or Console(stderr=True)
-    run = RunFolder(out)
+    run = TrainingRun(out)
     ranks, dev = Ranks.from_environment(resolve_device(device))
     try:
         with _sigterm_stops():
@@ -396,7 +396,7 @@ def _sigterm_stops():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, dev: torch.device, console: Console,
+def _train(prepared, run: TrainingRun, recipe: LoadedRecipe | None, resume: bool, dev: torch.device, console: Console,
            stages_from, ranks: Ranks) -> Path:
     out = run.path
     run.check_resumable() if resume else run.check_new()  # every rank, so every rank stops with the same line
@@ -405,7 +405,7 @@ def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, 
     if not samples:
         raise DataError(f"no training images in {prepared}")
     if resume:
-        config, profile = run.read_config(), run.profile()
+        config, profile = run.bundle.read_config(), run.profile()
     elif recipe is None:
         raise BundleError("a recipe is needed to start a run (--recipe NAME)")
     else:
@@ -419,11 +419,11 @@ def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, 
     stages = model.stages()  # may check pretrained weights: before the long image load
     micro_count = _micro_batches(config, ranks, run, resume)
     fingerprints = _fingerprints(stages, config, samples, micro_count, dev)
-    source = RunFolder(stages_from) if stages_from is not None else None
+    source = TrainingRun(stages_from) if stages_from is not None else None
     if source is not None and not any(stage.keeps for stage in stages):
         raise BundleError(f"--stages-from: {config.method} keeps no stage outputs; there is nothing to reuse")
     if source is not None and not source.has_stages:
-        raise BundleError(f"--stages-from {source}: no {RunFolder.STAGES}/ folder there (only multi-stage runs keep stage outputs)")
+        raise BundleError(f"--stages-from {source}: no {TrainingRun.STAGES}/ folder there (only multi-stage runs keep stage outputs)")
     # Textures can fail (a missing folder): also before the image load.
     synth = next((s.synth for s in stages if isinstance(s, GradientStage) and s.synth is not None), None)
     textures = Synthesizer.textures_for(synth, size, config.seed) if synth is not None else []
@@ -457,7 +457,7 @@ def _train(prepared, run: RunFolder, recipe: LoadedRecipe | None, resume: bool, 
                 **model.bundle_meta()}
         model.eval()
         if ranks.is_main:
-            run.write_model(model, config, meta)
+            run.finish(model, config, meta)
         ranks.barrier()  # no rank returns before the model is written
         reused = position.get("reused")
         note = f"; stages {', '.join(reused)} finished earlier" if reused else ""

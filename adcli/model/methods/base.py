@@ -124,7 +124,7 @@ Stage = GradientStage | FitStage
 class FrozenPretrained:
     """State-dict entries a method took unchanged from a pretrained weights folder and never trains
     (Stable Diffusion's autoencoder in DiAD): a bundle names the folder's weights file and its SHA-256
-    instead of storing them, so it is not gigabytes (adcli/bundle/run_folder.py; `adcli weights pack` copies them in)."""
+    instead of storing them, so it is not gigabytes (adcli/bundle/model_bundle.py; `adcli weights pack` copies them in)."""
 
     part: str  # what it is ("autoencoder"); also the folder name of a packed copy in RUN/pretrained/
     source: str  # the recipe's value, searched for again when the bundle loads
