@@ -176,16 +176,15 @@ def untrained_model(recipe: str, profile: str | None, categories: int, train_ima
     these networks does not depend on their weights). Data-sized state (knn's banks) is filled as
     `train_images` training images per category would fill it. -> (model, category names, config)."""
     from adcli.model.recipe import load_recipe
-    from adcli.model.registry import get_method
+    from adcli.model.registry import build_method
 
     if categories < 1 or train_images < 1:
         raise UsageError("--categories and --train-images must be >= 1")
     loaded = load_recipe(recipe, profile)
-    spec = get_method(loaded.config.method, source=str(loaded.path))
     names = [f"category{i}" for i in range(categories)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = spec.method_cls(loaded.config, names, load_pretrained=False)
+        model = build_method(loaded.config, names, load_pretrained=False, source=str(loaded.path))
         model.fill_untrained(train_images)
     return place(model, device).eval().requires_grad_(False), names, loaded.config
 

@@ -131,7 +131,7 @@ def test_accumulated_run_with_ema_and_dropout_resumes_exactly(prepared, mobilene
 
 
 def test_a_resume_keeps_the_micro_batches_it_started_with(prepared, mobilenet_weights, tmp_path, monkeypatch):
-    from adcli.commands.train import _micro_batches
+    from adcli.commands.train.stages import micro_batch_count as _micro_batches
 
     run = TrainingRun(tmp_path / "run")
     config = load_recipe("uniad", "test", [f"backbone.weights={mobilenet_weights}", "engine.accumulate=2"]).config
@@ -145,7 +145,7 @@ def test_a_resume_keeps_the_micro_batches_it_started_with(prepared, mobilenet_we
 
 def test_mixed_precision_is_for_cuda_only(monkeypatch):
     from adcli.core.config import EngineConfig
-    from adcli.commands.train import _amp_dtype
+    from adcli.commands.train.loop import amp_dtype as _amp_dtype
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert _amp_dtype(EngineConfig(amp="bf16"), cpu) is None  # CPU training stays fp32

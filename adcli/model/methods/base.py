@@ -101,6 +101,8 @@ class GradientStage:
     # Some trained parameters get no gradient in some steps (DiAD's discriminator before disc_start):
     # DistributedDataParallel must then look for them in every step's graph, at some cost.
     unused_parameters: bool = False
+    # An atomic checkpoint at least this often (and at each epoch's end): the recipe's train.checkpoint_minutes.
+    checkpoint_minutes: float = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw"):

@@ -128,7 +128,7 @@ def test_standardised_image_score_reuses_the_trained_model_and_fits_per_pixel_st
 
 
 def test_only_settings_that_change_the_weights_change_the_model_stage_fingerprint():
-    from adcli.commands.train import _fingerprints
+    from adcli.commands.train.stages import fingerprints as _fingerprints
 
     samples = []
     base = load_recipe("diffusionad", "test").config
