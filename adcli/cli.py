@@ -462,9 +462,9 @@ def weights_list():
 def weights_pack(run: Annotated[Path, typer.Argument(help="A finished run folder.")]):
     """Copy the pretrained weights a model references (DiAD's Stable Diffusion) into its run folder,
     so the folder alone is enough on another PC. Scores and calibration stay valid."""
-    from adcli.bundle.run_folder import RunFolder
+    from adcli.bundle.model_bundle import Bundle
 
-    folder = RunFolder(run)
+    folder = Bundle(run)
     references = folder.read_meta().get("pretrained", [])
     if not references:
         console.print(f"{run} references no pretrained weights: it already holds every weight")

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 from adcli.core.device import resolve_device
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     dev = resolve_device(args.device)
-    model, meta = RunFolder(args.model).load_model(dev)
+    model, meta = Bundle(args.model).load_model(dev)
     if meta["method"] != "timenet":
         raise SystemExit(f"{args.model} is a {meta['method']} model, not timenet")
     size = meta["image_size"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 from adcli.core.errors import BundleError
 from adcli.commands.inspect import inspect_folder
 from adcli.model.methods.diffusionad import DiffusionAD
@@ -41,7 +41,7 @@ def test_bundle_contents(run):
     meta = json.loads((run / "meta.json").read_text())
     assert meta["categories"] == ["disc", "weave"] and meta["image_size"] == 32 and meta["format_version"] == 1
     assert meta["train_images"] == {"disc": 8, "weave": 8}  # validation/good is the calib split, never trained on
-    model, _ = RunFolder(run).load_model()
+    model, _ = Bundle(run).load_model()
     assert isinstance(model, DiffusionAD) and not model.training
 
 
@@ -69,7 +69,7 @@ def test_same_seed_same_weights_and_scores(run, prepared, demo_root, tmp_path):
     # Byte for byte (safetensors writes several metadata keys in a random order): the same model id, so
     # inspect's journal and calibrations carry over to a retrained, identical model.
     assert (run / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
-    assert RunFolder(run).model_id() == RunFolder(again).model_id()
+    assert Bundle(run).model_id() == Bundle(again).model_id()
     folder = demo_root / "weave" / "test"
     s1 = inspect_folder(folder, run, tmp_path / "i1", category="weave", device="cpu", settle_seconds=0, scores_only=True)
     s2 = inspect_folder(folder, again, tmp_path / "i2", category="weave", device="cpu", settle_seconds=0, scores_only=True)
@@ -94,7 +94,7 @@ def test_resume_continues_exactly(prepared, tmp_path, monkeypatch):
         _train(prepared, tmp_path / "killed", ["train.epochs=2"])
     monkeypatch.setattr(DiffusionAD, "training_losses", original)
     with pytest.raises(BundleError, match="not a finished adcli model.*--resume"):
-        RunFolder(tmp_path / "killed").load_model()
+        Bundle(tmp_path / "killed").load_model()
     with pytest.raises(BundleError, match="unfinished run"):
         _train(prepared, tmp_path / "killed", ["train.epochs=2"])
     train(prepared, tmp_path / "killed", None, resume=True, device="cpu")
@@ -140,8 +140,8 @@ def test_bundle_format_errors(run, prepared, tmp_path):
     meta = json.loads((newer / "meta.json").read_text())
     (newer / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(BundleError, match="format v99 is newer"):
-        RunFolder(newer).load_model()
+        Bundle(newer).load_model()
     with pytest.raises(BundleError, match="not found"):
-        RunFolder(tmp_path / "nope").load_model()
+        Bundle(tmp_path / "nope").load_model()
     with pytest.raises(BundleError, match="already holds a finished model"):
         _train(prepared, run)

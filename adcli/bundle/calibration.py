@@ -2,7 +2,7 @@
 
 `adcli calibrate` (adcli/commands/calibrate.py) makes it; inspect, report and the Python API read it through
 `CategoryCalibration.verdict` and `is_defect`, the one place where a score meets its threshold.
-Stored as RUN/calibration.json (adcli/bundle/run_folder.py) next to the category router RUN/routing.safetensors
+Stored as RUN/calibration.json (adcli/bundle/calibration_files.py) next to the category router RUN/routing.safetensors
 (adcli/model/routing.py), whose SHA-256 it records; a damaged or foreign file is a one-line error.
 """
 
@@ -70,7 +70,7 @@ class CategoryCalibration:
 class Calibration:
     format_version: int
     adcli_version: str
-    model_id: str  # the model it was made for (adcli/bundle/run_folder.py: RunFolder.model_id)
+    model_id: str  # the model it was made for (adcli/bundle/model_bundle.py: Bundle.model_id)
     created: str
     target_fpr: float
     routing: str  # SHA-256 of RUN/routing.safetensors, "" when the model has no router

@@ -176,16 +176,15 @@ def untrained_model(recipe: str, profile: str | None, categories: int, train_ima
     these networks does not depend on their weights). Data-sized state (knn's banks) is filled as
     `train_images` training images per category would fill it. -> (model, category names, config)."""
     from adcli.model.recipe import load_recipe
-    from adcli.model.registry import get_method
+    from adcli.model.registry import build_method
 
     if categories < 1 or train_images < 1:
         raise UsageError("--categories and --train-images must be >= 1")
     loaded = load_recipe(recipe, profile)
-    spec = get_method(loaded.config.method, source=str(loaded.path))
     names = [f"category{i}" for i in range(categories)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = spec.method_cls(loaded.config, names, load_pretrained=False)
+        model = build_method(loaded.config, names, load_pretrained=False, source=str(loaded.path))
         model.fill_untrained(train_images)
     return place(model, device).eval().requires_grad_(False), names, loaded.config
 
@@ -195,7 +194,8 @@ def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads
           categories: int = 1, train_images: int = 200) -> tuple[list[BenchRow], dict]:
     """Load a run folder (or build a recipe's untrained model) and bench it. -> (rows, facts)."""
     from adcli.inference.export import BACKENDS, ExportedModel
-    from adcli.bundle.run_folder import RunFolder
+    from adcli.bundle.model_bundle import Bundle
+    from adcli.bundle.training_state import TrainingRun
     from adcli.core.device import resolve_device
 
     if images < 1:
@@ -212,10 +212,10 @@ def bench(run: str | Path | None, batches: list[int], dtypes: list[str], threads
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     if run is not None:
-        folder = RunFolder(run)
+        folder = Bundle(run)
         model, meta = folder.load_model(dev)
         model.requires_grad_(False)  # the FLOP counter's module tracker trips over inputs that require grad (DiAD)
-        config, names, profile = folder.read_config(), meta["categories"], folder.profile()
+        config, names, profile = folder.read_config(), meta["categories"], TrainingRun(run).profile()
     else:
         model, names, config = untrained_model(recipe, profile, categories, train_images, dev)
     scorers = {b: model if b == "torch" else ExportedModel(folder, b, threads) for b in backends}

@@ -11,7 +11,7 @@ threshold by hand (source "manual"), keeping the normals' statistics to show wha
 
 Writes the category router (RUN/routing-HASH.safetensors, adcli/model/routing.py) and then, atomically,
 RUN/calibration.json naming it (adcli/bundle/calibration.py; the previous one kept as calibration.prev.json):
-the calibration changes as one unit, however the process ends (adcli/bundle/run_folder.py).
+the calibration changes as one unit, however the process ends (adcli/bundle/calibration_files.py).
 Categories not calibrated in this call keep their previous calibration. A calibration this model
 cannot use (another model's, damaged, its router missing) is replaced, with a warning, and none of it
 is kept: it is the way out that inspect's refusal names.
@@ -30,6 +30,7 @@ from rich.table import Table
 
 from adcli import __version__
 from adcli.bundle.calibration import FORMAT_VERSION, Calibration, CategoryCalibration
+from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.data.manifest import Sample, load_manifest
 from adcli.inference.detector import Detector
 from adcli.core.errors import AdcliError, DataError, ImageError, PartlyCalibrated
@@ -214,7 +215,7 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
     if sets:
         samples = [s for normal_set in sets.values() for s in normal_set.normals]
         with track(console, "calibrate", len(samples)) as task:
-            outputs = predict_samples(detector, samples, detector.run.calibration_cache, task.advance)
+            outputs = predict_samples(detector, samples, detector.calibration_files.calibration_cache, task.advance)
         for cat, normal_set in sets.items():
             idx = [i for i, s in enumerate(samples) if s.category == cat]
             per_category[cat] = _category_calibration(normal_set, outputs.scores[idx], outputs.maps[idx], target_fpr,
@@ -235,16 +236,16 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
         router = _router(detector, {**sets, **profiled}, console)
         routing = ""
         if router is not None:
-            routing = detector.run.write_router(router)
+            routing = detector.calibration_files.write_router(router)
     calibration = Calibration(format_version=FORMAT_VERSION, adcli_version=__version__, model_id=detector.model_id,
                               created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), target_fpr=target_fpr, routing=routing,
                               categories={c: per_category[c] for c in categories if c in per_category})
-    detector.run.write_calibration(calibration)
+    detector.calibration_files.write_calibration(calibration)
     print_calibration(calibration, console)
     uncalibrated = [c for c in categories if c not in calibration.categories]
     if uncalibrated:
         console.print(f"[yellow]note:[/] not calibrated yet: {', '.join(uncalibrated)} (inspect refuses them)", highlight=False)
-    console.print(f"calibration written to {detector.run.path / detector.run.CALIBRATION}")
+    console.print(f"calibration written to {detector.calibration_files.path / CalibrationFiles.CALIBRATION}")
     if short:
         raise PartlyCalibrated(calibration, list(short), list(sets))
     return calibration

@@ -27,7 +27,7 @@ from adcli.data.manifest import load_manifest
 from adcli.core.errors import DataError
 from adcli.model.methods.base import GradientStage
 from adcli.model.recipe import LoadedRecipe
-from adcli.model.registry import get_method
+from adcli.model.registry import build_method
 from adcli.core.device import place, seeded
 
 
@@ -108,7 +108,7 @@ def probe(prepared: str | Path, recipe: LoadedRecipe, steps: int, every: int, ev
     categories = sorted({s.category for s in train_samples})
     calib_samples = [s for s in calib_samples if s.category in categories]
     with seeded(config.seed):
-        model = get_method(config.method).method_cls(config, categories)
+        model = build_method(config, categories)
     place(model, dev).train()
     stage = next((s for s in model.stages() if isinstance(s, GradientStage) and s.synth is not None), None)
     if stage is None:

@@ -30,7 +30,8 @@ from adcli.data.batches import resized, to_tensor
 from adcli.core.errors import AdcliError, BundleError
 from adcli.core.io import read_image
 from adcli.model.routing import Route
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.calibration_files import CalibrationFiles
+from adcli.bundle.model_bundle import Bundle
 from adcli.core.device import resolve_device, scores_in_bf16
 
 LOAD_WORKERS = 2  # decoding threads; a shop-floor PC has few cores and the model uses them too
@@ -99,10 +100,11 @@ class _ModelInput:
 
 
 class Detector:
-    def __init__(self, run: RunFolder, model, meta: dict, model_id: str, calibration: Calibration | None,
+    def __init__(self, bundle: Bundle, model, meta: dict, model_id: str, calibration: Calibration | None,
                  device: torch.device, batch_size: int, backend: str = "torch", router=None,
                  dropped_calibration: str | None = None):
-        self.run, self.model, self.meta, self.model_id, self.calibration = run, model, meta, model_id, calibration
+        self.bundle, self.model, self.meta, self.model_id, self.calibration = bundle, model, meta, model_id, calibration
+        self.calibration_files = CalibrationFiles(bundle.path)  # where `adcli calibrate` writes a new one
         self.device, self.batch_size, self.backend = device, batch_size, backend
         self.categories: list[str] = list(meta["categories"])
         self.image_size: int = int(meta["image_size"])
@@ -112,7 +114,7 @@ class Detector:
         self.bf16 = backend == "torch" and scores_in_bf16(model.cpu_dtype, device)
 
     @classmethod
-    def load(cls, run: str | Path | RunFolder, device: str | torch.device = "auto", batch_size: int | None = None,
+    def load(cls, run: str | Path | Bundle, device: str | torch.device = "auto", batch_size: int | None = None,
              backend: str = "torch", bad_calibration: str = "refuse") -> Detector:
         """A finished run folder -> Detector. batch_size: None = the recipe's `inference.batch_size`.
         backend: torch, or onnx / openvino for the graph `adcli export` wrote (CPU only).
@@ -121,7 +123,7 @@ class Detector:
         the detector is uncalibrated and `dropped_calibration` says why)."""
         from adcli.inference.export import BACKENDS, ExportedModel
 
-        run = run if isinstance(run, RunFolder) else RunFolder(run)
+        bundle = run if isinstance(run, Bundle) else Bundle(run)
         if backend not in BACKENDS:
             raise AdcliError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
         if backend != "torch" and str(device) not in ("auto", "cpu"):
@@ -130,20 +132,20 @@ class Detector:
         if batch_size is not None and batch_size < 1:
             raise AdcliError(f"batch size must be >= 1, got {batch_size}")
         if backend == "torch":
-            model, meta = run.load_model(dev)
+            model, meta = bundle.load_model(dev)
         else:
-            meta, model = run.read_meta(), ExportedModel(run, backend)
+            meta, model = bundle.read_meta(), ExportedModel(bundle, backend)
         if bad_calibration not in ("refuse", "drop"):
             raise ValueError(f"bad_calibration must be 'refuse' or 'drop', got {bad_calibration!r}")
-        model_id = run.model_id()
+        model_id = bundle.model_id()
         dropped = None
         try:
-            calibration, router = run.load_calibration(model_id, meta["categories"])
+            calibration, router = CalibrationFiles(bundle.path).load_calibration(model_id, meta["categories"])
         except BundleError as exc:
             if bad_calibration == "refuse":
                 raise
             calibration, router, dropped = None, None, str(exc)
-        return cls(run, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size, backend,
+        return cls(bundle, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size, backend,
                    router, dropped)
 
     # ---- categories and thresholds -------------------------------------------------------------

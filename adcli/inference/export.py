@@ -26,7 +26,7 @@ import torch
 from adcli.core.errors import AdcliError, BundleError, UsageError
 from adcli.core.io import atomic_write_json
 from adcli.model.methods.base import AnomalyOutput
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 
 FORMATS = ("onnx", "openvino")
 BACKENDS = ("torch",) + FORMATS
@@ -70,7 +70,7 @@ def export(run: str | Path, formats: list[str], *, check_batch: int = 3, seed: i
     _require("onnxruntime", "onnx")
     if "openvino" in formats:
         _require("openvino", "openvino")
-    folder = RunFolder(run)
+    folder = Bundle(run)
     model, meta = folder.load_model(torch.device("cpu"))
     model.eval()
     categories, size = list(meta["categories"]), int(meta["image_size"])
@@ -194,7 +194,7 @@ class ExportedModel:
     """A run's exported graph with the part of `Method`'s interface that inference uses (`predict`,
     `map_range`, `inference_batch_size`, `name`, `cost_line`)."""
 
-    def __init__(self, run: RunFolder, backend: str, threads: int | None = None):
+    def __init__(self, run: Bundle, backend: str, threads: int | None = None):
         folder = run.path / EXPORT_DIR
         info_path = folder / "export.json"
         if not info_path.is_file():

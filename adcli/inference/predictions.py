@@ -22,7 +22,7 @@ from adcli.data.manifest import Sample
 from adcli.inference.detector import Detector, ToScore
 from adcli.core.errors import BundleError
 from adcli.core.io import load_tensors, read_image, read_mask, save_tensors
-from adcli.bundle.run_folder import file_metadata
+from adcli.bundle.model_bundle import file_metadata
 
 CACHE_NAME = "outputs.safetensors"
 

@@ -23,19 +23,21 @@ _BUILTIN_MODULES = ("adcli.model.methods.diad", "adcli.model.methods.diffusionad
 
 def register(name: str, config_cls: type):
     """Class decorator: the method is a Method subclass, its config a dataclass with an `inference`
-    section that has the shared inference loop's keys (adcli/core/config.py: InferenceLoopConfig)."""
+    section that has the shared inference loop's keys (adcli/core/config.py: InferenceLoopConfig) and
+    an `engine` section (EngineConfig: how the shared training loop runs)."""
 
     def wrap(method_cls: type) -> type:
-        from adcli.core.config import InferenceLoopConfig
+        from adcli.core.config import EngineConfig, InferenceLoopConfig
         from adcli.model.methods.base import Method
 
         if name in _METHODS and _METHODS[name].method_cls is not method_cls:
             raise ValueError(f"method '{name}' registered twice")
-        inference = {f.name: f for f in dataclasses.fields(config_cls)}.get("inference")
-        if not issubclass(method_cls, Method) or inference is None or \
-                not issubclass(typing.get_type_hints(config_cls)["inference"], InferenceLoopConfig):
+        sections = typing.get_type_hints(config_cls) if dataclasses.is_dataclass(config_cls) else {}
+        if not issubclass(method_cls, Method) or not isinstance(sections.get("inference"), type) or \
+                not issubclass(sections["inference"], InferenceLoopConfig) or sections.get("engine") is not EngineConfig:
             raise TypeError(f"method '{name}': must subclass adcli.model.methods.base.Method, and its config must have an "
-                            "`inference` section derived from adcli.core.config.InferenceLoopConfig")
+                            "`inference` section derived from adcli.core.config.InferenceLoopConfig and an `engine: "
+                            "EngineConfig` section")
         _METHODS[name] = MethodSpec(name, config_cls, method_cls)
         method_cls.name = name
         return method_cls

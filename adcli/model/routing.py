@@ -24,7 +24,7 @@ magnitude tighter than their defects). Images with a blob over half of the part 
 (as far from their product as an empty frame is): UNKNOWN_CATEGORY, with their own product nearest.
 
 The router (embedder weights, banks, radii inputs) is saved with the calibration as
-RUN/routing-HASH.safetensors (adcli/bundle/run_folder.py), so inspecting needs no pretrained weights on the line PC.
+RUN/routing-HASH.safetensors (adcli/bundle/calibration_files.py), so inspecting needs no pretrained weights on the line PC.
 """
 
 from __future__ import annotations

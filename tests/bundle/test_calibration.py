@@ -6,7 +6,7 @@ import pytest
 
 from adcli.bundle.calibration import Calibration, CategoryCalibration
 from adcli.core.errors import BundleError
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.calibration_files import CalibrationFiles
 
 GOOD = {"threshold": 0.5, "target_fpr": 0.05, "expected_fpr": 0.05, "fpr_upper_95": 0.2, "n_normals": 20, "n_above": 1,
         "normals_needed": 59, "pixel_threshold": 0.4, "pixel_median": 0.1, "scores": {"n": 20, "transform": "identity", "transformed_mean": 0.3, "transformed_std": 0.1},
@@ -40,14 +40,14 @@ def test_verdict_is_score_at_or_above_threshold():
 def test_malformed_calibration_is_one_line_error(tmp_path, bad, message):
     (tmp_path / "calibration.json").write_text(json.dumps(bad))
     with pytest.raises(BundleError, match=message):
-        RunFolder(tmp_path).read_calibration()
+        CalibrationFiles(tmp_path).read_calibration()
 
 
 def test_round_trip_through_the_run_folder(tmp_path):
     cal = Calibration.from_dict(_tree(), "c.json")
-    RunFolder(tmp_path).write_calibration(cal)
-    assert RunFolder(tmp_path).read_calibration() == cal
-    RunFolder(tmp_path).write_calibration(cal)
+    CalibrationFiles(tmp_path).write_calibration(cal)
+    assert CalibrationFiles(tmp_path).read_calibration() == cal
+    CalibrationFiles(tmp_path).write_calibration(cal)
     assert (tmp_path / "calibration.prev.json").is_file()
     assert isinstance(cal.categories["disc"], CategoryCalibration)
 

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from adcli.bundle import run_folder as run_module
+from adcli.bundle import calibration_files as calibration_files_module
 from adcli.commands.calibrate import calibrate, parse_thresholds
 from adcli.cli import main
 from adcli.inference.detector import Detector
 from adcli.core.errors import AdcliError, BundleError, DataError, PartlyCalibrated
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.commands.train import train
 from tests.conftest import recipe_with_weights
 
@@ -101,7 +101,7 @@ def test_a_calibration_killed_after_its_router_leaves_the_old_calibration_workin
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(RunFolder, "write_calibration", killed)
+        m.setattr(CalibrationFiles, "write_calibration", killed)
         with pytest.raises(KeyboardInterrupt):
             calibrate(run, normals=demo_root / "disc" / "validation" / "good", category="disc", device="cpu")
     det = Detector.load(run, "cpu")  # refused before: "routing.safetensors does not belong to calibration.json"
@@ -109,7 +109,7 @@ def test_a_calibration_killed_after_its_router_leaves_the_old_calibration_workin
     again = calibrate(run, normals=demo_root / "disc" / "validation" / "good", category="disc", device="cpu")
     assert again.categories["disc"].source == "normals" and Detector.load(run, "cpu").router is not None
     # The router is named by its hash; only the routers of calibration.json and calibration.prev.json stay.
-    files = RunFolder(run).calibration_files()
+    files = CalibrationFiles(run).calibration_files()
     assert files == [run / "calibration.json", run / f"routing-{again.routing[:16]}.safetensors"]
     assert _routers(run) == sorted({f"routing-{first.routing[:16]}.safetensors", files[1].name})
 
@@ -119,7 +119,7 @@ def test_a_calibration_written_before_hashed_router_names_still_loads(run, prepa
     (run / f"routing-{cal.routing[:16]}.safetensors").rename(run / "routing.safetensors")  # the old layout
     det = Detector.load(run, "cpu")
     assert det.calibration == cal and det.router.categories == ["disc", "weave"]
-    assert RunFolder(run).calibration_files()[1] == run / "routing.safetensors"
+    assert CalibrationFiles(run).calibration_files()[1] == run / "routing.safetensors"
     folder = demo_root / "disc" / "validation" / "good"
     calibrate(run, normals=folder, category="disc", device="cpu")
     assert "routing.safetensors" in _routers(run)  # calibration.prev.json still names it
@@ -171,8 +171,8 @@ def test_calibrate_writes_over_a_calibration_inspect_refuses(run, prepared, demo
 def test_a_padded_calibration_is_refused_unread(run, prepared, monkeypatch):
     cal = calibrate(run, prepared, 0.2, device="cpu")
     size = (run / "calibration.json").stat().st_size
-    assert size * 1000 < run_module.CALIBRATION_MAX_BYTES  # the bound is generous for a real one
-    monkeypatch.setattr(run_module, "CALIBRATION_MAX_BYTES", 2 * size)
+    assert size * 1000 < calibration_files_module.CALIBRATION_MAX_BYTES  # the bound is generous for a real one
+    monkeypatch.setattr(calibration_files_module, "CALIBRATION_MAX_BYTES", 2 * size)
     # Padding that is not even JSON: parsing it would say "unreadable"; the bound refuses it first.
     (run / "calibration.json").write_text((run / "calibration.json").read_text() + " " * (2 * size) + "{")
     with pytest.raises(BundleError, match=r"calibration.json is [\d.]+ MB, more than any calibration holds"):

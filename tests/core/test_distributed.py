@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from adcli.core.distributed import Ranks, micro_batches
 from adcli.core.errors import AdcliError
 from adcli.model.recipe import load_recipe
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
+from adcli.bundle.training_state import TrainingRun
 from adcli.commands.train import train
 from tests.conftest import interrupt_on_call
 
@@ -86,8 +87,8 @@ def test_two_gloo_processes_through_torchrun_equal_one_process(prepared, mobilen
     assert [r["stage"] for r in rows_one] == [r["stage"] for r in rows_two] == ["flow", "reflow1", "tpn"]
     for r1, r2 in zip(rows_one, rows_two):  # epoch losses: the mean over both ranks
         assert float(r2["loss"]) == pytest.approx(float(r1["loss"]), rel=1e-4, abs=1e-6)
-    meta = RunFolder(two).read_meta()
-    assert meta["processes"] == 2 and "processes" not in RunFolder(one).read_meta()
+    meta = Bundle(two).read_meta()
+    assert meta["processes"] == 2 and "processes" not in Bundle(one).read_meta()
     log = (two / "train.log").read_text(encoding="utf-8")
     assert log.count(" train: method timenet") == 1 and "2 processes" in log  # rank 0 alone writes
     assert "each batch of 4 in 2 micro-batches (2 processes × accumulate 1)" in log
@@ -130,9 +131,9 @@ def test_accumulated_run_with_ema_and_dropout_resumes_exactly(prepared, mobilene
 
 
 def test_a_resume_keeps_the_micro_batches_it_started_with(prepared, mobilenet_weights, tmp_path, monkeypatch):
-    from adcli.commands.train import _micro_batches
+    from adcli.commands.train.stages import micro_batch_count as _micro_batches
 
-    run = RunFolder(tmp_path / "run")
+    run = TrainingRun(tmp_path / "run")
     config = load_recipe("uniad", "test", [f"backbone.weights={mobilenet_weights}", "engine.accumulate=2"]).config
     run.start(config, tmp_path / "recipe.yaml", "test", micro_batches=4)  # started on 2 processes
     assert _micro_batches(config, Ranks(0, 1), run, resume=True) == 4  # one process: accumulate 4
@@ -144,7 +145,7 @@ def test_a_resume_keeps_the_micro_batches_it_started_with(prepared, mobilenet_we
 
 def test_mixed_precision_is_for_cuda_only(monkeypatch):
     from adcli.core.config import EngineConfig
-    from adcli.commands.train import _amp_dtype
+    from adcli.commands.train.loop import amp_dtype as _amp_dtype
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert _amp_dtype(EngineConfig(amp="bf16"), cpu) is None  # CPU training stays fp32

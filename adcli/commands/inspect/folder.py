@@ -44,7 +44,8 @@ from adcli.commands.inspect.render import HEATMAP_FORMATS, Caption, heatmap_name
 from adcli.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
 from adcli.commands.inspect.journal import JournalWriter, compact, latest_by_path, read_journal, unreported
 from adcli.core.progress import track
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.calibration_files import CalibrationFiles
+from adcli.bundle.model_bundle import Bundle
 from adcli.stats.thresholds import drift_z
 
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error", "note")
@@ -517,7 +518,7 @@ def bundle_identity(model_dir: Path) -> list:
     inode of the files a Detector reads (None for a missing one). Every router file is listed rather than
     the one calibration.json names: that would parse the calibration on every pass, and a recalibration
     replaces calibration.json (a new inode) anyway."""
-    names = (RunFolder.WEIGHTS, RunFolder.RECIPE, RunFolder.META, RunFolder.CALIBRATION)
+    names = (Bundle.WEIGHTS, Bundle.RECIPE, Bundle.META, CalibrationFiles.CALIBRATION)
     files = [model_dir / name for name in names] + sorted(model_dir.glob("routing*.safetensors"))
     return [_identity_now(path) for path in files]
 

@@ -101,6 +101,8 @@ class GradientStage:
     # Some trained parameters get no gradient in some steps (DiAD's discriminator before disc_start):
     # DistributedDataParallel must then look for them in every step's graph, at some cost.
     unused_parameters: bool = False
+    # An atomic checkpoint at least this often (and at each epoch's end): the recipe's train.checkpoint_minutes.
+    checkpoint_minutes: float = dataclasses.field(kw_only=True)
 
     def __post_init__(self):
         if self.optimizer not in ("adam", "adamw"):
@@ -124,7 +126,7 @@ Stage = GradientStage | FitStage
 class FrozenPretrained:
     """State-dict entries a method took unchanged from a pretrained weights folder and never trains
     (Stable Diffusion's autoencoder in DiAD): a bundle names the folder's weights file and its SHA-256
-    instead of storing them, so it is not gigabytes (adcli/bundle/run_folder.py; `adcli weights pack` copies them in)."""
+    instead of storing them, so it is not gigabytes (adcli/bundle/model_bundle.py; `adcli weights pack` copies them in)."""
 
     part: str  # what it is ("autoencoder"); also the folder name of a packed copy in RUN/pretrained/
     source: str  # the recipe's value, searched for again when the bundle loads

@@ -249,18 +249,21 @@ class DiAD(Method):
                                         self._autoencoder_groups, self._autoencoder_losses,
                                         keeps=("autoencoder.",), settings={"autoencoder": dataclasses.asdict(c.autoencoder),
                                                                            "perceptual": self._perceptual[0].description},
-                                        unused_parameters=bool(c.autoencoder.disc_start)))
+                                        unused_parameters=bool(c.autoencoder.disc_start),
+                                        checkpoint_minutes=c.train.checkpoint_minutes))
         latent_settings = {"autoencoder": dataclasses.asdict(c.autoencoder), "schedule": dataclasses.asdict(c.schedule)}
         if c.unet.pretrained is None:
             stages.append(GradientStage("denoiser", c.denoiser.epochs, c.denoiser.batch_size,
                                         self._groups([self.unet, self.context], c.denoiser.lr), self._denoiser_losses,
                                         keeps=("unet.", "context", "latent_scale"), make_data=self._latents,
                                         settings={**latent_settings, "unet": dataclasses.asdict(c.unet),
-                                                  "denoiser": dataclasses.asdict(c.denoiser)}))
+                                                  "denoiser": dataclasses.asdict(c.denoiser)},
+                                        checkpoint_minutes=c.train.checkpoint_minutes))
         if self.sg is not None:
             stages.append(GradientStage("sg", c.sg.epochs, c.sg.batch_size, self._groups(self._sg_trained(), c.sg.lr),
                                         self._denoiser_losses, keeps=("sg.", "sff.", "unet.", "context", "latent_scale"),
-                                        make_data=self._start_sg, settings={**latent_settings, "sg": dataclasses.asdict(c.sg)}))
+                                        make_data=self._start_sg, settings={**latent_settings, "sg": dataclasses.asdict(c.sg)},
+                                        checkpoint_minutes=c.train.checkpoint_minutes))
         return stages
 
     @property

@@ -159,7 +159,8 @@ class DiffusionAD(Method):
         settings = {"schedule": dataclasses.asdict(c.schedule), "unet": dataclasses.asdict(c.unet),
                     "segnet": dataclasses.asdict(c.segnet), "synth": synth_settings(c.synth), "train": train}
         return [GradientStage("model", c.train.epochs, c.train.batch_size, self.param_groups, self.training_losses,
-                              keeps=("unet.", "segnet."), settings=settings, synth=c.synth)]
+                              keeps=("unet.", "segnet."), settings=settings, synth=c.synth,
+                              checkpoint_minutes=c.train.checkpoint_minutes)]
 
     def param_groups(self, total_steps: int) -> tuple[list[dict], list]:
         """Optimizer groups and, per group, an lr multiplier function of the step."""

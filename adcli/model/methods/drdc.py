@@ -165,7 +165,8 @@ class DRDC(Method):
         fusion_settings = {**refine_settings, "fusion": dataclasses.asdict(c.fusion), "inference": fitting_settings(c.inference)}
         return [self.base.stage(c.train, c.inference.batch_size, keeps=("base.",)),
                 GradientStage("refine", c.refine.epochs, c.refine.batch_size, groups, self._refine_losses,
-                              keeps=("refine.",), settings=refine_settings, optimizer="adamw"),
+                              keeps=("refine.",), settings=refine_settings, optimizer="adamw",
+                              checkpoint_minutes=c.train.checkpoint_minutes),
                 FitStage("fusion", self._fit_units, keeps=("base_unit", "refine_unit"), settings=fusion_settings)]
 
     def _refine_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adcli.core.config import DataConfig, InferenceLoopConfig
+from adcli.core.config import DataConfig, EngineConfig, InferenceLoopConfig
 from adcli.model.coreset import greedy_coreset
 from adcli.data.batches import TrainImages, to_tensor
 from adcli.model.methods.base import AnomalyOutput, FitStage, Method, StageContext
@@ -57,6 +57,7 @@ class KnnConfig:
     backbone: BackboneConfig
     knn: KnnSettings
     inference: InferenceLoopConfig = InferenceLoopConfig()
+    engine: EngineConfig = EngineConfig()  # every recipe has one (the registry checks); knn has no gradient stage
 
 
 @register("knn", KnnConfig)

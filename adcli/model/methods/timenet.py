@@ -222,20 +222,23 @@ class TimeNet(Method):
         flow = coarse_noise.fingerprint_settings(
             {k: v for k, v in dataclasses.asdict(c.train).items() if k != "checkpoint_minutes"})
         stages = [GradientStage("flow", c.train.epochs, c.train.batch_size, self._groups(self.denoiser, c.train.lr),
-                        self._flow_losses, keeps=("denoiser.",), settings={"unet": dataclasses.asdict(c.unet), "train": flow})]
+                        self._flow_losses, keeps=("denoiser.",), settings={"unet": dataclasses.asdict(c.unet), "train": flow},
+                        checkpoint_minutes=c.train.checkpoint_minutes)]
         reflow = {k: v for k, v in dataclasses.asdict(c.reflow).items() if k != "rounds"}
         for k in range(1, c.reflow.rounds + 1):
             stages.append(GradientStage(f"reflow{k}", c.reflow.epochs, c.reflow.batch_size,
                                         self._groups(self.denoiser, c.reflow.lr), self._pair_losses, keeps=("denoiser.",),
                                         # "pairs": how pairs are made; a new way must not reuse old stages
                                         settings={"reflow": reflow, "pairs": "torch-dopri5, mixed-category chunks"},
-                                        make_data=lambda data, ctx, k=k: self._reflow_pairs(k, ctx)))
+                                        make_data=lambda data, ctx, k=k: self._reflow_pairs(k, ctx),
+                                        checkpoint_minutes=c.train.checkpoint_minutes))
         if self.tpn is not None:
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
             stages.append(GradientStage("tpn", c.tpn.epochs, c.tpn.batch_size, self._groups(self.tpn, c.tpn.lr),
                                         self._tpn_losses, keeps=("tpn.",), synth=c.synth,
                                         settings={"tpn": dataclasses.asdict(c.tpn), "synth": synth_settings(c.synth),
-                                          "perceptual": self._perceptual[0].description}))
+                                          "perceptual": self._perceptual[0].description},
+                                        checkpoint_minutes=c.train.checkpoint_minutes))
         return stages
 
     @staticmethod

@@ -161,7 +161,8 @@ class UniADBase(nn.Module):
 
         return GradientStage("base", train.epochs, train.batch_size, groups, self.losses, keeps=keeps, settings=settings,
                              make_data=lambda data, ctx: self.training_features(data, ctx, batch_size),
-                             optimizer="adamw", clip_grad_norm=train.clip_grad_norm)
+                             optimizer="adamw", clip_grad_norm=train.clip_grad_norm,
+                             checkpoint_minutes=train.checkpoint_minutes)
 
 
 @register("uniad", UniADConfig)

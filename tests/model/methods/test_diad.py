@@ -11,7 +11,7 @@ from adcli.model.methods.base import StageContext
 from adcli.model.methods.diad import DiAD
 from adcli.model.recipe import load_recipe
 from adcli.model.registry import get_method, method_names
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 from adcli.commands.train import train
 
 
@@ -148,7 +148,7 @@ def test_three_stages_kept_and_bundle_predicts(run):
     assert "disc" in (run / "results.csv").read_text().splitlines()[0]
     scale = float(weights["latent_scale"])
     assert scale > 0 and scale != 1.0  # fitted: scale_factor null in the test profile
-    model, _ = RunFolder(run).load_model()
+    model, _ = Bundle(run).load_model()
     images = torch.rand(2, 3, 32, 32)
     out = model.predict(images, torch.tensor([0, 1]))
     assert out.anomaly_map.shape == (2, 32, 32) and out.reconstruction.shape == (2, 3, 32, 32)
@@ -182,8 +182,8 @@ def test_standardised_image_score_is_fitted_after_the_trained_stages(run, prepar
     log = (z / "train.log").read_text()
     assert all(f"stage {name}: reusing" in log for name in ("autoencoder", "denoiser", "sg"))
     assert (z / "stages" / "score_scale.safetensors").is_file()
-    model, meta = RunFolder(z).load_model()
-    plain, _ = RunFolder(run).load_model()
+    model, meta = Bundle(z).load_model()
+    plain, _ = Bundle(run).load_model()
     cats = meta["categories"]
     data = TrainImages([s for s in load_manifest(prepared) if s.split == "train" and s.category in cats], cats, 32)
     for c in range(len(cats)):
@@ -235,10 +235,10 @@ def test_bundle_references_frozen_pretrained_weights_and_packs_them(prepared, mo
     assert references["unet"]["source"] == "tiny-sd"
 
     images = torch.rand(2, 3, 32, 32)
-    model, _ = RunFolder(out).load_model()
+    model, _ = Bundle(out).load_model()
     expected = model.predict(images, torch.tensor([0, 0])).score
     assert torch.equal(model.autoencoder.decoder.conv_out.weight, source.autoencoder.decoder.conv_out.weight)
-    model_id = RunFolder(out).model_id()
+    model_id = Bundle(out).model_id()
 
     # Other content under the same name is refused, not silently used.
     vae_file = weights_dir / "tiny-sd" / "vae" / "diffusion_pytorch_model.safetensors"
@@ -246,7 +246,7 @@ def test_bundle_references_frozen_pretrained_weights_and_packs_them(prepared, mo
     torch.manual_seed(3)
     DiAD(config, ["a"]).autoencoder.save_pretrained(weights_dir / "tiny-sd" / "vae")
     with pytest.raises(BundleError, match="not the autoencoder weights"):
-        RunFolder(out).load_model()
+        Bundle(out).load_model()
     vae_file.write_bytes(original)
 
     from typer.testing import CliRunner
@@ -256,12 +256,12 @@ def test_bundle_references_frozen_pretrained_weights_and_packs_them(prepared, mo
     assert result.exit_code == 0 and result.output.count("copied") == 2, result.output
     assert sorted(p.name for p in (out / "pretrained" / "unet").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     monkeypatch.delenv("ADCLI_WEIGHTS_DIR")
-    packed, _ = RunFolder(out).load_model()  # the folder alone is enough now
+    packed, _ = Bundle(out).load_model()  # the folder alone is enough now
     assert torch.equal(packed.predict(images, torch.tensor([0, 0])).score, expected)
-    assert RunFolder(out).model_id() == model_id  # a calibration stays valid
-    assert RunFolder(out).pack() == []  # nothing left to copy
+    assert Bundle(out).model_id() == model_id  # a calibration stays valid
+    assert Bundle(out).pack() == []  # nothing left to copy
     assert CliRunner().invoke(app, ["weights", "pack", str(out)]).output.count("already packed") == 2
 
     (out / "pretrained" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(BundleError, match="does not hold.*tiny-sd"):
-        RunFolder(out).load_model()
+        Bundle(out).load_model()

@@ -98,7 +98,7 @@ def test_standardised_image_score_reuses_the_trained_model_and_fits_per_pixel_st
     from adcli.data.batches import TrainImages
     from adcli.data.manifest import load_manifest
     from adcli.model.postprocess import evenly_spaced
-    from adcli.bundle.run_folder import RunFolder
+    from adcli.bundle.model_bundle import Bundle
     from adcli.model.score_maps import pixel_statistics, top_k_mean
     from adcli.commands.train import train
 
@@ -109,8 +109,8 @@ def test_standardised_image_score_reuses_the_trained_model_and_fits_per_pixel_st
     recipe = load_recipe("diffusionad", "test", ["scoring.image_score=standardised", "scoring.normal_images=3"])
     z = train(prepared, tmp_path / "z", recipe, device="cpu", stages_from=plain)
     assert sorted(p.name for p in (z / "stages").iterdir()) == ["model.safetensors", "score_scale.safetensors"]
-    model, meta = RunFolder(z).load_model()
-    plain_model, _ = RunFolder(plain).load_model()
+    model, meta = Bundle(z).load_model()
+    plain_model, _ = Bundle(plain).load_model()
     assert all(torch.equal(v, plain_model.state_dict()[k]) for k, v in model.state_dict().items()
                if k.startswith(("unet.", "segnet.")))
     cats = meta["categories"]
@@ -128,7 +128,7 @@ def test_standardised_image_score_reuses_the_trained_model_and_fits_per_pixel_st
 
 
 def test_only_settings_that_change_the_weights_change_the_model_stage_fingerprint():
-    from adcli.commands.train import _fingerprints
+    from adcli.commands.train.stages import fingerprints as _fingerprints
 
     samples = []
     base = load_recipe("diffusionad", "test").config

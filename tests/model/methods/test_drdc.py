@@ -9,7 +9,7 @@ from adcli.core.errors import RecipeError
 from adcli.model.methods.drdc import DRDC
 from adcli.model.recipe import load_recipe
 from adcli.model.registry import get_method
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 from adcli.commands.train import train
 
 
@@ -56,7 +56,7 @@ def test_base_stage_reused_from_uniad_and_calls_in_meta(runs):
 
 
 def test_one_unet_call_per_step_for_all_sets_grids_and_images(runs):
-    model, _ = RunFolder(runs[1]).load_model()
+    model, _ = Bundle(runs[1]).load_model()
     rows = []
     model.refine.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
     images = torch.rand(3, 3, 32, 32)
@@ -67,7 +67,7 @@ def test_one_unet_call_per_step_for_all_sets_grids_and_images(runs):
 
 
 def test_fusion_weighs_each_map_in_its_training_normal_unit(runs, monkeypatch):
-    model, _ = RunFolder(runs[1]).load_model()
+    model, _ = Bundle(runs[1]).load_model()
     assert (model.base_unit > 0).all() and (model.refine_unit > 0).all() and not torch.equal(model.base_unit, torch.ones(2))
     model.base_unit.copy_(torch.tensor([2.0, 4.0]))
     model.refine_unit.copy_(torch.tensor([0.5, 1.0]))
@@ -107,7 +107,7 @@ def test_inspect_says_how_many_unet_calls_an_image_costs(runs, demo_root, tmp_pa
 
 def test_ddim_starts_from_the_image_noised_to_start_t(runs):
     from adcli.core.device import fixed_noise
-    model, _ = RunFolder(runs[1]).load_model()
+    model, _ = Bundle(runs[1]).load_model()
     first = []
     model.refine.register_forward_hook(lambda module, args, out: first.append(args[0][:, :3].clone()) if not first else None)
     images = torch.rand(1, 3, 32, 32)
@@ -133,8 +133,8 @@ def test_standardised_image_score_is_fitted_after_fusion(runs, prepared, mobilen
               device="cpu", stages_from=drdc)
     log = (z / "train.log").read_text()
     assert all(f"stage {name}: reusing" in log for name in ("base", "refine", "fusion"))
-    model, meta = RunFolder(z).load_model()
-    plain, _ = RunFolder(drdc).load_model()
+    model, meta = Bundle(z).load_model()
+    plain, _ = Bundle(drdc).load_model()
     cats = meta["categories"]
     data = TrainImages([s for s in load_manifest(prepared) if s.split == "train" and s.category in cats], cats, 32)
     for c in range(len(cats)):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 from adcli.commands.inspect import inspect_folder
 from adcli.model.recipe import load_recipe
 from adcli.commands.train import train
@@ -14,7 +14,7 @@ from tests.conftest import FakeTrainImages
 def test_knn_bank_bundle_and_inspect(prepared, demo_root, tmp_path, mobilenet_weights):
     recipe = load_recipe("knn", "test", [f"backbone.weights={mobilenet_weights}"])
     run = train(prepared, tmp_path / "run", recipe, device="cpu")
-    model, meta = RunFolder(run).load_model()
+    model, meta = Bundle(run).load_model()
     assert meta["method"] == "knn" and set(model.banks) == {"disc", "weave"}
     # 8 train images × 8×8 patches, half kept by the coreset
     assert model.banks["disc"].shape == (256, 24 + 32)

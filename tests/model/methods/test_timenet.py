@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from adcli.data.manifest import load_manifest
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 from adcli.core.errors import RecipeError
 from adcli.model.methods.timenet import TimeNet
 from adcli.model.nets.unet import UNet
@@ -81,7 +81,7 @@ def test_three_stages_kept_and_bundle_predicts(run, prepared):
     final, reflow, tpn = _weights(run), load_file(run / "stages" / "reflow1.safetensors"), load_file(run / "stages" / "tpn.safetensors")
     assert all(torch.equal(final[k], v) for k, v in {**reflow, **tpn}.items())
     assert set(reflow) == {k for k in final if k.startswith("denoiser.")}
-    model, _ = RunFolder(run).load_model()
+    model, _ = Bundle(run).load_model()
     images = torch.rand(2, 3, 32, 32)
     out = model.predict(images, torch.tensor([0, 1]))
     assert out.anomaly_map.shape == (2, 32, 32) and out.score.shape == (2,) and out.reconstruction.shape == (2, 3, 32, 32)
@@ -165,13 +165,13 @@ def test_without_tpn_one_step_is_the_rectified_flow_update(backbone_weights):
 
 
 def test_same_weights_other_inference_settings_is_another_model(run, prepared, backbone_weights, tmp_path):
-    from adcli.bundle.run_folder import RunFolder
+    from adcli.bundle.model_bundle import Bundle
 
     a = train(prepared, tmp_path / "one", _recipe(backbone_weights, ["tpn.enabled=false"]), device="cpu", stages_from=run)
     b = train(prepared, tmp_path / "three", _recipe(backbone_weights, ["tpn.enabled=false", "inference.steps=3"]),
               device="cpu", stages_from=run)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert RunFolder(a).model_id() != RunFolder(b).model_id()  # inspect and report must not reuse one's results for the other
+    assert Bundle(a).model_id() != Bundle(b).model_id()  # inspect and report must not reuse one's results for the other
 
 
 def _fitted_on_random_images(backbone_weights, tmp_path, overrides, seed):
@@ -274,7 +274,7 @@ def test_standardised_image_score_refits_only_the_score_stage(run, prepared, bac
     w = _weights(z)
     assert all(torch.equal(w[k], v) for k, v in _weights(run).items())
     assert w["map_stats.mean"].shape == w["map_stats.spread"].shape == (2, 32, 32) and bool((w["map_stats.spread"] > 0).all())
-    model, _ = RunFolder(z).load_model()
+    model, _ = Bundle(z).load_model()
     assert torch.equal(model.map_stats.spread, w["map_stats.spread"])
 
 
@@ -285,7 +285,7 @@ def test_normals_normaliser_reuses_the_trained_stages(run, prepared, backbone_we
     w = _weights(fixed)
     assert all(torch.equal(w[k], v) for k, v in _weights(run).items())
     assert w["score_maxima"].shape == (2, 3, 2) and bool((w["score_maxima"] > 0).all())
-    model, _ = RunFolder(fixed).load_model()
+    model, _ = Bundle(fixed).load_model()
     assert torch.equal(model.score_maxima, w["score_maxima"])
 
 
@@ -308,7 +308,7 @@ def test_probe_defects_example_reports_every_defect_type(run, prepared):
 
 
 def test_timestep_map_is_the_tpns_t_that_predict_uses(run):
-    model, _ = RunFolder(run).load_model()
+    model, _ = Bundle(run).load_model()
     model.eval()
     seen = []
     model.tpn.register_forward_hook(lambda module, args, out: seen.append(out[0]))

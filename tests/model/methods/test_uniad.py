@@ -8,7 +8,7 @@ import torch
 from adcli.model.methods.uniad import UniAD
 from adcli.model.recipe import load_recipe
 from adcli.model.registry import get_method
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.model_bundle import Bundle
 from adcli.commands.train import train
 
 
@@ -47,7 +47,7 @@ def test_trains_with_adamw_clipping_and_the_lr_drop(prepared, mobilenet_weights,
     assert [float(r["lr"]) for r in rows] == pytest.approx([1e-4, 1e-5])  # x0.1 from epoch lr_drop_epoch + 1
     assert (run / "stages" / "base.safetensors").is_file()
 
-    model, _ = RunFolder(run).load_model()
+    model, _ = Bundle(run).load_model()
     images = torch.rand(2, 3, 32, 32)
     out = model.predict(images, torch.tensor([0, 1]))
     features = model.base.align(images)
@@ -71,8 +71,8 @@ def test_standardised_image_score_is_fitted_after_the_base_stage(prepared, mobil
                                             "scoring.normal_images=3"])
     z = train(prepared, tmp_path / "z", recipe, device="cpu", stages_from=plain)
     assert sorted(p.name for p in (z / "stages").iterdir()) == ["base.safetensors", "score_scale.safetensors"]
-    model, meta = RunFolder(z).load_model()
-    plain_model, _ = RunFolder(plain).load_model()
+    model, meta = Bundle(z).load_model()
+    plain_model, _ = Bundle(plain).load_model()
     assert all(torch.equal(v, plain_model.state_dict()[k]) for k, v in model.state_dict().items() if k.startswith("base."))
     cats = meta["categories"]
     data = TrainImages([s for s in load_manifest(prepared) if s.split == "train" and s.category in cats], cats, 32)

@@ -31,7 +31,7 @@ from adcli.commands.inspect import inspect_folder
 from adcli.core.io import decode_image
 from adcli.commands.inspect.journal import read_journal
 from adcli.model.recipe import load_recipe
-from adcli.bundle.run_folder import RunFolder
+from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.commands.train import train
 from tests.conftest import save_png
 
@@ -234,7 +234,7 @@ def test_malformed_bundle_files_are_one_line_errors_with_exit_2(run, tmp_path, m
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     # The router's file is the one calibration.json names (routing-HASH.safetensors).
-    target = RunFolder(copy).calibration_files()[1] if file == "routing.safetensors" else copy / file
+    target = CalibrationFiles(copy).calibration_files()[1] if file == "routing.safetensors" else copy / file
     if file == "meta.json" and content is None:
         meta = json.loads(target.read_text())
         meta["categories"] = "disc"
@@ -367,12 +367,12 @@ def test_prepare_does_not_follow_links_out_of_the_dataset(demo_root, tmp_path):
 
 def test_train_killed_before_its_first_checkpoint_can_resume(prepared, tmp_path):
     from adcli.core.errors import BundleError
-    from adcli.bundle.run_folder import RunFolder
+    from adcli.bundle.training_state import TrainingRun
 
     recipe = load_recipe("diffusionad", "test")
-    RunFolder(tmp_path / "r").start(recipe.config, recipe.path, "test")  # what a kill right after start leaves
+    TrainingRun(tmp_path / "r").start(recipe.config, recipe.path, "test")  # what a kill right after start leaves
     train(prepared, tmp_path / "r", resume=True, device="cpu")
-    assert RunFolder(tmp_path / "r").is_finished
+    assert TrainingRun(tmp_path / "r").bundle.is_finished
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
     with pytest.raises(BundleError, match="is not empty .* and is not an adcli run"):
