@@ -49,7 +49,7 @@ from adcli.model.nets.features import BackboneConfig, FeatureExtractor, random_b
 from adcli.model.nets.perceptual import perceptual_loss
 from adcli.model.postprocess import ImageScoring, check_image_score
 from adcli.model.registry import register
-from adcli.core.device import fixed_noise
+from adcli.core.device import fixed_noise, seeded
 from adcli.model.score_maps import cosine_distance, gaussian_blur, pooled_max, upsample_sum
 
 
@@ -335,7 +335,10 @@ class DiAD(Method):
 
     def _make_perceptual(self) -> nn.Module:
         ac = self.config.autoencoder
-        loss = perceptual_loss(ac.perceptual, ac.perceptual_weights, fallback=self.config.backbone if ac.perceptual_fallback else None)
+        # Seeded: a fallback backbone without weights (the test profile's) is initialised at random, and
+        # this runs when training starts, outside the seeded construction of the model.
+        with seeded(self.config.seed):
+            loss = perceptual_loss(ac.perceptual, ac.perceptual_weights, fallback=self.config.backbone if ac.perceptual_fallback else None)
         return loss.to(self.latent_scale.device)
 
     def _autoencoder_losses(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
