@@ -14,3 +14,12 @@ def load(run, device: str = "auto", batch_size: int | None = None, backend: str 
     from adcli.inference.detector import Detector
 
     return Detector.load(run, device, batch_size, backend)
+
+
+def __getattr__(name: str):
+    """`adcli.Detector` (from adcli.inference.detector), imported on first use."""
+    if name == "Detector":
+        from adcli.inference.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'adcli' has no attribute {name!r}")

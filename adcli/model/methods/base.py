@@ -2,7 +2,7 @@
 
 A method is an `nn.Module` subclass of `Method`, registered by name (adcli/model/registry.py). It declares
 
-- `method_stages()`: how it is trained, as a list of stages that adcli/commands/train.py runs in order:
+- `method_stages()`: how it is trained, as a list of stages that adcli/commands/train/ runs in order:
   `GradientStage` (an optimizer loop over batches) or `FitStage` (one pass over the training images,
   e.g. a memory bank). Nothing else about training is guessed from the model; `stages()` adds the
   `score_scale` stage its image score needs;

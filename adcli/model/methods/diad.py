@@ -2,7 +2,7 @@
 (SG) network with an SFF block; anomalies scored by comparing pretrained features of the input and
 its reconstruction.
 
-Training, in stages (adcli/commands/train.py runs them; each is resumable and kept in RUN/stages/):
+Training, in stages (adcli/commands/train/ runs them; each is resumable and kept in RUN/stages/):
   autoencoder  the KL autoencoder on train/good: L1 + perceptual + KL (weight 1e-6, relative to the
                per-image sums as in LDM's loss), and from `disc_start` on a patch discriminator's
                adversarial term (adcli/model/nets/discriminator.py). With `autoencoder.pretrained` (SD 1.5's

@@ -1,6 +1,6 @@
 """TimeNet: class-conditional rectified flow, reflow, and a timestep-perceptive network; one step.
 
-Training, in stages (adcli/commands/train.py runs them; each is resumable and kept in RUN/stages/):
+Training, in stages (adcli/commands/train/ runs them; each is resumable and kept in RUN/stages/):
   flow       v_0: a class-conditional UNet trained with the rectified-flow loss on normal images,
              X_t = t·X_1 + (1 − t)·X_0, target X_1 − X_0, t ~ U[t_min, 1]  (eq. 4)
   reflow<k>  k = 1..reflow.rounds: (X_0, X_1 = ODE[v_{k−1}](X_0 | c)) pairs per category, solved with
