@@ -100,7 +100,8 @@ def train(
     data: Annotated[Path, typer.Option("--data", help="Prepared dataset folder (adcli prepare --out).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder; becomes the model bundle.")],
     recipe: Annotated[Optional[str], typer.Option("--recipe", help=f"Built-in recipe ({', '.join(recipe_names())}) "
-                                                  "or a YAML path.")] = None,
+                                                  "or a YAML path. CPU-only line: knn (measured best on a CPU; the "
+                                                  "diffusion recipes' paper settings need a GPU: docs/recipes.md).")] = None,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Named profile of the recipe: cpu, demo, test.")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.epochs=5.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",

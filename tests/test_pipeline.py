@@ -145,3 +145,25 @@ def test_bundle_format_errors(run, prepared, tmp_path):
         Bundle(tmp_path / "nope").load_model()
     with pytest.raises(BundleError, match="already holds a finished model"):
         _train(prepared, run)
+
+
+def test_a_test_profile_model_and_a_cpu_trap_say_so(prepared, demo_root, tmp_path):
+    """train's first line points a CPU-only line at knn; calibrate and inspect name a test-profile model."""
+    import io
+
+    from rich.console import Console
+
+    from adcli.commands.calibrate import calibrate
+
+    said = io.StringIO()
+    run = train(prepared, tmp_path / "run", load_recipe("diffusionad", "test"), device="cpu",
+                console=Console(file=said, width=300))
+    assert said.getvalue().splitlines()[0].startswith("note: for a CPU-only line use --recipe knn")
+    warning = f"warning: {run} was trained with the test profile: for tests only, not for a line"
+    said = io.StringIO()
+    calibrate(run, prepared, 0.2, device="cpu", console=Console(file=said, width=300))
+    assert said.getvalue().splitlines()[0] == warning
+    said = io.StringIO()
+    inspect_folder(demo_root / "weave" / "test", run, tmp_path / "out", device="cpu", category="weave",
+                   console=Console(file=said, width=300))
+    assert said.getvalue().splitlines()[0] == warning

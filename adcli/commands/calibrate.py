@@ -188,6 +188,8 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
         raise AdcliError("nothing to calibrate from: give --data PREPARED (its calib split), --normals FOLDER "
                          "[--category NAME], or --threshold CATEGORY=VALUE")
     detector = Detector.load(run, device, batch_size, bad_calibration="drop")
+    if detector.test_profile_warning:
+        console.print(f"[yellow]warning:[/] {escape(detector.test_profile_warning)}", highlight=False)
     if detector.dropped_calibration:
         # The reason ends in "run `adcli calibrate` again": that is what this call does.
         reason = detector.dropped_calibration.split("; run `adcli calibrate")[0]

@@ -148,6 +148,14 @@ class Detector:
         return cls(bundle, model, meta, model_id, calibration, dev, batch_size or model.inference_batch_size, backend,
                    router, dropped)
 
+    @property
+    def test_profile_warning(self) -> str | None:
+        """The line calibrate and inspect print for a model trained with a recipe's `test` profile (a few
+        seconds of training on tiny images: it cannot find real defects), else None."""
+        if self.meta.get("profile") != "test":
+            return None
+        return f"{self.bundle.path} was trained with the test profile: for tests only, not for a line"
+
     # ---- categories and thresholds -------------------------------------------------------------
     @property
     def map_range(self) -> tuple[float, float] | None:

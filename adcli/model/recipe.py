@@ -1,7 +1,8 @@
 """Recipes: strict YAML -> frozen dataclasses, with named profiles and `--set` overrides.
 
 A recipe file holds the paper's settings plus `profiles:`, each a mapping of dotted keys to values
-that override the paper settings (`cpu`, `demo`, `test`). Loading resolves, in order: the file,
+that override the paper settings (`cpu`, `demo`, `test`), and optionally `on_cpu:`, one line `adcli
+train` prints first (where knn is the better choice on a CPU-only line). Loading resolves, in order: the file,
 the chosen profile, then `--set key=value` overrides. Any unknown key, wrong type or missing value is
 a RecipeError naming the key and the file.
 """
@@ -22,6 +23,7 @@ import yaml
 from adcli.core.errors import RecipeError
 
 _FLOAT_WITHOUT_DOT = re.compile(r"[-+]?\d+[eE][-+]?\d+")
+_NOT_SETTINGS = ("profiles", "on_cpu")  # top-level keys of a recipe file that are not the method's settings
 
 
 def recipes_dir() -> Path:
@@ -86,7 +88,7 @@ def set_dotted(tree: dict, dotted: str, value: Any, source: str, recipe: str = "
         if part not in node or (i < len(parts) - 1 and not isinstance(node[part], dict)):
             kind = "section" if i < len(parts) - 1 else "key"
             place = f"section '{where}'" if where else (f"recipe {recipe}" if recipe else "the recipe")
-            names = ", ".join(sorted(k for k in node if k != "profiles"))
+            names = ", ".join(sorted(k for k in node if k not in _NOT_SETTINGS))
             raise RecipeError(f"{source}: {place} has no {kind} '{part}' (it has: {names})")
         if i < len(parts) - 1:
             node = node[part]
@@ -97,6 +99,7 @@ def resolve_tree(path: Path, profile: str | None, overrides: typing.Sequence[str
     """The recipe's settings after the profile and `--set` overrides, as a plain dict."""
     raw = read_yaml(path)
     profiles = raw.pop("profiles", {}) or {}
+    raw.pop("on_cpu", None)
     tree = copy.deepcopy(raw)
     if profile:
         if profile not in profiles:
@@ -188,6 +191,7 @@ class LoadedRecipe:
     config: Any  # the method's frozen config dataclass
     path: Path
     profile: str | None
+    on_cpu: str | None = None  # the recipe's advice for CPU-only lines (its `on_cpu:` line)
 
 
 def load_recipe(name_or_path: str, profile: str | None = None, overrides: typing.Sequence[str] = ()) -> LoadedRecipe:
@@ -201,7 +205,10 @@ def load_recipe(name_or_path: str, profile: str | None = None, overrides: typing
     spec = get_method(method_name, source=str(path))
     source = f"{path}" + (f" (profile '{profile}')" if profile else "")
     try:
-        return LoadedRecipe(build(spec.config_cls, tree, source), path, profile)
+        on_cpu = read_yaml(path).get("on_cpu")
+        if on_cpu is not None and not isinstance(on_cpu, str):
+            raise RecipeError(f"{path}: 'on_cpu' must be one line of text")
+        return LoadedRecipe(build(spec.config_cls, tree, source), path, profile, on_cpu)
     except RecipeError as exc:
         if not overrides:
             raise

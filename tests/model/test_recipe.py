@@ -74,3 +74,30 @@ def test_bad_files_name_the_file(tmp_path):
 def test_invalid_values_are_rejected():
     with pytest.raises(RecipeError, match="t_s < inference.t_b"):
         load_recipe("diffusionad", overrides=["inference.t_s=500"])
+
+
+@pytest.mark.parametrize("name", ["diffusionad", "timenet", "diad", "drdc", "uniad", "knn"])
+def test_profiles_take_their_defaults_from_the_data(name):
+    """A profile must work on any user's data: no texture folder inside a demo's output, no category
+    names of the demo data (both come from the data: procedural textures, object or texture per category)."""
+    for profile in ("cpu", "demo", "test"):
+        synth = getattr(load_recipe(name, profile).config, "synth", None)
+        if synth is not None:
+            assert synth.texture_dir is None and synth.object_categories is None, (name, profile)
+
+
+def test_the_diffusion_recipes_point_cpu_lines_at_knn():
+    for name in ("diffusionad", "timenet", "diad", "drdc", "uniad"):
+        note = load_recipe(name, "cpu").on_cpu
+        assert note and "--recipe knn" in note and "GPU" in note, name
+    assert load_recipe("knn", "cpu").on_cpu is None
+
+
+def test_on_cpu_is_not_a_setting(tmp_path):
+    text = (recipes_dir() / "uniad.yaml").read_text()
+    with pytest.raises(RecipeError, match=r"has no section 'on_cpu' \(it has: backbone, data, engine"):
+        load_recipe("uniad", overrides=["on_cpu.x=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace('on_cpu: "', 'on_cpu: ["', 1).replace('(docs/gpu.md)"\n', '(docs/gpu.md)"]\n', 1))
+    with pytest.raises(RecipeError, match="'on_cpu' must be one line of text"):
+        load_recipe(str(bad))

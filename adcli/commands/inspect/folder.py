@@ -33,6 +33,7 @@ from typing import Callable, Union
 import numpy as np
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 
 from adcli.bundle.calibration import Calibration
 from adcli.data.manifest import IMAGE_EXTENSIONS
@@ -265,6 +266,8 @@ def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend
     them: their images get the verdict `uncalibrated` (exit 6), never OK. A category the router does not
     know would send its images to the nearest calibrated product, where they could pass: refused."""
     detector = Detector.load(model_dir, device, batch_size, backend)
+    if detector.test_profile_warning:
+        console.print(f"[yellow]warning:[/] {escape(detector.test_profile_warning)}", highlight=False)
     missing = detector.uncalibrated(category)
     routed = detector.router.profiles if detector.router is not None else {}
     auto = category in (None, "auto")

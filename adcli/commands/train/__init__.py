@@ -87,6 +87,9 @@ def _train(prepared, run: TrainingRun, recipe: LoadedRecipe | None, resume: bool
            stages_from, ranks: Ranks) -> Path:
     out = run.path
     run.check_resumable() if resume else run.check_new()  # every rank, so every rank stops with the same line
+    output = TrainOutput(console)
+    if recipe is not None and recipe.on_cpu and not resume:
+        output.say(f"note: {recipe.on_cpu}")
     ranks.barrier()  # rank 0 starts the folder only after this (later), so no rank sees it half-made
     samples = [s for s in load_manifest(prepared) if s.split == "train"]  # never calib, never test
     if not samples:
@@ -113,7 +116,6 @@ def _train(prepared, run: TrainingRun, recipe: LoadedRecipe | None, resume: bool
     # Textures can fail (a missing folder): also before the image load.
     synth = next((s.synth for s in stages if isinstance(s, GradientStage) and s.synth is not None), None)
     textures = Synthesizer.textures_for(synth, size, config.seed) if synth is not None else []
-    output = TrainOutput(console)
     with track(console, "loading images", len(samples)) as task:
         data = TrainImages(samples, categories, size, progress=task.advance)
     synthesizer = synthesizer_for(synth, data, textures, output)
