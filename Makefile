@@ -32,18 +32,20 @@ define demo_recipe
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 1 ] || exit $$rc; \
 	done
 	$(VENV)/bin/adcli report demo/$(2)run --data demo/prepared --out demo/$(2)report
+	$(PY) -m adcli.data.demo --verdict demo/$(2)report $(1) | tee -a demo/verdicts.txt
 endef
 
 demo: $(STAMP)
 	rm -rf demo
 	$(PY) -m adcli.data.demo demo/data
 	$(VENV)/bin/adcli prepare demo/data/mvtec --out demo/prepared
-	$(call demo_recipe,diffusionad,)
 	$(call demo_recipe,knn,knn_)
 	$(call demo_recipe,timenet,timenet_)
-	@echo "DiffusionAD: heatmaps demo/inspect/heatmaps, results demo/inspect/results.csv, report demo/report/report.html"
-	@echo "knn baseline: heatmaps demo/knn_inspect/heatmaps, report demo/knn_report/report.html"
+	$(call demo_recipe,diffusionad,diffusionad_)
+	@echo "knn (the recipe for a CPU-only line): heatmaps demo/knn_inspect/heatmaps, results demo/knn_inspect/results.csv, report demo/knn_report/report.html"
 	@echo "TimeNet: heatmaps demo/timenet_inspect/heatmaps, report demo/timenet_report/report.html"
+	@echo "DiffusionAD: heatmaps demo/diffusionad_inspect/heatmaps, report demo/diffusionad_report/report.html"
+	@cat demo/verdicts.txt
 
 # DiAD on the same data. Not part of `make demo`, which already takes longer than its 10-minute budget
 # on a slow 2-core PC; run it after (or instead of) `make demo`.
