@@ -53,6 +53,10 @@ from adcli.core.device import fixed_noise, seeded
 from adcli.model.score_maps import cosine_distance, gaussian_blur, pooled_max, upsample_sum
 
 
+# Streams of DiAD._seeded: the discriminator's initial weights, the SG network's fresh hint encoder.
+_DISCRIMINATOR_STREAM, _SG_STREAM = 1, 2
+
+
 @dataclasses.dataclass(frozen=True)
 class AutoencoderConfig(ldm.AutoencoderArch):
     pretrained: str | None = None  # a local diffusers AutoencoderKL folder (or an SD checkout with vae/); null = train
@@ -244,7 +248,9 @@ class DiAD(Method):
         if self._trains_autoencoder:
             self._perceptual = [self._make_perceptual()]  # here, before the images load: missing weights fail fast
             if c.autoencoder.disc_start is not None and self.discriminator is None:
-                self.discriminator = PatchDiscriminator(3, c.autoencoder.disc_channels, c.autoencoder.disc_layers).to(self.latent_scale.device)
+                with self._seeded(_DISCRIMINATOR_STREAM):
+                    disc = PatchDiscriminator(3, c.autoencoder.disc_channels, c.autoencoder.disc_layers)
+                self.discriminator = disc.to(self.latent_scale.device)
             stages.append(GradientStage("autoencoder", c.autoencoder.epochs, c.autoencoder.batch_size,
                                         self._autoencoder_groups, self._autoencoder_losses,
                                         keeps=("autoencoder.",), settings={"autoencoder": dataclasses.asdict(c.autoencoder),
@@ -333,6 +339,12 @@ class DiAD(Method):
             return super().pretrained_state(part, folder)
         return {f"{part}.{k}": v for k, v in module.state_dict().items()}
 
+    def _seeded(self, stream: int):
+        """A seeded block for what training draws outside the model's seeded construction: torch's global
+        generator starts from a different seed in every process. A stream of its own per use, from the
+        recipe seed (as the training loop keys its steps), so no two such draws repeat each other."""
+        return seeded(int(np.random.default_rng([self.config.seed, stream]).integers(2**62)))
+
     def _make_perceptual(self) -> nn.Module:
         ac = self.config.autoencoder
         # Seeded: a fallback backbone without weights (the test profile's) is initialised at random, and
@@ -411,7 +423,8 @@ class DiAD(Method):
     def _start_sg(self, data, ctx: StageContext) -> TrainingLatents:
         """The SG stage starts from a copy of the trained denoiser's encoder (a resumed stage then loads
         its checkpoint over it), with zero convolutions, so its first step is the plain LDM's."""
-        ldm.copy_encoder_into(self.sg, self.unet)
+        with self._seeded(_SG_STREAM):  # the hint encoder's convolutions are drawn afresh
+            ldm.copy_encoder_into(self.sg, self.unet)
         if self.sff is not None:
             self.sff.zero_()
         return self._latents(data, ctx)

@@ -156,6 +156,28 @@ def test_three_stages_kept_and_bundle_predicts(run):
     assert torch.equal(model.predict(images, torch.tensor([0, 1])).score, out.score)  # one fixed noise draw
 
 
+def _weights(run) -> dict[str, torch.Tensor]:
+    files = [run / "model.safetensors", *sorted((run / "stages").iterdir())]
+    return {f"{f.name}:{k}": v for f in files for k, v in load_file(f).items()}
+
+
+def test_same_seed_same_weights_whatever_the_global_torch_seed(run, prepared, mobilenet_weights, tmp_path):
+    """torch's global generator starts from a different seed in every process: a run (and the SG stage
+    trained alone on reused stages) must not draw from it unseeded, or the same seed gives other weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(12345)  # another process's global state
+        again = _weights(train(prepared, tmp_path / "again", _recipe(mobilenet_weights), device="cpu"))
+    first = _weights(run)
+    assert again.keys() == first.keys() and [k for k in first if not torch.equal(first[k], again[k])] == []
+    sg_alone = []
+    for global_seed in (1, 2):
+        with torch.random.fork_rng():
+            torch.manual_seed(global_seed)
+            sg_alone.append(load_file(train(prepared, tmp_path / f"sg{global_seed}", _recipe(mobilenet_weights, ["sg.lr=3e-4"]),
+                                            device="cpu", stages_from=run) / "stages" / "sg.safetensors"))
+    assert [k for k, v in sg_alone[0].items() if not torch.equal(v, sg_alone[1][k])] == []
+
+
 def test_plain_ldm_ablation_reuses_the_autoencoder_and_denoiser(run, prepared, mobilenet_weights, tmp_path):
     plain = train(prepared, tmp_path / "plain", _recipe(mobilenet_weights, ["sg.enabled=false"]), device="cpu", stages_from=run)
     w = load_file(plain / "model.safetensors")
