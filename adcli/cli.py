@@ -301,11 +301,12 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
                       highlight=False)
         for row in summary.rows:
             if row["verdict"] == "DEFECT":
-                console.print(f"  DEFECT {escape(row['path'])} ({row['category']}: score {row['score']} >= {row['threshold']})",
-                              highlight=False)
+                console.print(f"  DEFECT {escape(row['path'])} ({row['category']}: score {row['score_normalised']} "
+                              f"(raw {row['score']} >= threshold {row['threshold']}))", highlight=False)
             elif row["verdict"] == "UNKNOWN_CATEGORY":
                 console.print(f"  UNKNOWN_CATEGORY {escape(row['path'])} (like no trained product; nearest "
-                              f"{row['category']}: score {row['score']} < {row['threshold']})", highlight=False)
+                              f"{row['category']}: score {row['score_normalised']} (raw {row['score']} < threshold "
+                              f"{row['threshold']}))", highlight=False)
         _print_notices(summary)
         _print_drift_and_speed(summary)
 
