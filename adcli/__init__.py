@@ -3,6 +3,7 @@
     import adcli
     det = adcli.load("runs/knn")          # a trained run folder
     result = det.predict("part.png")      # .score, .verdict, .threshold, .anomaly_map, .category
+    result.score_normalised               # 0.5 at the threshold on every model and product; None: uncalibrated
 """
 
 __version__ = "0.1.0"

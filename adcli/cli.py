@@ -177,7 +177,9 @@ def calibrate(
         raise typer.Exit(exc.exit_code)
 
 
-INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.jsonl and summary.json.
+INSPECT_HELP = """Score every image in a folder, or the image files given; write heatmaps, results.csv/.jsonl
+and summary.json. Given files, also print one line per file: verdict, normalised score (0.5 =
+threshold, the same scale on every model), raw score and threshold, heatmap.
 
 Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, or a model not
 calibrated (nothing done); 3 = ran, no defects, but something needs a look: files that could not
@@ -193,9 +195,11 @@ exit code) by the next run.
 """
 
 
-@app.command(help=INSPECT_HELP, epilog="Example: adcli inspect line3/today --model runs/knn --out inspected/")
+@app.command(help=INSPECT_HELP, epilog="Examples: adcli inspect line3/today --model runs/knn --out inspected/ ;  "
+             "adcli inspect part.png --model runs/knn --out inspected/")
 def inspect(
-    folder: Annotated[Path, typer.Argument(help="Folder of images to inspect (searched recursively).")],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="A folder of images (searched "
+                                                "recursively), or image files (exactly those).")],
     model: Annotated[Path, typer.Option("--model", help="Trained model (run folder).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for heatmaps, results and summary.")],
     category: Annotated[str, typer.Option(help="Category of every image (skips routing), or auto: the trained product "
@@ -220,20 +224,26 @@ def inspect(
 ):
     import json
 
-    from adcli.commands.inspect import inspect_folder
+    from adcli.commands.inspect import inspect_paths
+    from adcli.commands.inspect.files import file_lines
+    from adcli.core.errors import UsageError
 
     quiet = Console(stderr=True, quiet=True) if as_json else console
     if watch is not None:
-        _watch(folder, model, out, watch, as_json, quiet, category=category, device=device, force=force,
+        if len(paths) != 1 or paths[0].is_file():
+            raise UsageError("--watch takes one folder, not files")
+        _watch(paths[0], model, out, watch, as_json, quiet, category=category, device=device, force=force,
                settle_seconds=settle_seconds, lock_wait=lock_wait, batch_size=batch_size, scores_only=scores_only,
                heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
         raise typer.Exit(0)
-    summary = inspect_folder(folder, model, out, category=category, device=device, force=force,
-                             settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
-                             scores_only=scores_only, heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
+    summary = inspect_paths(paths, model, out, category=category, device=device, force=force,
+                            settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
+                            scores_only=scores_only, heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
     if as_json:
         print(json.dumps(summary.record))
     else:
+        for line in file_lines(summary, out):  # files given: one line each on stdout, the counts below on stderr
+            print(line, flush=True)
         c = summary.counts
         console.print(f"{c['OK']} OK, {c['DEFECT']} DEFECT, {c['ERROR']} ERROR, {c['UNKNOWN_CATEGORY']} UNKNOWN_CATEGORY, "
                       f"{c['uncalibrated']} uncalibrated; {summary.skipped} already inspected"
@@ -292,11 +302,12 @@ def _watch(folder: Path, model: Path, out: Path, interval: float, as_json: bool,
                       highlight=False)
         for row in summary.rows:
             if row["verdict"] == "DEFECT":
-                console.print(f"  DEFECT {escape(row['path'])} ({row['category']}: score {row['score']} >= {row['threshold']})",
-                              highlight=False)
+                console.print(f"  DEFECT {escape(row['path'])} ({row['category']}: score {row['score_normalised']} "
+                              f"(raw {row['score']} >= threshold {row['threshold']}))", highlight=False)
             elif row["verdict"] == "UNKNOWN_CATEGORY":
                 console.print(f"  UNKNOWN_CATEGORY {escape(row['path'])} (like no trained product; nearest "
-                              f"{row['category']}: score {row['score']} < {row['threshold']})", highlight=False)
+                              f"{row['category']}: score {row['score_normalised']} (raw {row['score']} < threshold "
+                              f"{row['threshold']}))", highlight=False)
         _print_notices(summary)
         _print_drift_and_speed(summary)
 

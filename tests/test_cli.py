@@ -91,8 +91,8 @@ def test_errors_say_what_to_do(tmp_path, demo_root):
     (broken / "a.png").write_text("not a png")
     done = _adcli("prepare", tmp_path / "broken", "--out", tmp_path / "p")
     assert done.returncode == 2 and "no readable training images" in done.stderr and "a.png" in done.stderr
-    done = _adcli("inspect", flat / "a.png", "--model", tmp_path, "--out", tmp_path / "o")
-    assert done.returncode == 2 and f"give {flat}" in done.stderr
+    done = _adcli("inspect", flat, flat / "a.png", "--model", tmp_path, "--out", tmp_path / "o")
+    assert done.returncode == 2 and f"give one folder, or image files, not both: {flat} is a folder" in done.stderr
     done = _adcli("train", "--recipe", "knn", "--set", "train.epochs=3", "--data", tmp_path, "--out", tmp_path / "r")
     assert "recipe knn has no section 'train' (it has: backbone, data, inference, knn" in done.stderr
 

@@ -43,6 +43,13 @@ class CategoryCalibration:
     def verdict(self, score: float) -> str:
         return "DEFECT" if self.is_defect(score) else "OK"
 
+    def normalised(self, score: float) -> float:
+        """The score on the scale every model shares: 0.5 exactly at the threshold, in [0, 1], rounded to
+        4 decimals on the verdict's side of 0.5 (adcli/stats/normalised.py)."""
+        from adcli.stats.normalised import normalised, score_scale
+
+        return normalised(float(score), score_scale(self.threshold, self.scores, self.normal_scores))
+
     def with_manual_threshold(self, threshold: float) -> CategoryCalibration:
         """The same calibration with a threshold set by hand: the false-alarm figures are recomputed
         from the stored normal scores, so the table still says what the hand-set value costs."""

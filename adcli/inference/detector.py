@@ -5,6 +5,7 @@ the Python API.
     det = adcli.load("runs/knn")                 # a run folder (model bundle)
     r = det.predict("part.png")                  # a path, PIL image or H×W×3 uint8 array, or a list
     r.score, r.verdict, r.threshold, r.anomaly_map.shape   # map at the image's own size
+    r.score_normalised                           # 0.5 at the threshold on every model (None: uncalibrated)
 
 Images go through the model `inference.batch_size` at a time; while one batch is in the model, a
 small thread pool decodes and resizes the next (`Detector.stream`). With `--category auto` the
@@ -47,6 +48,7 @@ class Prediction:
     verdict: str  # OK | DEFECT | UNKNOWN_CATEGORY | uncalibrated
     threshold: float | None  # the category's calibrated threshold
     far_from_products: bool = False  # routed, and beyond every trained product's radius (see `verdict`)
+    score_normalised: float | None = None  # in [0, 1], 0.5 at the threshold, on every model (None: uncalibrated)
 
 
 P = TypeVar("P")  # what a caller's loader hands back with each result
@@ -71,6 +73,7 @@ class Judged:
     anomaly_map: np.ndarray  # (S, S) float32
     verdict: str  # OK | DEFECT | UNKNOWN_CATEGORY | uncalibrated (`Detector.verdict`)
     threshold: float | None  # the category's calibrated threshold
+    score_normalised: float | None  # in [0, 1], 0.5 at the threshold (adcli/stats/normalised.py); None: uncalibrated
     far_from_products: bool  # routed, and beyond every trained product's radius: scored under its nearest
     prepare_ms: float  # resizing (and the router's view) in the loader thread
     route_ms: float  # this image's share of its batch's routing time
@@ -250,7 +253,8 @@ class Detector:
             far = x.route is not None and not x.route.known
             cal = self.category_calibration(x.category)
             results.append(Judged(x.category, float(score), anomaly_map, self.verdict(x.category, float(score), far),
-                                  cal.threshold if cal else None, far, x.prepare_ms, x.route_ms, share))
+                                  cal.threshold if cal else None, cal.normalised(score) if cal else None, far,
+                                  x.prepare_ms, x.route_ms, share))
         return results
 
     def _route(self, unrouted: list[_ModelInput]) -> None:
@@ -287,7 +291,8 @@ class Detector:
 def _prediction(image: Image.Image, judged: Judged) -> Prediction:
     """A judged image -> the API's Prediction, its map at the image's own size."""
     full = np.asarray(Image.fromarray(judged.anomaly_map, mode="F").resize(image.size, Image.BILINEAR))
-    return Prediction(judged.category, judged.score, full, judged.verdict, judged.threshold, judged.far_from_products)
+    return Prediction(judged.category, judged.score, full, judged.verdict, judged.threshold, judged.far_from_products,
+                      judged.score_normalised)
 
 
 _END = object()

@@ -26,6 +26,15 @@ def test_verdict_is_score_at_or_above_threshold():
     assert lo == 0.1 and math.isclose(lo + 0.75 * (hi - lo), 0.4)  # the pixel threshold sits at ¾ of the scale
 
 
+def test_normalised_score_is_half_at_the_threshold_and_on_the_verdicts_side():
+    cal = Calibration.from_dict(_tree(), "c.json").categories["disc"]
+    assert cal.normalised(0.5) == 0.5 and cal.normalised(0.6) == round(1 / (1 + math.exp(-1.0)), 4)  # σ 0.1
+    assert [cal.normalised(s) >= 0.5 for s in (0.49, 0.5, 0.51)] == [cal.is_defect(s) for s in (0.49, 0.5, 0.51)]
+    # A calibration whose summary lacks the spread and which kept no normal scores: 10 % of the threshold.
+    bare = Calibration.from_dict(_tree(scores={"n": 0}, normal_scores=[]), "c.json").categories["disc"]
+    assert bare.normalised(0.5) == 0.5 and bare.normalised(0.55) == round(1 / (1 + math.exp(-1.0)), 4)
+
+
 @pytest.mark.parametrize("bad, message", [
     ([], "expected a JSON object"),
     ({"format_version": 2}, "missing 'categories'"),

@@ -159,3 +159,45 @@ def test_metrics_without_type_example_matches_the_report_and_leaves_the_type_out
                        ([str(tmp_path), "spot"], "is not an `adcli report` folder")):
         done = subprocess.run([sys.executable, str(script), str(prepared), *args], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and done.stderr.startswith("error:") and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+
+
+def test_review_shows_thumbnails_of_rows_without_a_heatmap_where_the_file_decodes(tmp_path):
+    """adcli review (adcli/commands/report/review.py): an ERROR row whose file decodes now and an
+    UNKNOWN_CATEGORY row without a heatmap get a small picture of the file; an undecodable file, a missing
+    one and a pipe (which would block a read) get their text only; the normalised score is shown."""
+    import os
+
+    import numpy as np
+
+    from adcli.commands.inspect.folder import _error_row
+    from adcli.commands.report.review import THUMBNAIL_PX, render_review
+    from tests.conftest import save_png
+
+    images, out = tmp_path / "in", tmp_path / "out"
+    decodable = save_png(images / "was_locked.png", np.random.default_rng(0).integers(0, 255, (600, 400, 3), np.uint8))
+    unknown = save_png(images / "odd_part.png", np.full((64, 64, 3), 200, np.uint8))
+    (images / "broken.png").write_bytes(b"not a png")
+    os.mkfifo(images / "pipe.png")
+    rows = [_error_row(str(decodable), "m", f"cannot read {decodable}: Permission denied"),
+            _error_row(str(images / "broken.png"), "m", "corrupt or truncated image"),
+            _error_row(str(images / "pipe.png"), "m", "not an image file (a named pipe)"),
+            _error_row(str(images / "gone.png"), "m", "cannot read: No such file or directory"),
+            {**_error_row(str(unknown), "m"), "verdict": "UNKNOWN_CATEGORY", "category": "disc", "score": "1.2",
+             "threshold": "2.48", "score_normalised": "0.0913", "error": ""}]
+    out.mkdir()
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = render_review(out).read_text()
+    thumbs = page.split("<img class='thumb' src='data:image/jpeg;base64,")[1:]
+    assert len(thumbs) == 2  # was_locked.png and odd_part.png
+    import base64
+    import io
+
+    for thumb in thumbs:
+        data = base64.b64decode(thumb.split("'", 1)[0])
+        assert len(data) < 20_000 and max(Image.open(io.BytesIO(data)).size) <= THUMBNAIL_PX
+    cases = page.split("<div class='case'>")[1:]
+    by_name = {name: next(c for c in cases if name in c) for name in ("was_locked", "odd_part", "broken", "pipe", "gone")}
+    assert "thumb" in by_name["was_locked"] and "thumb" in by_name["odd_part"]
+    assert all("<img" not in by_name[n] for n in ("broken", "pipe", "gone"))
+    assert "Permission denied" in by_name["was_locked"] and "corrupt" in by_name["broken"]
+    assert "score <b>0.0913</b> (0.5 = threshold; raw 1.2, threshold 2.48)" in by_name["odd_part"]

@@ -50,6 +50,8 @@ def test_predict_takes_paths_images_and_arrays(knn_run, demo_root, tmp_path):
     assert r.category == "disc" and r.anomaly_map.shape == (image.height, image.width)
     assert r.verdict == ("DEFECT" if r.score >= r.threshold else "OK")
     assert r.threshold == det.calibration.categories["disc"].threshold
+    assert 0 <= r.score_normalised <= 1 and (r.score_normalised >= 0.5) == (r.verdict == "DEFECT")
+    assert r.score_normalised == det.calibration.categories["disc"].normalised(r.score)
     same = det.predict([image, np.asarray(image.convert("RGB")), np.asarray(image.convert("L"))], category="disc")
     assert [s.score for s in same[:2]] == [r.score, r.score]
     assert det.predict(big, category="disc").anomaly_map.shape == (40, 48)  # the map comes back at the image's size
@@ -75,7 +77,7 @@ def test_uncalibrated_model_needs_a_category_and_gives_no_verdict(knn_run, demo_
     with pytest.raises(AdcliError, match="needs the router"):
         det.predict(_test_images(demo_root)[0])
     r = det.predict(_test_images(demo_root)[0], category="disc")
-    assert r.verdict == "uncalibrated" and r.threshold is None and r.score is not None
+    assert r.verdict == "uncalibrated" and r.threshold is None and r.score is not None and r.score_normalised is None
 
 
 def test_stream_keeps_order_and_passes_unscored_items_through(knn_run):
@@ -196,3 +198,13 @@ def test_a_bundle_without_trained_settings_in_its_weights_is_checked_against_its
     _edit_meta(old, image_size=256)
     with pytest.raises(BundleError, match=re.escape("'image_size' is 256 but the model was trained with 32")):
         Detector.load(old, "cpu")
+
+
+def test_normalised_score_is_exactly_half_at_the_threshold(knn_run, demo_root, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(knn_run, copy)
+    path = _test_images(demo_root)[0]
+    first = adcli.load(copy, device="cpu").predict(path, category="disc")
+    calibrate(copy, thresholds={"disc": first.score}, device="cpu")  # the threshold set to this image's score
+    again = adcli.load(copy, device="cpu").predict(path, category="disc")
+    assert again.score == first.score and again.verdict == "DEFECT" and again.score_normalised == 0.5

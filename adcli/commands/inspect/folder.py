@@ -39,17 +39,20 @@ from adcli.bundle.calibration import Calibration
 from adcli.data.manifest import IMAGE_EXTENSIONS
 from adcli.inference.detector import Detector, Judged, ToScore
 from adcli.core.errors import AdcliError, DataError, ImageError, OutputError
-from adcli.commands.inspect.intake import (OutputLock, StillWriting, clock_ahead_seconds, display_path, file_identity, read_settled,
-                                  walk_files)
+from adcli.commands.inspect.intake import (Listing, OutputLock, StillWriting, clock_ahead_seconds, display_path, file_identity,
+                                           read_settled, walk_files)
 from adcli.commands.inspect.render import HEATMAP_FORMATS, Caption, heatmap_name, render_heatmap
 from adcli.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, decode_image
 from adcli.commands.inspect.journal import JournalWriter, compact, latest_by_path, read_journal, unreported
 from adcli.core.progress import track
 from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.bundle.model_bundle import Bundle
+from adcli.stats.normalised import DECIMALS
 from adcli.stats.thresholds import drift_z
 
-RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error", "note")
+# Appended, never reordered: tools on the line may read results.csv by column position.
+RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error", "note",
+                 "score_normalised")
 VERDICTS = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
 NEEDS_A_PERSON = ("DEFECT", "ERROR", "UNKNOWN_CATEGORY")  # rows a run must report (exit code 1 or 3)
 FAR_NOTE = "far from every trained product"
@@ -79,6 +82,7 @@ class InspectSummary:
     still_writing: int = 0  # files left for a later run (no row)
     clock_ahead: float = 0.0  # the largest modification time in the future among the files judged (s)
     record: dict = dataclasses.field(default_factory=dict)  # what summary.json holds for this run
+    already: list[dict] = dataclasses.field(default_factory=list)  # earlier rows of the files skipped as inspected
 
     @property
     def errors(self) -> int:
@@ -115,6 +119,19 @@ def _drift(rows: list[dict], calibration: Calibration | None) -> dict:
             continue
         z = drift_z(np.array(recent), cal.scores)
         report[cat] = {"n": len(recent), "z": round(z, 2), "drift": abs(z) > DRIFT_Z}
+    return report
+
+
+def _normalised_by_category(rows: list[dict]) -> dict:
+    """summary.json's view of a run's scores on the scale every model shares (0.5 = threshold): per
+    calibrated category, how many rows, their median and highest normalised score, and whose the highest is."""
+    report = {}
+    for cat in sorted({r["category"] for r in rows if r.get("score_normalised")}):
+        mine = [r for r in rows if r["category"] == cat and r.get("score_normalised")]
+        values = np.array([float(r["score_normalised"]) for r in mine])
+        top = mine[int(values.argmax())]
+        report[cat] = {"n": len(mine), "median": round(float(np.median(values)), DECIMALS), "max": float(values.max()),
+                       "max_path": top["path"], "max_raw": float(top["score"])}
     return report
 
 
@@ -216,7 +233,7 @@ class _FolderInspection:
         names = {fmt: heatmap_name(path, self.folder, fmt) for fmt in HEATMAP_FORMATS}
         name = names[self.heatmap_format]
         if self.heatmaps == "all" or (self.heatmaps == "defects" and verdict != "OK"):
-            caption = Caption(row["path"], judged.score, judged.threshold, verdict)
+            caption = Caption(row["path"], judged.score, judged.threshold, verdict, judged.score_normalised)
             picture = render_heatmap(pending.image, judged.anomaly_map, cal.display_range if cal else self.detector.map_range,
                                      cal.pixel_threshold if cal else None, caption, self.heatmap_format)
             atomic_write_bytes(self.out / "heatmaps" / name, picture)
@@ -230,7 +247,8 @@ class _FolderInspection:
         # reading, decoding, resizing and choosing the category
         load_ms = pending.load_ms + judged.prepare_ms + judged.route_ms
         row.update(score=f"{judged.score:.6g}", threshold=f"{judged.threshold:.6g}" if cal else "", verdict=verdict,
-                   ms=f"{load_ms + judged.infer_ms + write_ms:.1f}")
+                   ms=f"{load_ms + judged.infer_ms + write_ms:.1f}",
+                   score_normalised=f"{judged.score_normalised:.{DECIMALS}f}" if cal else "")
         return row, np.array([load_ms, judged.infer_ms, write_ms])
 
 
@@ -244,12 +262,10 @@ def _check_heatmap_options(heatmaps: str, heatmap_format: str) -> None:
 def _checked_folders(folder: Path, out: Path) -> tuple[Path, Path]:
     """The input folder (resolved) and --out, refused with one line where they cannot work."""
     if folder.is_file():
-        raise DataError(f"{folder} is a file; inspect takes a folder of images: give {folder.parent} (or put the "
-                        "image in a folder of its own)")
+        raise DataError(f"{folder} is a file; inspect_folder takes a folder of images (inspect_files takes files)")
     if not folder.is_dir():
         looks_like_file = folder.suffix.lower() in IMAGE_EXTENSIONS
-        raise DataError(f"{'no such file or folder' if looks_like_file else 'folder not found'}: {folder}"
-                        + ("; inspect takes a folder of images, not one file" if looks_like_file else ""))
+        raise DataError(f"{'no such file or folder' if looks_like_file else 'folder not found'}: {folder}")
     # One spelling per file: `in`, `./in/../in` and `/abs/in` must key the same journal rows.
     folder = folder.resolve()
     if out.resolve() == folder:
@@ -301,11 +317,21 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     """scores_only: inspect with a model (or categories) not calibrated yet; their rows get the verdict
     `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect.
     heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none;
-    heatmap_format: jpg or png. backend: torch, or onnx / openvino for the graph `adcli export` wrote."""
+    heatmap_format: jpg or png. backend: torch, or onnx / openvino for the graph `adcli export` wrote.
+    Given files rather than a folder: adcli/commands/inspect/files.py (inspect_files)."""
     _check_heatmap_options(heatmaps, heatmap_format)
-    console = console or Console(stderr=True)
-    model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
+    return run_inspection(folder, None, Path(model_dir), out, category, device, force, settle_seconds, lock_wait,
+                          console, batch_size, scores_only, heatmaps, backend, heatmap_format)
+
+
+def run_inspection(folder: Path, files: list[Path] | None, model_dir: Path, out: Path, category: str | None,
+                   device: str, force: bool, settle_seconds: float, lock_wait: float, console: Console | None,
+                   batch_size: int | None, scores_only: bool, heatmaps: str, backend: str,
+                   heatmap_format: str) -> InspectSummary:
+    """One run with checked arguments: every file below `folder`, or exactly `files` (all below `folder`,
+    their common parent, which names their heatmaps as a run over that folder would)."""
+    console = console or Console(stderr=True)
     detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
     if cost := detector.model.cost_line():
         console.print(cost, highlight=False)
@@ -314,7 +340,8 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
     with OutputLock(out, lock_wait):
         _remove_stale_temporaries(out)
         previous = _previous_rows(out / "results.jsonl", console)
-        job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console)
+        job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console,
+                    files=files)
         return job.run(previous, force)
 
 
@@ -345,13 +372,15 @@ class _Pass:
     runs one every few seconds with the same model and rows in memory."""
 
     def __init__(self, detector: Detector, folder: Path, out: Path, model_dir: Path, category: str | None,
-                 settle_seconds: float, heatmaps: str, heatmap_format: str, console: Console, tables_every: float = 0.0):
+                 settle_seconds: float, heatmaps: str, heatmap_format: str, console: Console, tables_every: float = 0.0,
+                 files: list[Path] | None = None):
         """tables_every: seconds between rewrites of results.csv and the compacted results.jsonl (a watch:
         both grow with every file ever inspected, so rewriting them every few seconds would cost more than
-        the images; the journal gets each row as it is made either way)."""
+        the images; the journal gets each row as it is made either way). files: exactly these files
+        (below `folder`) instead of every file below `folder`."""
         self.detector, self.folder, self.out, self.model_dir = detector, folder, out, model_dir
         self.category, self.settle_seconds, self.heatmaps, self.console = category, settle_seconds, heatmaps, console
-        self.heatmap_format, self.tables_every = heatmap_format, tables_every
+        self.heatmap_format, self.tables_every, self.files = heatmap_format, tables_every, files
         self._tables_at, self._tables_stale = -float("inf"), False
 
     def write_tables(self, previous: dict, compact_journal: bool) -> None:
@@ -390,9 +419,10 @@ class _Pass:
         detector, out, started = self.detector, self.out, time.perf_counter()
         journal_path = out / "results.jsonl"
         waiting = unreported(previous)  # rows of a killed run: reported at the end of this one
-        listing = walk_files(self.folder, exclude=out.resolve())
+        listing = walk_files(self.folder, exclude=out.resolve()) if self.files is None else Listing(self.files, {})
         files = listing.files
         skipped = still_writing = 0
+        already: list[dict] = []  # the rows of the files skipped as inspected and unchanged since
         if watching:
             states = [_watch_state(f, previous, detector.model_id, self.settle_seconds, held, force) for f in files]
             skipped, still_writing = states.count("done"), states.count("unsettled")
@@ -431,6 +461,7 @@ class _Pass:
                         task.advance()
                         if result.payload is _Skipped.ALREADY_DONE:
                             skipped += 1
+                            already.append(previous[display_path(result.item)])
                             continue
                         if result.payload is _Skipped.STILL_WRITING:
                             still_writing += 1
@@ -452,7 +483,8 @@ class _Pass:
         drift = _drift(all_rows, detector.calibration)
         carried = [row for path, row in waiting.items() if previous.get(path) is row]  # not judged again since
         summary = InspectSummary(run_rows, counts, skipped, *ms.tolist(), drift, time.perf_counter() - started,
-                                 carried=carried, still_writing=still_writing, clock_ahead=inspection.clock_ahead)
+                                 carried=carried, still_writing=still_writing, clock_ahead=inspection.clock_ahead,
+                                 already=already)
         if not watching or (self._tables_stale and self._tables_due()):
             self.write_tables(previous, compact_journal=True)
         summary.record = {
@@ -464,7 +496,9 @@ class _Pass:
             "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
             "seconds": round(summary.seconds, 3),
             "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
-            "drift": drift}
+            "drift": drift, "score_normalised": _normalised_by_category(run_rows)}
+        if self.files is not None:
+            summary.record["files"] = [display_path(f) for f in self.files]
         if run_rows or carried or not watching:
             atomic_write_json(out / "summary.json", summary.record)
         if not watching:  # a watch marks its rows once it has printed them (watch_folder)
@@ -488,7 +522,7 @@ class _Pass:
 
 def _error_row(shown: str, model_id: str, error: str = "") -> dict:
     return {"path": shown, "sha256": "", "category": "", "score": "", "threshold": "", "verdict": "ERROR", "ms": "",
-            "model_id": model_id, "heatmap": "", "error": error, "note": ""}
+            "model_id": model_id, "heatmap": "", "error": error, "note": "", "score_normalised": ""}
 
 
 def _unlisted_row(folder: Path, why: str, model_id: str) -> dict:

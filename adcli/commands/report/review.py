@@ -1,6 +1,8 @@
 """`adcli review OUT`: one self-contained HTML page of an inspect output folder for the people on the
 line: counts per category and verdict, each category's scores against its threshold, drift, and
-every DEFECT, ERROR and UNKNOWN_CATEGORY row with its heatmap and reason (newest first).
+every DEFECT, ERROR and UNKNOWN_CATEGORY row with its heatmap and reason (newest first). A row
+without a heatmap (an ERROR, --heatmaps none) shows a thumbnail of its file where that can still be
+decoded.
 
 Reads OUT/results.jsonl (read-only: a running inspect may be appending) and OUT/summary.json;
 writes OUT/review.html atomically.
@@ -10,17 +12,23 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
-from adcli.core.errors import DataError
-from adcli.core.io import atomic_write_text
+from adcli.core.errors import AdcliError, DataError
+from adcli.core.io import atomic_write_text, read_image
+from adcli.commands.inspect.intake import MAX_FILE_BYTES
 from adcli.commands.inspect.journal import latest_by_path, read_journal
 from adcli.commands.report.html import STYLE, histogram_plot
 
-REVIEW_STYLE = ".case{max-width:420px}.case img{height:auto;max-width:100%}"
+REVIEW_STYLE = ".case{max-width:520px}.case img{height:auto;max-width:100%}.case img.thumb{width:auto;max-height:160px}"
+THUMBNAIL_PX = 160  # longer side of the picture of a row without a heatmap
+THUMBNAIL_QUALITY = 80
 MAX_CASES = 200  # pictures embedded; the rest are counted (a page of thousands of images does not open)
 ATTENTION = ("DEFECT", "ERROR", "UNKNOWN_CATEGORY")
 VERDICT_ORDER = ("OK", "DEFECT", "ERROR", "UNKNOWN_CATEGORY", "uncalibrated")
@@ -39,6 +47,22 @@ def _picture(out: Path, rel: str) -> str:
         return ""
     mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _thumbnail(path: str) -> str:
+    """A small JPEG data URI of the image file at `path`, or "" when it is gone, is no regular file (a pipe
+    would block), too large, or cannot be decoded (the row's reason says why)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            return ""
+        image = read_image(path)
+    except (AdcliError, OSError, ValueError):
+        return ""
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _counts_table(rows: list[dict]) -> str:
@@ -79,12 +103,20 @@ def _case(out: Path, row: dict) -> str:
     what = [f"<b>{html.escape(row.get('verdict', ''))}</b>", html.escape(row.get("path", ""))]
     if row.get("category"):
         what.append(f"category {html.escape(row['category'])}")
-    if row.get("score"):
+    if row.get("score_normalised"):  # rows written before the shared scale have none
+        what.append(f"score <b>{html.escape(str(row['score_normalised']))}</b> (0.5 = threshold; raw "
+                    f"{html.escape(str(row['score']))}, threshold {html.escape(str(row.get('threshold', '')))})")
+    elif row.get("score"):
         what.append(f"score {html.escape(str(row['score']))}" + (f" (threshold {html.escape(str(row['threshold']))})"
                                                                    if row.get("threshold") else ""))
     if row.get("error"):
         what.append(f"reason: {html.escape(row['error'])}")
-    image = f"<img src='{picture}'><br>" if picture else ""
+    if picture:
+        image = f"<img src='{picture}'><br>"
+    elif thumb := _thumbnail(row.get("path", "")):
+        image = f"<img class='thumb' src='{thumb}' alt='the file'><br><small>the file (no heatmap)</small><br>"
+    else:
+        image = ""
     return f"<div class='case'>{image}<small>{' · '.join(what)}</small></div>"
 
 
@@ -112,6 +144,10 @@ def render_review(out: str | Path) -> Path:
         parts.append(_category_section(cat, [r for r in rows if r.get("category") == cat], drift.get(cat)))
     attention = [r for r in reversed(rows) if r.get("verdict") in ATTENTION]  # newest first
     parts.append(f"<h2>Needs a look: {len(attention)} DEFECT / ERROR / UNKNOWN_CATEGORY</h2>")
+    parts.append("<p><small>score: normalised, the same scale on every model and product: 0.5 = the category's "
+                 "threshold, higher = more anomalous (at or above 0.5: DEFECT); raw score and threshold in brackets. "
+                 "Heatmaps: the image and its anomaly map side by side, the white outline where the map passes the "
+                 "defect level.</small></p>")
     if not attention:
         parts.append("<p>None.</p>")
     if len(attention) > MAX_CASES:
