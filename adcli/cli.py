@@ -120,7 +120,7 @@ def train(
     if resume and (recipe or profile or overrides):
         raise AdcliError("--resume continues with the run's stored recipe; drop --recipe/--profile/--set")
     if not resume and not recipe:
-        raise AdcliError("--recipe is required (e.g. --recipe diffusionad)")
+        raise AdcliError("--recipe is required (e.g. --recipe knn)")
     loaded = None if resume else load_recipe(recipe, profile, overrides or [])  # a bad recipe: one line, no launch
     if devices > 1 and "WORLD_SIZE" not in os.environ:  # not yet inside a torchrun launch
         from adcli.core.distributed import torchrun_argv
