@@ -83,7 +83,7 @@ def test_profiles_take_their_defaults_from_the_data(name):
     for profile in ("cpu", "demo", "test"):
         synth = getattr(load_recipe(name, profile).config, "synth", None)
         if synth is not None:
-            assert synth.texture_dir is None and synth.object_categories is None, (name, profile)
+            assert synth.texture_dir is None and not synth.object_categories, (name, profile)  # [] names none
 
 
 def test_the_diffusion_recipes_point_cpu_lines_at_knn():
