@@ -46,6 +46,7 @@ from adcli.commands.inspect.journal import JournalWriter, compact, latest_by_pat
 from adcli.core.progress import track
 from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.bundle.model_bundle import Bundle
+from adcli.commands import self_check
 from adcli.stats.thresholds import drift_z
 
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error", "note")
@@ -259,7 +260,7 @@ def _checked_folders(folder: Path, out: Path) -> tuple[Path, Path]:
 
 
 def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend: str, category: str | None,
-                   scores_only: bool, console: Console) -> Detector:
+                   scores_only: bool, console: Console, require_checked: bool = False) -> Detector:
     """The model, refused (DataError) when it has no thresholds for the categories it would judge. With
     --category auto, categories left out of a partial calibration are allowed where the router knows
     them: their images get the verdict `uncalibrated` (exit 6), never OK. A category the router does not
@@ -278,6 +279,11 @@ def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend
                         f"`adcli calibrate {model_dir} --data PREPARED` (or `--normals GOOD_IMAGES_FOLDER{example}`), "
                         f"or add --scores-only to record scores without verdicts (exit code {SCORES_ONLY_EXIT_CODE})")
     detector.fixed_category(category)  # a bad --category fails before anything is written
+    judged = detector.categories if category in (None, "auto") else [category]
+    if require_checked:
+        self_check.require_self_check(detector.calibration, judged, str(model_dir))
+    for line in self_check.weak_lines(detector.calibration, str(model_dir), judged):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
     return detector
 
 
@@ -294,16 +300,17 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
                    device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                    console: Console | None = None, batch_size: int | None = None,
                    scores_only: bool = False, heatmaps: str = "defects", backend: str = "torch",
-                   heatmap_format: str = "jpg") -> InspectSummary:
+                   heatmap_format: str = "jpg", require_self_check: bool = False) -> InspectSummary:
     """scores_only: inspect with a model (or categories) not calibrated yet; their rows get the verdict
     `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect.
     heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none;
-    heatmap_format: jpg or png. backend: torch, or onnx / openvino for the graph `adcli export` wrote."""
+    heatmap_format: jpg or png. backend: torch, or onnx / openvino for the graph `adcli export` wrote.
+    require_self_check: refuse (BundleError) a model whose calibration self-check is weak or missing."""
     _check_heatmap_options(heatmaps, heatmap_format)
     console = console or Console(stderr=True)
     model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
-    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console, require_self_check)
     if cost := detector.model.cost_line():
         console.print(cost, highlight=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -461,7 +468,7 @@ class _Pass:
             "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
             "seconds": round(summary.seconds, 3),
             "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
-            "drift": drift}
+            "drift": drift, "self_check": self_check.summary_record(detector.calibration)}
         if run_rows or carried or not watching:
             atomic_write_json(out / "summary.json", summary.record)
         if not watching:  # a watch marks its rows once it has printed them (watch_folder)
@@ -528,7 +535,8 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
                  max_passes: int | None = None, category: str | None = None, device: str = "auto",
                  force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                  console: Console | None = None, batch_size: int | None = None, scores_only: bool = False,
-                 heatmaps: str = "defects", backend: str = "torch", heatmap_format: str = "jpg") -> int:
+                 heatmaps: str = "defects", backend: str = "torch", heatmap_format: str = "jpg",
+                 require_self_check: bool = False) -> int:
     """Inspect `folder` every `interval` seconds with the model loaded once, until `stop` is set (or
     `max_passes` passes): a line PC pays torch's import and the model's loading once, not per cron run.
     The output lock is held throughout. Files still being written wait for a later pass; on_pass(summary)
@@ -545,7 +553,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
     identity = bundle_identity(model_dir)
-    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console, require_self_check)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
     job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console,
@@ -575,7 +583,8 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
             now = bundle_identity(model_dir)
             if now != identity:
                 try:
-                    job.detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
+                    job.detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console,
+                                                  require_self_check)
                 except (AdcliError, OSError) as exc:
                     pause(f"the model changed and cannot be loaded: {exc}")
                     continue
