@@ -27,16 +27,17 @@ from adcli.inference.detector import Detector, ToScore
 from adcli.stats.self_check import SelfCheck, evaluate
 
 SEED = 0  # fixed: a recalibration of the same model on the same normals gives the same self-check
-# Copies: one per calibration normal, at least one per family and size, rounded up to a whole number
-# of rounds over them (so every family and size gets the same count). Scoring them costs about what
-# scoring the normals did: calibration at most doubles. Above MAX_COPIES the rates are precise enough.
+# Copies: at most one per calibration normal, in whole rounds over the families and sizes (each gets
+# the same count), at least one round. Scoring them costs at most what scoring the normals did, so the
+# self-check at most doubles calibration (measured in CHANGELOG.md). MAX_COPIES bounds large calib splits.
 MAX_COPIES = 100
 COMBINATIONS = [(family, size) for size in SIZES for family in FAMILIES]
 
 
 def copies_for(n_normals: int) -> int:
-    rounds = -(-max(n_normals, 1) // len(COMBINATIONS))
-    return min(rounds * len(COMBINATIONS), max(MAX_COPIES, len(COMBINATIONS)))
+    """How many synthetic copies a category with `n_normals` calibration normals gets."""
+    rounds = max(1, min(n_normals, MAX_COPIES) // len(COMBINATIONS))
+    return rounds * len(COMBINATIONS)
 
 
 def is_object(detector: Detector, category: str, images: np.ndarray) -> bool:
