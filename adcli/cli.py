@@ -180,8 +180,8 @@ def calibrate(
 
 INSPECT_HELP = """Score every image in a folder; write heatmaps, results.csv/.jsonl and summary.json.
 
-Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, or a model not
-calibrated (nothing done); 3 = ran, no defects, but something needs a look: files that could not
+Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, a model not
+calibrated, or (--require-self-check) one whose self-check failed (nothing done); 3 = ran, no defects, but something needs a look: files that could not
 be read, or parts like no trained product (UNKNOWN_CATEGORY); 4 = internal error (a bug; rows
 written before it are kept); 5 = results could not be written (disk full, read-only); 6 = ran, no
 defects, but images of an uncalibrated category were scored without verdicts (--scores-only, or

@@ -39,7 +39,7 @@ from adcli.model.nets.weights import WeightsNotFound
 from adcli.inference.predictions import predict_samples
 from adcli.core.progress import print_table, track
 from adcli.model.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
-from adcli.commands.self_check import copies_for, run_self_check, weak_lines
+from adcli.commands.synthetic_defects import copies_for, run_self_check, weak_lines
 from adcli.data.defects import FAMILIES, SIZES
 from adcli.stats.thresholds import MIN_NORMALS, fit_threshold, normals_needed, score_summary
 
@@ -194,7 +194,7 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
               console: Console | None = None, batch_size: int | None = None, normals: str | Path | None = None,
               category: str | None = None, thresholds: dict[str, float] | None = None,
               min_normals: int = MIN_NORMALS, allow_few: bool = False, self_check: bool = True) -> Calibration:
-    """self_check: score synthetic defective copies of each category's normals (adcli/commands/self_check.py)
+    """self_check: score synthetic defective copies of each category's normals (adcli/commands/synthetic_defects.py)
     and store how well the model finds them; a weak model is named in a warning."""
     console = console or Console(stderr=True)
     thresholds = thresholds or {}

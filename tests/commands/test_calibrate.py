@@ -16,7 +16,7 @@ from adcli.cli import main
 from adcli.inference.detector import Detector
 from adcli.core.errors import AdcliError, BundleError, DataError, PartlyCalibrated
 from adcli.bundle.calibration_files import CalibrationFiles
-from adcli.commands.self_check import copies_for
+from adcli.commands.synthetic_defects import copies_for
 from adcli.commands.train import train
 from adcli.data.defects import FAMILIES, SIZES
 from tests.conftest import recipe_with_weights

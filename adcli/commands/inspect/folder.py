@@ -46,7 +46,7 @@ from adcli.commands.inspect.journal import JournalWriter, compact, latest_by_pat
 from adcli.core.progress import track
 from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.bundle.model_bundle import Bundle
-from adcli.commands import self_check
+from adcli.commands import synthetic_defects
 from adcli.stats.thresholds import drift_z
 
 RESULT_FIELDS = ("path", "sha256", "category", "score", "threshold", "verdict", "ms", "model_id", "heatmap", "error", "note")
@@ -281,8 +281,8 @@ def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend
     detector.fixed_category(category)  # a bad --category fails before anything is written
     judged = detector.categories if category in (None, "auto") else [category]
     if require_checked:
-        self_check.require_self_check(detector.calibration, judged, str(model_dir))
-    for line in self_check.weak_lines(detector.calibration, str(model_dir), judged):
+        synthetic_defects.require_self_check(detector.calibration, judged, str(model_dir))
+    for line in synthetic_defects.weak_lines(detector.calibration, str(model_dir), judged):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
     return detector
 
@@ -468,7 +468,7 @@ class _Pass:
             "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
             "seconds": round(summary.seconds, 3),
             "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
-            "drift": drift, "self_check": self_check.summary_record(detector.calibration)}
+            "drift": drift, "self_check": synthetic_defects.summary_record(detector.calibration)}
         if run_rows or carried or not watching:
             atomic_write_json(out / "summary.json", summary.record)
         if not watching:  # a watch marks its rows once it has printed them (watch_folder)

@@ -75,7 +75,7 @@ def _category_section(cat: str, rows: list[dict], drift: dict | None) -> str:
 
 
 def _self_checks(summary: dict) -> dict:
-    """summary.json's per-category self-check figures (adcli/commands/self_check.py: summary_record); {} if none."""
+    """summary.json's per-category self-check figures (adcli/commands/synthetic_defects.py: summary_record); {} if none."""
     record = summary.get("self_check")
     categories = record.get("categories") if isinstance(record, dict) else None
     return categories if isinstance(categories, dict) else {}

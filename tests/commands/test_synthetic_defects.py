@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adcli.bundle.calibration import Calibration
-from adcli.commands.self_check import (COMBINATIONS, copies_for, require_self_check, run_self_check, summary_record,
+from adcli.commands.synthetic_defects import (COMBINATIONS, copies_for, require_self_check, run_self_check, summary_record,
                                        synthetic_copies, weak_lines)
 from adcli.core.errors import BundleError
 from adcli.data.defects import defect_region
