@@ -161,6 +161,8 @@ def calibrate(
     min_normals: Annotated[int, typer.Option("--min-normals", min=2, help="Leave out categories with fewer calibration "
                                              "normals (exit 7; exit 2 when that is every one).")] = 20,
     allow_few: Annotated[bool, typer.Option("--allow-few", help="Calibrate even below --min-normals (weaker thresholds).")] = False,
+    no_self_check: Annotated[bool, typer.Option("--no-self-check", help="Skip the self-check (scoring synthetic "
+                                                "defects to see whether the model can find defects at all).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: BatchSize = None,
 ):
@@ -171,7 +173,7 @@ def calibrate(
     try:
         run_calibration(model, data, target_fpr, device=device, console=console, batch_size=batch_size, normals=normals,
                         category=category, thresholds=parse_thresholds(threshold or []), min_normals=min_normals,
-                        allow_few=allow_few)
+                        allow_few=allow_few, self_check=not no_self_check)
     except PartlyCalibrated as exc:  # written: not an "error:" line
         console.print(f"[yellow]partly calibrated:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code)
@@ -181,8 +183,8 @@ INSPECT_HELP = """Score every image in a folder, or the image files given; write
 and summary.json. Given files, also print one line per file: verdict, normalised score (0.5 =
 threshold, the same scale on every model), raw score and threshold, heatmap.
 
-Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, or a model not
-calibrated (nothing done); 3 = ran, no defects, but something needs a look: files that could not
+Exit codes: 0 = ran, no defects; 1 = ran, defects found; 2 = usage/config error, a model not
+calibrated, or (--require-self-check) one whose self-check failed (nothing done); 3 = ran, no defects, but something needs a look: files that could not
 be read, or parts like no trained product (UNKNOWN_CATEGORY); 4 = internal error (a bug; rows
 written before it are kept); 5 = results could not be written (disk full, read-only); 6 = ran, no
 defects, but images of an uncalibrated category were scored without verdicts (--scores-only, or
@@ -218,6 +220,9 @@ def inspect(
     heatmap_format: Annotated[str, typer.Option("--heatmap-format", help="Heatmap pictures as jpg (fast, small) "
                                                 "or png (lossless).")] = "jpg",
     backend: Backend = "torch",
+    require_self_check: Annotated[bool, typer.Option("--require-self-check", help="Refuse (exit 2) a model whose "
+                                                     "calibration self-check says it cannot find defects, or that "
+                                                     "has none.")] = False,
     watch: Annotated[Optional[float], typer.Option("--watch", metavar="SECONDS", help="Keep running: inspect new "
                                                    "files every SECONDS with the model loaded once, until stopped "
                                                    "(Ctrl-C, SIGTERM: exit 0). Verdicts are in the results files.")] = None,
@@ -234,11 +239,12 @@ def inspect(
             raise UsageError("--watch takes one folder, not files")
         _watch(paths[0], model, out, watch, as_json, quiet, category=category, device=device, force=force,
                settle_seconds=settle_seconds, lock_wait=lock_wait, batch_size=batch_size, scores_only=scores_only,
-               heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
+               heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format, require_self_check=require_self_check)
         raise typer.Exit(0)
     summary = inspect_paths(paths, model, out, category=category, device=device, force=force,
                             settle_seconds=settle_seconds, lock_wait=lock_wait, console=quiet, batch_size=batch_size,
-                            scores_only=scores_only, heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format)
+                            scores_only=scores_only, heatmaps=heatmaps, backend=backend, heatmap_format=heatmap_format,
+                            require_self_check=require_self_check)
     if as_json:
         print(json.dumps(summary.record))
     else:

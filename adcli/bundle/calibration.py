@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from adcli.core.errors import BundleError
+from adcli.stats import self_check
+from adcli.stats.self_check import SelfCheck
 
 FORMAT_VERSION = 2  # 2: patch-feature routing in routing.safetensors, sources, normal scores
 SOURCES = ("prepared", "normals", "manual")
@@ -35,6 +37,9 @@ class CategoryCalibration:
     normal_scores: list  # every calibration normal's raw score: a manual threshold's evidence
     source: str  # prepared (a prepared dataset's calib split) | normals (a folder) | manual (threshold set by hand)
     source_path: str  # the prepared dataset or normals folder the normals came from
+    # Scores on synthetic defects (adcli/stats/self_check.py); None: calibrated with --no-self-check, or by
+    # an adcli before the self-check (such files load unchanged).
+    self_check: SelfCheck | None = None
 
     def is_defect(self, scores):
         """scores: a float or an array -> bool (array)."""
@@ -61,9 +66,10 @@ class CategoryCalibration:
         n_above = int((scores >= threshold).sum())
         z = (float(transform(np.array([threshold]), self.scores["transform"])[0]) - self.scores["transformed_mean"]) \
             / max(self.scores["transformed_std"], 1e-9)
+        checked = self.self_check.at_threshold(float(threshold)) if self.self_check else None
         return dataclasses.replace(self, threshold=float(threshold), expected_fpr=float(stats.norm.sf(z)),
                                    fpr_upper_95=clopper_pearson_upper(n_above, scores.size), n_above=n_above,
-                                   source="manual")
+                                   source="manual", self_check=checked)
 
     @property
     def display_range(self) -> tuple[float, float]:
@@ -105,6 +111,9 @@ def _category(tree: Any, where: str) -> CategoryCalibration:
         raise BundleError(f"{where}: expected an object; run `adcli calibrate` again")
     values = {}
     for f in dataclasses.fields(CategoryCalibration):
+        if f.name == "self_check":
+            values[f.name] = _self_check(tree.get(f.name), f"{where}.self_check")
+            continue
         if f.name not in tree:
             raise BundleError(f"{where}: missing '{f.name}'; run `adcli calibrate` again")
         value = tree[f.name]
@@ -116,3 +125,12 @@ def _category(tree: Any, where: str) -> CategoryCalibration:
     if values["source"] not in SOURCES:
         raise BundleError(f"{where}.source: expected one of {', '.join(SOURCES)}, got {values['source']!r}")
     return CategoryCalibration(**values)
+
+
+def _self_check(tree: Any, where: str) -> SelfCheck | None:
+    if tree is None:
+        return None
+    try:
+        return self_check.from_dict(tree, where)
+    except ValueError as exc:
+        raise BundleError(f"{exc}; run `adcli calibrate` again") from None

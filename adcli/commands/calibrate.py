@@ -39,6 +39,8 @@ from adcli.model.nets.weights import WeightsNotFound
 from adcli.inference.predictions import predict_samples
 from adcli.core.progress import print_table, track
 from adcli.model.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
+from adcli.commands.synthetic_defects import copies_for, run_self_check, weak_lines
+from adcli.data.defects import FAMILIES, SIZES
 from adcli.stats.thresholds import MIN_NORMALS, fit_threshold, normals_needed, score_summary
 
 PIXEL_QUANTILE = 0.999  # of all calibration-normal pixels: the contour level on heatmaps
@@ -174,10 +176,26 @@ def _router(detector: Detector, sets: dict[str, NormalSet], console: Console) ->
     return CategoryRouter(embedder, profiles)
 
 
+def _self_checks(detector: Detector, sets: dict[str, NormalSet], per_category: dict[str, CategoryCalibration],
+                 console: Console) -> None:
+    """Each calibrated category's self-check, stored in its calibration; one line of what it cost."""
+    start = time.perf_counter()
+    copies = sum(copies_for(len(normal_set.normals)) for normal_set in sets.values())
+    with track(console, "self-check", copies) as task:
+        for cat, normal_set in sets.items():
+            cal = per_category[cat]
+            checked = run_self_check(detector, cat, normal_set.normals, np.asarray(cal.normal_scores), cal.threshold,
+                                     progress=task.advance)
+            per_category[cat] = dataclasses.replace(cal, self_check=checked)
+    console.print(f"self-check: {copies} synthetic images, {time.perf_counter() - start:.1f} s", highlight=False)
+
+
 def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: float = 0.01, device: str = "auto",
               console: Console | None = None, batch_size: int | None = None, normals: str | Path | None = None,
               category: str | None = None, thresholds: dict[str, float] | None = None,
-              min_normals: int = MIN_NORMALS, allow_few: bool = False) -> Calibration:
+              min_normals: int = MIN_NORMALS, allow_few: bool = False, self_check: bool = True) -> Calibration:
+    """self_check: score synthetic defective copies of each category's normals (adcli/commands/synthetic_defects.py)
+    and store how well the model finds them; a weak model is named in a warning."""
     console = console or Console(stderr=True)
     thresholds = thresholds or {}
     if not 0 < target_fpr < 1:
@@ -222,6 +240,8 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
             idx = [i for i, s in enumerate(samples) if s.category == cat]
             per_category[cat] = _category_calibration(normal_set, outputs.scores[idx], outputs.maps[idx], target_fpr,
                                                        console, cat)
+        if self_check:
+            _self_checks(detector, sets, per_category, console)
     for cat, value in thresholds.items():
         if cat not in per_category:
             raise AdcliError(f"--threshold {cat}=...: {cat} has no calibration normals yet, so heatmaps would have no colour "
@@ -244,6 +264,8 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
                               categories={c: per_category[c] for c in categories if c in per_category})
     detector.calibration_files.write_calibration(calibration)
     print_calibration(calibration, console)
+    for line in weak_lines(calibration, str(run)):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     uncalibrated = [c for c in categories if c not in calibration.categories]
     if uncalibrated:
         console.print(f"[yellow]note:[/] not calibrated yet: {', '.join(uncalibrated)} (inspect refuses them)", highlight=False)
@@ -256,9 +278,34 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
 def print_calibration(calibration: Calibration, console: Console) -> None:
     table = Table(title="calibration")
     for col in ("category", "source", "normals", "threshold", "target FPR", "expected FPR", "FPR upper 95%",
-                "pixel threshold"):
+                "pixel threshold", "self-check AUROC", "synthetic found (small, large)"):
         table.add_column(col, justify="left" if col in ("category", "source") else "right")
     for cat, c in calibration.categories.items():
         table.add_row(cat, c.source, str(c.n_normals), f"{c.threshold:.5g}", f"{c.target_fpr:.1%}", f"{c.expected_fpr:.2%}",
-                      f"{c.fpr_upper_95:.1%}", f"{c.pixel_threshold:.4g}")
+                      f"{c.fpr_upper_95:.1%}", f"{c.pixel_threshold:.4g}", *_self_check_cells(c))
     print_table(console, table)
+    checked = {cat: c.self_check for cat, c in calibration.categories.items() if c.self_check is not None}
+    if checked:
+        print_table(console, _families_table(checked))
+
+
+def _self_check_cells(c: CategoryCalibration) -> tuple[str, str]:
+    if c.self_check is None:
+        return "–", "not run"
+    counts = ["{}/{}".format(*c.self_check.count(size)) for size in SIZES]
+    mark = " [red]weak[/]" if c.self_check.weak else ""
+    return f"{c.self_check.auroc:.3f}{mark}", ", ".join(counts)
+
+
+def _families_table(checked: dict) -> Table:
+    """Per category and defect family: synthetic copies found at the threshold, small and large."""
+    table = Table(title="self-check: synthetic defects found at the threshold (small · large; size = share of the "
+                        f"image side: {', '.join(f'{k} {v:.0%}' for k, v in SIZES.items())})")
+    table.add_column("category")
+    for family in FAMILIES:
+        table.add_column(family, justify="right")
+    for cat, sc in checked.items():
+        cells = [" · ".join("{}/{}".format(*sc.found.get(family, {}).get(size, [0, 0])) for size in SIZES)
+                 for family in FAMILIES]
+        table.add_row(cat, *cells)
+    return table

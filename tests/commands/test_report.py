@@ -102,7 +102,15 @@ def test_calibrated_report_shows_threshold_rates(run, prepared, tmp_path):
     assert disc["threshold"] == cal.categories["disc"].threshold
     assert 0 <= disc["observed_fpr"] <= 1 and 0 <= disc["detection_rate"] <= 1
     assert rows[-1]["threshold"] is None
-    assert "At the calibrated thresholds" in (tmp_path / "r" / "report.html").read_text()
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "At the calibrated thresholds" in page
+    # the self-check beside the real detection rate
+    check = cal.categories["disc"].self_check
+    found, copies = check.count("large")
+    assert disc["self_check_auroc"] == check.auroc and disc["synthetic_large_found"] == found / copies
+    assert disc["self_check_weak"] == check.weak and "self-check AUROC" in page
+    with open(tmp_path / "r" / "metrics.csv") as f:
+        assert float(next(csv.DictReader(f))["self_check_auroc"]) == pytest.approx(check.auroc)
 
 
 def test_a_defect_without_mask_is_left_out_of_the_pixel_metrics(run, prepared, tmp_path):

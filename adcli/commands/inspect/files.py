@@ -35,14 +35,15 @@ def inspect_paths(paths: list[str | Path], model_dir: str | Path, out: str | Pat
 def inspect_files(files: list[str | Path], model_dir: str | Path, out: str | Path, category: str | None = None,
                   device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                   console=None, batch_size: int | None = None, scores_only: bool = False, heatmaps: str = "defects",
-                  backend: str = "torch", heatmap_format: str = "jpg") -> InspectSummary:
+                  backend: str = "torch", heatmap_format: str = "jpg",
+                  require_self_check: bool = False) -> InspectSummary:
     """Judge exactly `files` (in the order given, each once) as inspect_folder judges a folder's files. A
     missing file is refused before anything is written (DataError); a file that is there but no image
     (text, a pipe, a broken link, damaged) gets its ERROR row, as in a folder."""
     _check_heatmap_options(heatmaps, heatmap_format)
     folder, files, out = _checked_files([Path(f) for f in files], Path(out))
     return run_inspection(folder, files, Path(model_dir), out, category, device, force, settle_seconds, lock_wait,
-                          console, batch_size, scores_only, heatmaps, backend, heatmap_format)
+                          console, batch_size, scores_only, heatmaps, backend, heatmap_format, require_self_check)
 
 
 def _checked_files(files: list[Path], out: Path) -> tuple[Path, list[Path], Path]:

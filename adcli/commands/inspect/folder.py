@@ -48,6 +48,7 @@ from adcli.core.progress import track
 from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.bundle.model_bundle import Bundle
 from adcli.stats.normalised import DECIMALS
+from adcli.commands import synthetic_defects
 from adcli.stats.thresholds import drift_z
 
 # Appended, never reordered: tools on the line may read results.csv by column position.
@@ -276,7 +277,7 @@ def _checked_folders(folder: Path, out: Path) -> tuple[Path, Path]:
 
 
 def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend: str, category: str | None,
-                   scores_only: bool, console: Console) -> Detector:
+                   scores_only: bool, console: Console, require_checked: bool = False) -> Detector:
     """The model, refused (DataError) when it has no thresholds for the categories it would judge. With
     --category auto, categories left out of a partial calibration are allowed where the router knows
     them: their images get the verdict `uncalibrated` (exit 6), never OK. A category the router does not
@@ -297,6 +298,11 @@ def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend
                         f"`adcli calibrate {model_dir} --data PREPARED` (or `--normals GOOD_IMAGES_FOLDER{example}`), "
                         f"or add --scores-only to record scores without verdicts (exit code {SCORES_ONLY_EXIT_CODE})")
     detector.fixed_category(category)  # a bad --category fails before anything is written
+    judged = detector.categories if category in (None, "auto") else [category]
+    if require_checked:
+        synthetic_defects.require_self_check(detector.calibration, judged, str(model_dir))
+    for line in synthetic_defects.weak_lines(detector.calibration, str(model_dir), judged):
+        console.print(f"[yellow]warning:[/] {line}", highlight=False)
     return detector
 
 
@@ -313,26 +319,27 @@ def inspect_folder(folder: str | Path, model_dir: str | Path, out: str | Path, c
                    device: str = "auto", force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                    console: Console | None = None, batch_size: int | None = None,
                    scores_only: bool = False, heatmaps: str = "defects", backend: str = "torch",
-                   heatmap_format: str = "jpg") -> InspectSummary:
+                   heatmap_format: str = "jpg", require_self_check: bool = False) -> InspectSummary:
     """scores_only: inspect with a model (or categories) not calibrated yet; their rows get the verdict
     `uncalibrated` and the run exits 6. Without it such a model is refused: it would pass every defect.
     heatmaps: which scored images get a heatmap picture: all, defects (every one not OK) or none;
     heatmap_format: jpg or png. backend: torch, or onnx / openvino for the graph `adcli export` wrote.
-    Given files rather than a folder: adcli/commands/inspect/files.py (inspect_files)."""
+    Given files rather than a folder: adcli/commands/inspect/files.py (inspect_files).
+    require_self_check: refuse (BundleError) a model whose calibration self-check is weak or missing."""
     _check_heatmap_options(heatmaps, heatmap_format)
     folder, out = _checked_folders(Path(folder), Path(out))
     return run_inspection(folder, None, Path(model_dir), out, category, device, force, settle_seconds, lock_wait,
-                          console, batch_size, scores_only, heatmaps, backend, heatmap_format)
+                          console, batch_size, scores_only, heatmaps, backend, heatmap_format, require_self_check)
 
 
 def run_inspection(folder: Path, files: list[Path] | None, model_dir: Path, out: Path, category: str | None,
                    device: str, force: bool, settle_seconds: float, lock_wait: float, console: Console | None,
                    batch_size: int | None, scores_only: bool, heatmaps: str, backend: str,
-                   heatmap_format: str) -> InspectSummary:
+                   heatmap_format: str, require_self_check: bool = False) -> InspectSummary:
     """One run with checked arguments: every file below `folder`, or exactly `files` (all below `folder`,
     their common parent, which names their heatmaps as a run over that folder would)."""
     console = console or Console(stderr=True)
-    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console, require_self_check)
     if cost := detector.model.cost_line():
         console.print(cost, highlight=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -496,7 +503,8 @@ class _Pass:
             "batch_size": detector.batch_size, "backend": detector.backend, "watching": watching,
             "seconds": round(summary.seconds, 3),
             "ms_per_image": {"load": round(ms[0], 1), "infer": round(ms[1], 1), "write": round(ms[2], 1)},
-            "drift": drift, "score_normalised": _normalised_by_category(run_rows)}
+            "drift": drift, "score_normalised": _normalised_by_category(run_rows),
+            "self_check": synthetic_defects.summary_record(detector.calibration)}
         if self.files is not None:
             summary.record["files"] = [display_path(f) for f in self.files]
         if run_rows or carried or not watching:
@@ -565,7 +573,8 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
                  max_passes: int | None = None, category: str | None = None, device: str = "auto",
                  force: bool = False, settle_seconds: float = 2.0, lock_wait: float = 600.0,
                  console: Console | None = None, batch_size: int | None = None, scores_only: bool = False,
-                 heatmaps: str = "defects", backend: str = "torch", heatmap_format: str = "jpg") -> int:
+                 heatmaps: str = "defects", backend: str = "torch", heatmap_format: str = "jpg",
+                 require_self_check: bool = False) -> int:
     """Inspect `folder` every `interval` seconds with the model loaded once, until `stop` is set (or
     `max_passes` passes): a line PC pays torch's import and the model's loading once, not per cron run.
     The output lock is held throughout. Files still being written wait for a later pass; on_pass(summary)
@@ -582,7 +591,7 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
     model_dir = Path(model_dir)
     folder, out = _checked_folders(Path(folder), Path(out))
     identity = bundle_identity(model_dir)
-    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
+    detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console, require_self_check)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
     job = _Pass(detector, folder, out, model_dir, category, settle_seconds, heatmaps, heatmap_format, console,
@@ -612,7 +621,8 @@ def watch_folder(folder: str | Path, model_dir: str | Path, out: str | Path, int
             now = bundle_identity(model_dir)
             if now != identity:
                 try:
-                    job.detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console)
+                    job.detector = _load_detector(model_dir, device, batch_size, backend, category, scores_only, console,
+                                                  require_self_check)
                 except (AdcliError, OSError) as exc:
                     pause(f"the model changed and cannot be loaded: {exc}")
                     continue

@@ -82,11 +82,13 @@ def render(title: str, header: dict, rows: list[dict], sections: list[dict]) -> 
     calibrated = [r for r in rows if r.get("threshold") is not None]
     if calibrated:
         out.append("<h3>At the calibrated thresholds</h3><table><tr><th>category</th><th>threshold</th>"
-                   "<th>target FPR</th><th>FPR 95% bound</th><th>false alarms on good</th><th>defects detected</th></tr>")
+                   "<th>target FPR</th><th>FPR 95% bound</th><th>false alarms on good</th><th>defects detected</th>"
+                   "<th>self-check AUROC</th><th>synthetic large found</th></tr>")
         pct = lambda v: "–" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         for r in calibrated:
             out.append(f"<tr><td>{html.escape(r['category'])}</td><td>{r['threshold']:.5g}</td><td>{pct(r['target_fpr'])}</td>"
-                       f"<td>{pct(r['fpr_upper_95'])}</td><td>{pct(r['observed_fpr'])}</td><td>{pct(r['detection_rate'])}</td></tr>")
+                       f"<td>{pct(r['fpr_upper_95'])}</td><td>{pct(r['observed_fpr'])}</td><td>{pct(r['detection_rate'])}</td>"
+                       f"<td>{_auroc(r.get('self_check_auroc'), r.get('self_check_weak'))}</td><td>{pct(r.get('synthetic_large_found'))}</td></tr>")
         out.append("</table>")
     for sec in sections:
         out.append(f"<h2>{html.escape(sec['category'])}</h2><div class='row'>")
@@ -100,3 +102,10 @@ def render(title: str, header: dict, rows: list[dict], sections: list[dict]) -> 
                 out.append(f"<div class='case'>{imgs}<br><small>{html.escape(case['caption'])}</small></div>")
     out.append("<p><small>Columns: image | heatmap | ground truth.</small></p></body></html>")
     return "\n".join(out)
+
+
+def _auroc(value: float | None, weak: bool | None) -> str:
+    """A self-check AUROC (0-1) in % as the metrics tables show AUROCs, a weak self-check marked."""
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}" + (" <b style='color:#b00'>weak</b>" if weak else "")

@@ -98,6 +98,28 @@ def _category_section(cat: str, rows: list[dict], drift: dict | None) -> str:
     return "\n".join(out)
 
 
+def _self_checks(summary: dict) -> dict:
+    """summary.json's per-category self-check figures (adcli/commands/synthetic_defects.py: summary_record); {} if none."""
+    record = summary.get("self_check")
+    categories = record.get("categories") if isinstance(record, dict) else None
+    return categories if isinstance(categories, dict) else {}
+
+
+def _self_check_line(cat: str, check: dict | None) -> str:
+    """Whether the model passed its calibration self-check on `cat`: can it see defects at all?"""
+    if not isinstance(check, dict):
+        return "<p>self-check: not run (calibrated with --no-self-check, or by an older adcli)</p>"
+    try:
+        (fl, nl), (fs, ns) = check["large_found"], check["small_found"]
+        figures = f"synthetic AUROC {float(check['auroc']):.2f}, large defects found {fl}/{nl}, small {fs}/{ns}"
+    except (KeyError, TypeError, ValueError):
+        return "<p>self-check: unreadable in summary.json</p>"
+    if check.get("weak"):
+        return (f"<p><b style='color:#b00'>self-check failed</b>: this model cannot reliably see defects on "
+                f"{html.escape(cat)} ({figures}); OK verdicts here mean little</p>")
+    return f"<p>self-check passed: {figures}</p>"
+
+
 def _case(out: Path, row: dict) -> str:
     picture = _picture(out, row.get("heatmap", ""))
     what = [f"<b>{html.escape(row.get('verdict', ''))}</b>", html.escape(row.get("path", ""))]
@@ -140,8 +162,10 @@ def render_review(out: str | Path) -> Path:
              "<p>" + " · ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in header.items()) + "</p>",
              _counts_table(rows)]
     drift = summary.get("drift", {}) if isinstance(summary.get("drift"), dict) else {}
+    checks = _self_checks(summary)
     for cat in sorted({r["category"] for r in rows if r.get("category")}):
         parts.append(_category_section(cat, [r for r in rows if r.get("category") == cat], drift.get(cat)))
+        parts.append(_self_check_line(cat, checks.get(cat)))
     attention = [r for r in reversed(rows) if r.get("verdict") in ATTENTION]  # newest first
     parts.append(f"<h2>Needs a look: {len(attention)} DEFECT / ERROR / UNKNOWN_CATEGORY</h2>")
     parts.append("<p><small>score: normalised, the same scale on every model and product: 0.5 = the category's "

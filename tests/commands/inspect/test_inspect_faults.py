@@ -42,7 +42,9 @@ FUZZ_EXAMPLES = int(os.environ.get("ADCLI_FUZZ_EXAMPLES", "60"))
 @pytest.fixture(scope="module")
 def run(prepared, tmp_path_factory):
     run = train(prepared, tmp_path_factory.mktemp("faults") / "run", load_recipe("diffusionad", "test"), device="cpu")
-    calibrate(run, prepared, 0.05, device="cpu")
+    # This tiny model fails its self-check (rightly); its warning line is tested in test_require_self_check.py,
+    # and would be one line more in every error output counted here.
+    calibrate(run, prepared, 0.05, device="cpu", self_check=False)
     return run
 
 
