@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def passing(prepared, tmp_path_factory):
-    """knn on the demo's disc: its self-check passes (tests/commands/test_self_check.py)."""
+    """knn on the demo's disc: its self-check passes (tests/commands/test_synthetic_defects.py)."""
     run = train(prepared, tmp_path_factory.mktemp("pass") / "run", load_recipe("knn", "test"), device="cpu")
     cal = calibrate(run, prepared, 0.05, device="cpu", category="disc")
     assert not cal.categories["disc"].self_check.weak
@@ -49,10 +49,16 @@ def _inspect(model, demo_root, out, *extra):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 
+def _stderr_lines(done) -> list[str]:
+    """stderr without blank lines and without the test-profile line these test models get (tested in
+    tests/test_pipeline.py)."""
+    return [line for line in done.stderr.splitlines() if line.strip() and "was trained with the test profile" not in line]
+
+
 def test_a_weak_model_is_named_at_the_start_and_in_the_summary(weak, demo_root, tmp_path):
     done = _inspect(weak, demo_root, tmp_path / "out")
     assert done.returncode in (0, 1), done.stderr
-    first = done.stderr.strip().splitlines()[0]
+    first = _stderr_lines(done)[0]
     assert first.startswith(f"warning: model {weak} cannot reliably see defects on disc: synthetic AUROC")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["self_check"]["weak"] == ["disc"] and summary["self_check"]["categories"]["disc"]["weak"]
@@ -63,7 +69,7 @@ def test_a_weak_model_is_named_at_the_start_and_in_the_summary(weak, demo_root, 
 def test_require_self_check_refuses_a_weak_model_with_one_line(weak, demo_root, tmp_path):
     done = _inspect(weak, demo_root, tmp_path / "out", "--require-self-check")
     assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = _stderr_lines(done)
     assert len(lines) == 1 and lines[0].startswith("error: --require-self-check: model") and "disc" in lines[0]
     assert not (tmp_path / "out" / "results.jsonl").exists()
 
