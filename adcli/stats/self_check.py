@@ -18,7 +18,7 @@ import numpy as np
 
 from adcli.stats.metrics import curve_summary
 
-# Floors, from the models measured for the self-check (issue #39; table in CHANGELOG.md). MVTec bottle:
+# Floors, from the models measured for the self-check (table in docs/benchmarks.md). MVTec bottle:
 # the two models that find real defects (knn cpu: real image AUROC 100, knn test: 98.6) score 1.00 and
 # 0.92 on the synthetic defects and find 10/10 and 8/10 of the large ones; the five `test` profiles that
 # cannot (real AUROC 17-60: timenet, drdc, diad, uniad, diffusionad) score 0.37-0.54 and find at most
