@@ -1,3 +1,4 @@
+import sys
 import time
 
 import numpy as np
@@ -102,3 +103,20 @@ def wait_for(condition, what: str, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def without_test_profile_line(err: str) -> str:
+    """The test models are trained with the `test` profile, so calibrate and inspect say so in one warning
+    line first (tests/test_pipeline.py tests that line); tests that count the lines after it drop it."""
+    return "".join(line for line in err.splitlines(keepends=True) if "was trained with the test profile" not in line)
+
+
+def run_cli(args, monkeypatch, capsys) -> tuple[int | None, str]:
+    """`adcli ARGS` in this process -> (exit code, stderr without the test-profile line)."""
+    from adcli.cli import main
+
+    capsys.readouterr()  # what came before
+    monkeypatch.setattr(sys, "argv", ["adcli", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, without_test_profile_line(capsys.readouterr().err)

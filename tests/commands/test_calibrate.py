@@ -4,15 +4,14 @@ import io
 import json
 import re
 import shutil
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from rich.console import Console
 
 from adcli.bundle import calibration_files as calibration_files_module
 from adcli.commands.calibrate import calibrate, parse_thresholds
-from adcli.cli import main
 from adcli.inference.detector import Detector
 from adcli.core.errors import AdcliError, BundleError, DataError, PartlyCalibrated
 from adcli.bundle.calibration_files import CalibrationFiles
@@ -90,18 +89,7 @@ def _routers(run):
     return sorted(p.name for p in run.glob("routing*.safetensors"))
 
 
-def _cli(args, monkeypatch, capsys):
-    capsys.readouterr()  # what came before
-    monkeypatch.setattr(sys, "argv", ["adcli", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, _without_test_profile_line(capsys.readouterr().err)
-
-
-def _without_test_profile_line(err: str) -> str:
-    """The models here are trained with the `test` profile, so calibrate and inspect say so in one
-    warning line first (tests/test_pipeline.py tests that line); these tests count the lines after it."""
-    return "".join(line for line in err.splitlines(keepends=True) if "was trained with the test profile" not in line)
+_cli = run_cli
 
 
 def test_a_calibration_killed_after_its_router_leaves_the_old_calibration_working(run, prepared, demo_root, monkeypatch):

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from adcli.commands.calibrate import calibrate
-from adcli.cli import main
 from adcli.core.errors import ImageError
 from adcli.commands.inspect import inspect_folder
 from adcli.core.io import decode_image
@@ -166,17 +166,7 @@ def test_damaged_journal_line_costs_no_other_row(run, tmp_path, capsys):
     assert "skipped 1 damaged line(s) (line 2)" in capsys.readouterr().err.replace("\n", " ")
 
 
-def _cli(args, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["adcli", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code, _without_test_profile_line(capsys.readouterr().err)
-
-
-def _without_test_profile_line(err: str) -> str:
-    """The models here are trained with the `test` profile, so calibrate and inspect say so in one
-    warning line first (tests/test_pipeline.py tests that line); these tests count the lines after it."""
-    return "".join(line for line in err.splitlines(keepends=True) if "was trained with the test profile" not in line)
+_cli = run_cli
 
 
 def _inspect_args(run, folder, out):

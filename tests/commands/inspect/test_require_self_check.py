@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import without_test_profile_line
 
 from adcli.commands.calibrate import calibrate
 from adcli.commands.report.review import render_review
@@ -52,7 +53,7 @@ def _inspect(model, demo_root, out, *extra):
 def _stderr_lines(done) -> list[str]:
     """stderr without blank lines and without the test-profile line these test models get (tested in
     tests/test_pipeline.py)."""
-    return [line for line in done.stderr.splitlines() if line.strip() and "was trained with the test profile" not in line]
+    return [line for line in without_test_profile_line(done.stderr).splitlines() if line.strip()]
 
 
 def test_a_weak_model_is_named_at_the_start_and_in_the_summary(weak, demo_root, tmp_path):
