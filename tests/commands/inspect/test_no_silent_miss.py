@@ -72,7 +72,7 @@ def test_a_defect_row_of_a_killed_run_is_reported_by_the_next_run(flags_all, tmp
                                      "--category", "disc", "--settle-seconds", "0", "--device", "cpu"])
     with pytest.raises(SystemExit) as rerun:
         main()
-    err = capsys.readouterr().err.replace("\n", " ")
+    err = " ".join(capsys.readouterr().err.split())  # words: the console wraps where path lengths put it
     assert rerun.value.code == 1, err  # the page the killed run never caused
     assert "3 already inspected (--force judges them again)" in err  # at a desk, a rerun says how to re-judge
     assert "from an interrupted run, not reported before: 3 DEFECT" in err
