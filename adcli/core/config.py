@@ -103,7 +103,7 @@ class InferenceLoopConfig:
     batch_size: int = 8  # images per model call in inspect, calibrate, report and the Python API
     # Scoring on a CPU: fp32; bf16 = under bf16 autocast; auto = bf16 where the CPU has bf16 instructions
     # (AVX-512 BF16 or AMX; without them bf16 is slower), else fp32. Only for recipes where bf16 was
-    # measured to keep the results (README "Speed"). Training and fitted score stages stay fp32.
+    # measured to keep the results (docs/benchmarks.md "Speed"). Training and fitted score stages stay fp32.
     cpu_dtype: str = "fp32"
 
     def __post_init__(self):

@@ -2,7 +2,7 @@
 
 White noise at a diffusion model's inference level hides fine structure only: a large, faint change of
 brightness survives the noising almost untouched, so the model learns to copy it and the anomaly map
-misses it (TimeNet on magnetic_tile `uneven`, README "Measured"). AnoDDPM (Wyatt et al., 2022) made the
+misses it (TimeNet on magnetic_tile `uneven`, docs/benchmarks.md). AnoDDPM (Wyatt et al., 2022) made the
 same point for large anomalies and noised with simplex noise instead. Here the source is
     X_0 = √(1 − s) · ε + √s · G_σ(ε'),   ε, ε' ~ N(0, I),
 G_σ a Gaussian low-pass of width σ rescaled to unit variance, so every pixel stays N(0, 1) while

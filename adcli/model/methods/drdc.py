@@ -83,7 +83,7 @@ class InferenceConfig(InferenceLoopConfig):
     steps: int = 10  # evenly spaced DDIM steps from start_t towards 0
     # The state DDIM starts from: "image" = the image forward-noised to start_t (the paper keeps its low
     # frequencies and lets diffusion redo the high ones; also what training shows the model), or
-    # "condition" = the noise-filled condition forward-noised (measured far worse: see the README).
+    # "condition" = the noise-filled condition forward-noised (measured far worse: docs/benchmarks.md).
     start_from: str = "image"
 
     def __post_init__(self):

@@ -111,12 +111,12 @@ class ScoringConfig:
     # What the image score pools: "map" = S itself (paper); "standardised" = S standardised per pixel by
     # the same training normals, (S − μ) / (σ + σ̄) per category (stage `score_scale`), so places where
     # normal images always reconstruct worse (an object's edges) do not decide the score. The anomaly
-    # map stays S. Ours: measured in README "TimeNet (--recipe timenet)".
+    # map stays S. Ours: measured in docs/benchmarks.md (TimeNet).
     image_score: str = "map"
     # Side (px) the images and their reconstructions are resized to (bilinear) before the backbone of the
     # feature term; None = as they are. Ours: at 256 px the backbone's maps are the paper's 64², 32², 16²,
     # so a model that reconstructs at 128 px can be scored on features of that resolution. On ../shared/data
-    # the `cpu` model scored worse so (README "Measured"), and no profile sets it.
+    # the `cpu` model scored worse so (docs/benchmarks.md), and no profile sets it.
     feature_size: int | None = None
 
     def __post_init__(self):
