@@ -29,7 +29,7 @@ from adcli.stats.self_check import SelfCheck, evaluate
 SEED = 0  # fixed: a recalibration of the same model on the same normals gives the same self-check
 # Copies: at most one per calibration normal, in whole rounds over the families and sizes (each gets
 # the same count), at least one round. Scoring them costs at most what scoring the normals did, so the
-# self-check at most doubles calibration (measured in CHANGELOG.md). MAX_COPIES bounds large calib splits.
+# self-check at most doubles calibration (calibrate prints its cost). MAX_COPIES bounds large calib splits.
 MAX_COPIES = 100
 COMBINATIONS = [(family, size) for size in SIZES for family in FAMILIES]
 

@@ -95,12 +95,12 @@ def set_dotted(tree: dict, dotted: str, value: Any, source: str, recipe: str = "
     node[parts[-1]] = value
 
 
-def resolve_tree(path: Path, profile: str | None, overrides: typing.Sequence[str] = ()) -> dict:
-    """The recipe's settings after the profile and `--set` overrides, as a plain dict."""
-    raw = read_yaml(path)
-    profiles = raw.pop("profiles", {}) or {}
-    raw.pop("on_cpu", None)
-    tree = copy.deepcopy(raw)
+def resolve_tree(path: Path, profile: str | None, overrides: typing.Sequence[str] = (), raw: dict | None = None) -> dict:
+    """The recipe's settings after the profile and `--set` overrides, as a plain dict. raw: the file's
+    contents when the caller has read them already."""
+    tree = copy.deepcopy(raw if raw is not None else read_yaml(path))
+    profiles = tree.pop("profiles", {}) or {}
+    tree.pop("on_cpu", None)
     if profile:
         if profile not in profiles:
             raise RecipeError(f"{path}: unknown profile '{profile}' (known: {', '.join(sorted(profiles)) or 'none'})")
@@ -198,21 +198,22 @@ def load_recipe(name_or_path: str, profile: str | None = None, overrides: typing
     from adcli.model.registry import get_method
 
     path = recipe_path(name_or_path)
-    tree = resolve_tree(path, profile, overrides)
+    raw = read_yaml(path)
+    on_cpu = raw.get("on_cpu")
+    if on_cpu is not None and not isinstance(on_cpu, str):
+        raise RecipeError(f"{path}: 'on_cpu' must be one line of text")
+    tree = resolve_tree(path, profile, overrides, raw)
     method_name = tree.get("method")
     if not isinstance(method_name, str):
         raise RecipeError(f"{path}: missing key 'method'")
     spec = get_method(method_name, source=str(path))
     source = f"{path}" + (f" (profile '{profile}')" if profile else "")
     try:
-        on_cpu = read_yaml(path).get("on_cpu")
-        if on_cpu is not None and not isinstance(on_cpu, str):
-            raise RecipeError(f"{path}: 'on_cpu' must be one line of text")
         return LoadedRecipe(build(spec.config_cls, tree, source), path, profile, on_cpu)
     except RecipeError as exc:
         if not overrides:
             raise
-        build(spec.config_cls, resolve_tree(path, profile), source)  # the file's or the profile's own error
+        build(spec.config_cls, resolve_tree(path, profile, raw=raw), source)  # the file's or the profile's own error
         # Without the overrides it builds: blame the one whose key the message names (else all of them).
         culprit = next((t for t in overrides if f"'{parse_override(t)[0]}" in str(exc)), " --set ".join(overrides))
         raise RecipeError(str(exc).replace(source, f"--set {culprit}", 1)) from None
