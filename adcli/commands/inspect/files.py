@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from adcli.commands.inspect.folder import InspectSummary, _check_heatmap_options, inspect_folder, run_inspection
+from adcli.commands.inspect.folder import (InspectSummary, _check_heatmap_options, check_out_folder, inspect_folder,
+                                          run_inspection)
 from adcli.commands.inspect.intake import display_path
-from adcli.core.errors import DataError, OutputError, UsageError
+from adcli.core.errors import DataError, UsageError
 
 
 def inspect_paths(paths: list[str | Path], model_dir: str | Path, out: str | Path, **options) -> InspectSummary:
@@ -58,8 +59,7 @@ def _checked_files(files: list[Path], out: Path) -> tuple[Path, list[Path], Path
     # The parent is resolved, not the file: a link is judged (or refused) as a folder run sees it.
     unique = list(dict.fromkeys(f.absolute().parent.resolve() / f.name for f in files))
     folder = Path(os.path.commonpath([f.parent for f in unique]))
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder")
+    check_out_folder(out)
     own = [f for f in unique if (out / "heatmaps").resolve() in f.parents]
     if own:
         raise UsageError(f"{display_path(own[0])} is one of inspect's heatmaps (in --out {out}); give the original image")

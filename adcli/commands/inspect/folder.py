@@ -271,9 +271,14 @@ def _checked_folders(folder: Path, out: Path) -> tuple[Path, Path]:
     folder = folder.resolve()
     if out.resolve() == folder:
         raise DataError(f"--out {out} is the folder being inspected; choose another (a folder inside it is fine)")
+    check_out_folder(out)
+    return folder, out
+
+
+def check_out_folder(out: Path) -> None:
+    """--out must be a folder, or not there yet (it is made then)."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file, not a folder")
-    return folder, out
 
 
 def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend: str, category: str | None,
