@@ -169,7 +169,12 @@ if __name__ == "__main__":  # `python -m adcli.data.demo OUT`: what `make demo` 
     import sys              # `python -m adcli.data.demo --verdict REPORT RECIPE`: its line per recipe
 
     if len(sys.argv) == 4 and sys.argv[1] == "--verdict":
-        print(demo_verdict(sys.argv[2], sys.argv[3]))
+        try:
+            print(demo_verdict(sys.argv[2], sys.argv[3]))
+        except (OSError, ValueError, KeyError, StopIteration) as exc:  # no report there, or not adcli's
+            print(f"error: {sys.argv[2]} is not an adcli report folder with metrics.json ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            sys.exit(2)
     else:
         target = Path(sys.argv[1] if len(sys.argv) > 1 else "demo/data")
         print(f"demo data: {generate_demo(target)}, textures: {target / 'textures'}")
