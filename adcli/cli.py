@@ -162,7 +162,8 @@ def calibrate(
                                              "normals (exit 7; exit 2 when that is every one).")] = 20,
     allow_few: Annotated[bool, typer.Option("--allow-few", help="Calibrate even below --min-normals (weaker thresholds).")] = False,
     no_self_check: Annotated[bool, typer.Option("--no-self-check", help="Skip the self-check (scoring synthetic "
-                                                "defects to see whether the model can find defects at all).")] = False,
+                                                "defects, and --data's labelled test defects, to see whether the model "
+                                                "can find defects at all).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: BatchSize = None,
 ):

@@ -2,7 +2,8 @@
 
 Normals come from a prepared dataset's `calib` split (the dataset's validation/good where it has one,
 else the held-out part of train/good), or from a folder of fresh good images of one category
-(`--normals`). Never from training images' scores, never from test labels. Below `min_normals`
+(`--normals`). Never from training images' scores, never from test labels (the self-check scores a
+prepared dataset's labelled test defects only to print the real detection rate beside its own). Below `min_normals`
 normals a category is not calibrated (unless `allow_few`): a threshold from three normals promises a
 false-alarm rate it cannot keep. Such a category is left out with a warning and the others are
 calibrated (PartlyCalibrated, exit 7, after the calibration is written); only when no category of the
@@ -39,11 +40,12 @@ from adcli.model.nets.weights import WeightsNotFound
 from adcli.inference.predictions import predict_samples
 from adcli.core.progress import print_table, track
 from adcli.model.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
-from adcli.commands.synthetic_defects import copies_for, run_self_check, weak_lines
+from adcli.commands.synthetic_defects import MAX_COPIES, copies_for, run_self_check, score_real_defects, weak_lines
 from adcli.data.defects import FAMILIES, SIZES
 from adcli.stats.thresholds import MIN_NORMALS, fit_threshold, normals_needed, score_summary
 
 PIXEL_QUANTILE = 0.999  # of all calibration-normal pixels: the contour level on heatmaps
+MAX_REAL_DEFECTS = MAX_COPIES  # labelled test defects the self-check scores per category, at most
 PROFILE_MIN_NORMALS = 2  # a category left out still gets a routing profile from this many held-out normals
 
 
@@ -55,6 +57,9 @@ class NormalSet:
     source_path: str
     normals: list[Sample]
     bank: list[str]  # image paths; may overlap nothing in `normals`
+    # the prepared dataset's labelled test defects of the category: scored by the self-check to print the
+    # real detection rate beside the synthetic one; never used to choose the threshold
+    defects: list[Sample] = dataclasses.field(default_factory=list)
 
 
 def parse_thresholds(items: list[str]) -> dict[str, float]:
@@ -79,8 +84,10 @@ def normals_from_prepared(prepared: str | Path, categories: list[str]) -> dict[s
     for cat in categories:
         calib = [s for s in manifest if s.split == "calib" and s.category == cat]
         train = [s.path for s in manifest if s.split == "train" and s.category == cat]
+        defects = [s for s in manifest if s.split == "test" and s.category == cat and s.label == 1]
+        defects = defects[::-(-len(defects) // MAX_REAL_DEFECTS)] if defects else []  # spread over the defect types
         if calib:
-            sets[cat] = NormalSet("prepared", where, calib, train or [s.path for s in calib])
+            sets[cat] = NormalSet("prepared", where, calib, train or [s.path for s in calib], defects)
     return sets
 
 
@@ -181,13 +188,19 @@ def _self_checks(detector: Detector, sets: dict[str, NormalSet], per_category: d
     """Each calibrated category's self-check, stored in its calibration; one line of what it cost."""
     start = time.perf_counter()
     copies = sum(copies_for(len(normal_set.normals)) for normal_set in sets.values())
-    with track(console, "self-check", copies) as task:
+    real = sum(len(normal_set.defects) for normal_set in sets.values())
+    with track(console, "self-check", copies + real) as task:
         for cat, normal_set in sets.items():
             cal = per_category[cat]
             checked = run_self_check(detector, cat, normal_set.normals, np.asarray(cal.normal_scores), cal.threshold,
                                      progress=task.advance)
+            if normal_set.defects:
+                real_start = time.perf_counter()
+                scores = score_real_defects(detector, cat, normal_set.defects, task.advance)
+                checked = checked.with_real_defects(scores, cal.threshold, time.perf_counter() - real_start)
             per_category[cat] = dataclasses.replace(cal, self_check=checked)
-    console.print(f"self-check: {copies} synthetic images, {time.perf_counter() - start:.1f} s", highlight=False)
+    labelled = f" and {real} labelled test defects" if real else ""
+    console.print(f"self-check: {copies} synthetic images{labelled}, {time.perf_counter() - start:.1f} s", highlight=False)
 
 
 def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: float = 0.01, device: str = "auto",
@@ -278,7 +291,7 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
 def print_calibration(calibration: Calibration, console: Console) -> None:
     table = Table(title="calibration")
     for col in ("category", "source", "normals", "threshold", "target FPR", "expected FPR", "FPR upper 95%",
-                "pixel threshold", "self-check AUROC", "synthetic found (small, large)"):
+                "pixel threshold", "self-check AUROC", "synthetic found (small, large)", "labelled test defects found"):
         table.add_column(col, justify="left" if col in ("category", "source") else "right")
     for cat, c in calibration.categories.items():
         table.add_row(cat, c.source, str(c.n_normals), f"{c.threshold:.5g}", f"{c.target_fpr:.1%}", f"{c.expected_fpr:.2%}",
@@ -289,12 +302,14 @@ def print_calibration(calibration: Calibration, console: Console) -> None:
         print_table(console, _families_table(checked))
 
 
-def _self_check_cells(c: CategoryCalibration) -> tuple[str, str]:
+def _self_check_cells(c: CategoryCalibration) -> tuple[str, str, str]:
     if c.self_check is None:
-        return "–", "not run"
+        return "–", "not run", "–"
     counts = ["{}/{}".format(*c.self_check.count(size)) for size in SIZES]
     mark = " [red]weak[/]" if c.self_check.weak else ""
-    return f"{c.self_check.auroc:.3f}{mark}", ", ".join(counts)
+    real = c.self_check.real_found
+    real_cell = f"{real[0]}/{real[1]} ({real[0] / real[1]:.0%})" if real else "–"
+    return f"{c.self_check.auroc:.3f}{mark}", ", ".join(counts), real_cell
 
 
 def _families_table(checked: dict) -> Table:

@@ -3,7 +3,9 @@
 `adcli calibrate` calls `run_self_check` per category after fitting its threshold: it copies the
 calibration normals with synthetic defects (adcli/data/defects.py; families no recipe trains on, each
 at a small and a large size), scores the copies with the same Detector, and keeps the summary
-(adcli/stats/self_check.py) in calibration.json. `weak_lines` is what calibrate and every inspect print
+(adcli/stats/self_check.py) in calibration.json. Where the prepared data has labelled test defects,
+`score_real_defects` scores them too, so the table shows the real detection rate beside the synthetic
+one (the threshold never sees them). `weak_lines` is what calibrate and every inspect print
 for a model that fails it; `require_self_check` is inspect's `--require-self-check`.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from adcli.bundle.calibration import Calibration
-from adcli.core.errors import BundleError
+from adcli.core.errors import BundleError, ImageError
 from adcli.core.io import read_image
 from adcli.data.batches import resized
 from adcli.data.defects import FAMILIES, SIZES, defect_region, make_defect
@@ -78,6 +80,26 @@ def run_self_check(detector: Detector, category: str, normals: list[Sample], nor
         if progress:
             progress()
     return evaluate(normal_scores, scores, threshold, seed, time.perf_counter() - start)
+
+
+def score_real_defects(detector: Detector, category: str, defects: list[Sample],
+                       progress: Callable[[], None] | None = None) -> list[float]:
+    """Raw scores of a prepared dataset's labelled test defects of `category` (a file that no longer
+    decodes is left out: prepare checked them, this only reports)."""
+
+    def load(sample: Sample):
+        try:
+            return ToScore(read_image(sample.path), None, category)
+        except ImageError:
+            return None
+
+    scores = []
+    for r in detector.stream(defects, load):
+        if r.judged is not None:
+            scores.append(float(r.judged.score))
+        if progress:
+            progress()
+    return scores
 
 
 def weak_lines(calibration: Calibration | None, model: str, categories: list[str] | None = None) -> list[str]:

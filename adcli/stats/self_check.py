@@ -7,6 +7,8 @@ into the self-check stored with the category's calibration. Pure: scores in, sum
     auroc      image AUROC of the synthetic copies against the normals (0.5 = blind, 1 = perfect)
     found      per family and size: [copies at or above the threshold, copies]
     weak       auroc < AUROC_FLOOR, or fewer than LARGE_FLOOR of the large defects found
+    real_found [labelled test defects at or above the threshold, defects], where the prepared data has
+               them: what the synthetic figures stand in for on a line without labels (not part of `weak`)
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ class SelfCheck:
     found: dict  # family -> size -> [detected, copies] at the category's threshold
     synthetic_scores: dict  # family -> size -> the copies' raw scores: a hand-set threshold's evidence
     seed: int
-    seconds: float  # wall time of making and scoring the copies
+    seconds: float  # wall time of making and scoring the copies (and the labelled test defects)
+    # The prepared dataset's labelled test defects of this category: their raw scores and how many reach the
+    # threshold. None: calibrated from --normals, or a dataset without labelled defects.
+    real_scores: list | None = None
+    real_found: list | None = None
 
     def count(self, size: str) -> tuple[int, int]:
         """(detected, copies) of one size over every family."""
@@ -57,17 +63,33 @@ class SelfCheck:
 
     def at_threshold(self, threshold: float) -> SelfCheck:
         """The same check with `found` recounted at another threshold (a threshold set by hand)."""
-        return dataclasses.replace(self, found=_found(self.synthetic_scores, threshold))
+        return dataclasses.replace(self, found=_found(self.synthetic_scores, threshold),
+                                   real_found=_real_found(self.real_scores, threshold))
+
+    def with_real_defects(self, scores, threshold: float, seconds: float) -> SelfCheck:
+        """The check with the labelled test defects' raw `scores` beside it (`seconds`: what scoring them took)."""
+        real = [float(v) for v in np.asarray(scores, np.float64).ravel()]
+        return dataclasses.replace(self, real_scores=real, real_found=_real_found(real, threshold),
+                                   seconds=self.seconds + float(seconds))
 
     def to_record(self) -> dict:
         """What inspect's summary.json and review show per category."""
         (fl, nl), (fs, ns) = self.count("large"), self.count("small")
-        return {"auroc": round(self.auroc, 4), "large_found": [fl, nl], "small_found": [fs, ns], "weak": self.weak}
+        record = {"auroc": round(self.auroc, 4), "large_found": [fl, nl], "small_found": [fs, ns], "weak": self.weak}
+        if self.real_found is not None:
+            record["real_found"] = list(self.real_found)
+        return record
 
 
 def _found(synthetic_scores: dict, threshold: float) -> dict:
     return {family: {size: [int((np.asarray(s) >= threshold).sum()), len(s)] for size, s in by_size.items()}
             for family, by_size in synthetic_scores.items()}
+
+
+def _real_found(real_scores: list | None, threshold: float) -> list | None:
+    if not real_scores:
+        return None
+    return [int((np.asarray(real_scores) >= threshold).sum()), len(real_scores)]
 
 
 def evaluate(normal_scores: np.ndarray, synthetic_scores: dict, threshold: float, seed: int,
@@ -93,6 +115,10 @@ def from_dict(tree: Any, where: str) -> SelfCheck:
                   for f, by_size in tree["synthetic_scores"].items()}
         found = {str(f): {str(s): [int(pair[0]), int(pair[1])] for s, pair in by_size.items()}
                  for f, by_size in tree["found"].items()}
+        real = tree.get("real_scores")
+        real = None if real is None else [float(v) for v in real]
+        real_found = tree.get("real_found")
+        real_found = None if real_found is None else [int(real_found[0]), int(real_found[1])]
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ValueError(f"{where}: not a self-check ({exc.__class__.__name__}: {exc})") from None
-    return SelfCheck(auroc, found, scores, seed, seconds)
+    return SelfCheck(auroc, found, scores, seed, seconds, real, real_found)

@@ -18,6 +18,7 @@ from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.commands.synthetic_defects import copies_for
 from adcli.commands.train import train
 from adcli.data.defects import FAMILIES, SIZES
+from adcli.data.manifest import load_manifest
 from tests.conftest import recipe_with_weights
 
 
@@ -262,11 +263,20 @@ def test_calibration_stores_and_prints_the_self_check(run, prepared):
     assert Detector.load(run, "cpu").calibration.categories["disc"].self_check == disc
     text = out.getvalue()
     assert "self-check AUROC" in text and f"{disc.auroc:.3f}" in text and "brightness" in text
-    assert re.search(r"self-check: \d+ synthetic images, \d+\.\d s", text)
+    assert re.search(r"self-check: \d+ synthetic images and \d+ labelled test defects, \d+\.\d s", text)
+    # the prepared test split's labelled defects, scored beside the synthetic ones (the threshold never sees them)
+    defects = [s for s in load_manifest(prepared) if s.split == "test" and s.category == "disc" and s.label == 1]
+    threshold = cal.categories["disc"].threshold
+    assert len(defects) > 0 and len(disc.real_scores) == len(defects)
+    assert disc.real_scores[0] == pytest.approx(Detector.load(run, "cpu").predict(defects[0].path, "disc").score, rel=1e-5)
+    assert disc.real_found == [sum(v >= threshold for v in disc.real_scores), len(defects)]
+    assert "labelled test defects found" in text and f"{disc.real_found[0]}/{len(defects)} (" in text
+    assert stored["real_found"] == disc.real_found
     again = calibrate(run, prepared, 0.2, device="cpu")  # deterministic
     assert again.categories["disc"].self_check.synthetic_scores == disc.synthetic_scores
     manual = calibrate(run, thresholds={"disc": -1e9}, device="cpu").categories["disc"].self_check
     assert manual.count("large") == (disc.count("large")[1],) * 2  # recounted at the hand-set threshold
+    assert manual.real_found == [len(defects), len(defects)]
 
 
 def test_no_self_check_and_older_calibrations_without_one(run, prepared):

@@ -59,3 +59,17 @@ def test_stored_form_round_trips_and_damage_is_named():
         from_dict(tree, "cal")
     with pytest.raises(ValueError, match="cal: expected an object"):
         from_dict([1], "cal")
+
+
+def test_labelled_defects_beside_the_check_recount_and_round_trip():
+    check = evaluate(np.zeros(3), _scores(large=[2.0]), threshold=1.5, seed=0, seconds=1.0)
+    assert check.real_found is None and "real_found" not in check.to_record()
+    real = check.with_real_defects([0.5, 1.5, 3.0], threshold=1.5, seconds=0.5)
+    assert real.real_found == [2, 3] and real.seconds == 1.5 and real.to_record()["real_found"] == [2, 3]
+    assert real.weak == check.weak  # beside the check, not part of it
+    assert real.at_threshold(0.0).real_found == [3, 3] and real.at_threshold(9.0).real_found == [0, 3]
+    tree = json.loads(json.dumps(dataclasses.asdict(real)))
+    assert from_dict(tree, "cal") == real
+    for key in ("real_scores", "real_found"):  # as an adcli before the labelled defects wrote it
+        del tree[key]
+    assert from_dict(tree, "cal").real_found is None

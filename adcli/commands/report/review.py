@@ -112,6 +112,9 @@ def _self_check_line(cat: str, check: dict | None) -> str:
     try:
         (fl, nl), (fs, ns) = check["large_found"], check["small_found"]
         figures = f"synthetic AUROC {float(check['auroc']):.2f}, large defects found {fl}/{nl}, small {fs}/{ns}"
+        if check.get("real_found"):
+            fr, nr = check["real_found"]
+            figures += f"; labelled test defects found {int(fr)}/{int(nr)}"
     except (KeyError, TypeError, ValueError):
         return "<p>self-check: unreadable in summary.json</p>"
     if check.get("weak"):

@@ -81,4 +81,6 @@ def test_require_self_check_lets_a_passing_model_inspect(passing, demo_root, tmp
     assert "cannot reliably see defects" not in done.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["self_check"]["weak"] == [] and summary["exit_code"] == done.returncode
-    assert "self-check passed: synthetic AUROC" in render_review(tmp_path / "out").read_text()
+    found, defects = summary["self_check"]["categories"]["disc"]["real_found"]  # the prepared data's labelled defects
+    page = render_review(tmp_path / "out").read_text()
+    assert "self-check passed: synthetic AUROC" in page and f"labelled test defects found {found}/{defects}" in page
