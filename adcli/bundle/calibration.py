@@ -106,6 +106,16 @@ class Calibration:
         return cls(**top, categories={str(c): _category(v, f"{source}: categories.{c}") for c, v in categories.items()})
 
 
+def weak_self_check_lines(calibration: Calibration | None, model: str, categories: list[str] | None = None) -> list[str]:
+    """One warning line per category (of `categories`, default all) whose calibration self-check is weak: what
+    calibrate, every inspect and `adcli.load` say."""
+    if calibration is None:
+        return []
+    return [f"model {model} cannot reliably see defects on {cat}: {c.self_check.summary()}"
+            for cat, c in calibration.categories.items()
+            if (categories is None or cat in categories) and c.self_check is not None and c.self_check.weak]
+
+
 def _category(tree: Any, where: str) -> CategoryCalibration:
     if not isinstance(tree, dict):
         raise BundleError(f"{where}: expected an object; run `adcli calibrate` again")

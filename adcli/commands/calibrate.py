@@ -30,7 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from adcli import __version__
-from adcli.bundle.calibration import FORMAT_VERSION, Calibration, CategoryCalibration
+from adcli.bundle.calibration import FORMAT_VERSION, Calibration, CategoryCalibration, weak_self_check_lines
 from adcli.bundle.calibration_files import CalibrationFiles
 from adcli.data.manifest import Sample, load_manifest
 from adcli.inference.detector import Detector
@@ -40,7 +40,7 @@ from adcli.model.nets.weights import WeightsNotFound
 from adcli.inference.predictions import predict_samples
 from adcli.core.progress import print_table, track
 from adcli.model.routing import BANK_IMAGES, CategoryRouter, PatchEmbedder, build_profile
-from adcli.commands.synthetic_defects import MAX_COPIES, copies_for, run_self_check, score_real_defects, weak_lines
+from adcli.commands.synthetic_defects import MAX_COPIES, copies_for, run_self_check, score_real_defects
 from adcli.data.defects import FAMILIES, SIZES
 from adcli.stats.thresholds import MIN_NORMALS, fit_threshold, normals_needed, score_summary
 
@@ -277,7 +277,7 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
                               categories={c: per_category[c] for c in categories if c in per_category})
     detector.calibration_files.write_calibration(calibration)
     print_calibration(calibration, console)
-    for line in weak_lines(calibration, str(run)):
+    for line in weak_self_check_lines(calibration, str(run)):
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     uncalibrated = [c for c in categories if c not in calibration.categories]
     if uncalibrated:

@@ -5,8 +5,9 @@ calibration normals with synthetic defects (adcli/data/defects.py; families no r
 at a small and a large size), scores the copies with the same Detector, and keeps the summary
 (adcli/stats/self_check.py) in calibration.json. Where the prepared data has labelled test defects,
 `score_real_defects` scores them too, so the table shows the real detection rate beside the synthetic
-one (the threshold never sees them). `weak_lines` is what calibrate and every inspect print
-for a model that fails it; `require_self_check` is inspect's `--require-self-check`.
+one (the threshold never sees them). What calibrate, inspect and `adcli.load` say of a model that
+fails it is adcli/bundle/calibration.py's `weak_self_check_lines`; `require_self_check` is inspect's
+`--require-self-check`.
 """
 
 from __future__ import annotations
@@ -100,15 +101,6 @@ def score_real_defects(detector: Detector, category: str, defects: list[Sample],
         if progress:
             progress()
     return scores
-
-
-def weak_lines(calibration: Calibration | None, model: str, categories: list[str] | None = None) -> list[str]:
-    """One warning line per category (of `categories`, default all) whose self-check is weak."""
-    if calibration is None:
-        return []
-    return [f"model {model} cannot reliably see defects on {cat}: {c.self_check.summary()}"
-            for cat, c in calibration.categories.items()
-            if (categories is None or cat in categories) and c.self_check is not None and c.self_check.weak]
 
 
 def summary_record(calibration: Calibration | None) -> dict:

@@ -63,3 +63,8 @@ class Stopped(BaseException):
 
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class ModelWarning(UserWarning):
+    """A model that loads but should not be trusted on a line (trained with a test profile, or blind to
+    defects on a category by its calibration self-check): `adcli.load` warns with it once per line."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adcli.bundle.calibration import Calibration, CategoryCalibration
+from adcli.bundle.calibration import Calibration, CategoryCalibration, weak_self_check_lines
 from adcli.data.batches import resized, to_tensor
 from adcli.core.errors import AdcliError, BundleError
 from adcli.core.io import read_image
@@ -158,6 +158,13 @@ class Detector:
         if self.meta.get("profile") != "test":
             return None
         return f"{self.bundle.path} was trained with the test profile: for tests only, not for a line"
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a user of this model must hear before trusting an OK: the test-profile line and one line per
+        category whose calibration self-check is weak (the lines calibrate and inspect print)."""
+        lines = [self.test_profile_warning] if self.test_profile_warning else []
+        return lines + weak_self_check_lines(self.calibration, str(self.bundle.path))
 
     # ---- categories and thresholds -------------------------------------------------------------
     @property

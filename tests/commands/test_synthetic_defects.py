@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from adcli.bundle.calibration import Calibration
+from adcli.bundle.calibration import weak_self_check_lines as weak_lines
 from adcli.commands.synthetic_defects import (COMBINATIONS, copies_for, require_self_check, run_self_check, summary_record,
-                                       synthetic_copies, weak_lines)
+                                       synthetic_copies)
 from adcli.core.errors import BundleError
 from adcli.data.defects import defect_region
 from adcli.data.manifest import load_manifest

@@ -35,7 +35,7 @@ from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 
-from adcli.bundle.calibration import Calibration
+from adcli.bundle.calibration import Calibration, weak_self_check_lines
 from adcli.data.manifest import IMAGE_EXTENSIONS
 from adcli.inference.detector import Detector, Judged, ToScore
 from adcli.core.errors import AdcliError, DataError, ImageError, OutputError
@@ -306,7 +306,7 @@ def _load_detector(model_dir: Path, device: str, batch_size: int | None, backend
     judged = detector.categories if category in (None, "auto") else [category]
     if require_checked:
         synthetic_defects.require_self_check(detector.calibration, judged, str(model_dir))
-    for line in synthetic_defects.weak_lines(detector.calibration, str(model_dir), judged):
+    for line in weak_self_check_lines(detector.calibration, str(model_dir), judged):
         console.print(f"[yellow]warning:[/] {line}", highlight=False)
     return detector
 

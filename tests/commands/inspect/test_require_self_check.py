@@ -84,3 +84,15 @@ def test_require_self_check_lets_a_passing_model_inspect(passing, demo_root, tmp
     found, defects = summary["self_check"]["categories"]["disc"]["real_found"]  # the prepared data's labelled defects
     page = render_review(tmp_path / "out").read_text()
     assert "self-check passed: synthetic AUROC" in page and f"labelled test defects found {found}/{defects}" in page
+
+
+def test_the_python_api_names_a_weak_model_in_a_warning(weak, passing):
+    import adcli
+    from adcli.core.errors import ModelWarning
+
+    with pytest.warns(ModelWarning) as caught:
+        det = adcli.load(weak, device="cpu")
+    said = [str(w.message) for w in caught]
+    assert f"model {weak} cannot reliably see defects on disc: synthetic AUROC" in " ".join(said)
+    assert said == det.warnings and any("trained with the test profile" in line for line in said)
+    assert not [line for line in adcli.load(passing, device="cpu").warnings if "cannot reliably see" in line]
