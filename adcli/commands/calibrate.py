@@ -279,6 +279,11 @@ def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: f
     print_calibration(calibration, console)
     for line in weak_self_check_lines(calibration, str(run)):
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    for cat, c in calibration.categories.items():
+        if c.self_check is not None and c.self_check.misses_real_defects:
+            found, defects = c.self_check.real_found
+            console.print(f"[yellow]warning:[/] at its threshold model {escape(str(run))} finds only {found}/{defects} "
+                          f"({found / defects:.0%}) of {escape(cat)}'s labelled test defects", highlight=False)
     uncalibrated = [c for c in categories if c not in calibration.categories]
     if uncalibrated:
         console.print(f"[yellow]note:[/] not calibrated yet: {', '.join(uncalibrated)} (inspect refuses them)", highlight=False)

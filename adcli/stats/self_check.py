@@ -56,6 +56,13 @@ class SelfCheck:
         found, copies = self.count("large")
         return not self.auroc >= AUROC_FLOOR or (copies > 0 and found < LARGE_FLOOR * copies)
 
+    @property
+    def misses_real_defects(self) -> bool:
+        """Fewer than LARGE_FLOOR of the labelled test defects reach the threshold (False without them):
+        direct evidence, said at calibration beside `weak`, which stays the synthetic verdict a line
+        without labels gets."""
+        return self.real_found is not None and self.real_found[0] < LARGE_FLOOR * self.real_found[1]
+
     def summary(self) -> str:
         """'synthetic AUROC 0.41, 2/12 large defects found'."""
         found, copies = self.count("large")

@@ -298,3 +298,6 @@ def test_a_blind_model_gets_a_warning_at_calibration(run, prepared, monkeypatch)
     assert cal.categories["disc"].self_check.weak
     assert re.search(r"warning: model \S+ cannot reliably see defects on disc: synthetic AUROC 0\.\d\d, \d+/\d+ large "
                      r"defects found", out.getvalue())
+    found, defects = cal.categories["disc"].self_check.real_found  # the prepared data's labelled defects, missed too
+    assert found < defects / 2 and f"finds only {found}/{defects} (" in out.getvalue()
+    assert "of disc's labelled test defects" in out.getvalue()

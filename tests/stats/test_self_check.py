@@ -67,6 +67,8 @@ def test_labelled_defects_beside_the_check_recount_and_round_trip():
     real = check.with_real_defects([0.5, 1.5, 3.0], threshold=1.5, seconds=0.5)
     assert real.real_found == [2, 3] and real.seconds == 1.5 and real.to_record()["real_found"] == [2, 3]
     assert real.weak == check.weak  # beside the check, not part of it
+    assert not check.misses_real_defects and not real.misses_real_defects  # 2/3 found
+    assert real.at_threshold(2.0).misses_real_defects  # 1/3
     assert real.at_threshold(0.0).real_found == [3, 3] and real.at_threshold(9.0).real_found == [0, 3]
     tree = json.loads(json.dumps(dataclasses.asdict(real)))
     assert from_dict(tree, "cal") == real
