@@ -3,9 +3,9 @@
 Normals come from a prepared dataset's `calib` split (the dataset's validation/good where it has one,
 else the held-out part of train/good), or from a folder of fresh good images of one category
 (`--normals`). Never from training images' scores, never from test labels (the self-check scores a
-prepared dataset's labelled test defects only to print the real detection rate beside its own). Below `min_normals`
-normals a category is not calibrated (unless `allow_few`): a threshold from three normals promises a
-false-alarm rate it cannot keep. Such a category is left out with a warning and the others are
+prepared dataset's labelled test defects only to print the real detection rate beside its own). Below
+`min_normals` normals a category is not calibrated (unless `allow_few`): a threshold from three normals
+promises a false-alarm rate it cannot keep. Such a category is left out with a warning and the others are
 calibrated (PartlyCalibrated, exit 7, after the calibration is written); only when no category of the
 call has enough is the call refused, writing nothing. `--threshold CATEGORY=VALUE` replaces a category's
 threshold by hand (source "manual"), keeping the normals' statistics to show what it costs.
