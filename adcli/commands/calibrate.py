@@ -189,6 +189,7 @@ def _self_checks(detector: Detector, sets: dict[str, NormalSet], per_category: d
     start = time.perf_counter()
     copies = sum(copies_for(len(normal_set.normals)) for normal_set in sets.values())
     real = sum(len(normal_set.defects) for normal_set in sets.values())
+    real_seconds = 0.0
     with track(console, "self-check", copies + real) as task:
         for cat, normal_set in sets.items():
             cal = per_category[cat]
@@ -198,9 +199,12 @@ def _self_checks(detector: Detector, sets: dict[str, NormalSet], per_category: d
                 real_start = time.perf_counter()
                 scores = score_real_defects(detector, cat, normal_set.defects, task.advance)
                 checked = checked.with_real_defects(scores, cal.threshold, time.perf_counter() - real_start)
+                real_seconds += time.perf_counter() - real_start
             per_category[cat] = dataclasses.replace(cal, self_check=checked)
-    labelled = f" and {real} labelled test defects" if real else ""
-    console.print(f"self-check: {copies} synthetic images{labelled}, {time.perf_counter() - start:.1f} s", highlight=False)
+    # the synthetic part is the one bounded by the calibration's own cost; the labelled defects are extra
+    synthetic_seconds = time.perf_counter() - start - real_seconds
+    labelled = f" and {real} labelled test defects, {real_seconds:.1f} s" if real else ""
+    console.print(f"self-check: {copies} synthetic images, {synthetic_seconds:.1f} s{labelled}", highlight=False)
 
 
 def calibrate(run: str | Path, prepared: str | Path | None = None, target_fpr: float = 0.01, device: str = "auto",

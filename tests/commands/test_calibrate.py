@@ -263,7 +263,7 @@ def test_calibration_stores_and_prints_the_self_check(run, prepared):
     assert Detector.load(run, "cpu").calibration.categories["disc"].self_check == disc
     text = out.getvalue()
     assert "self-check AUROC" in text and f"{disc.auroc:.3f}" in text and "brightness" in text
-    assert re.search(r"self-check: \d+ synthetic images and \d+ labelled test defects, \d+\.\d s", text)
+    assert re.search(r"self-check: \d+ synthetic images, \d+\.\d s and \d+ labelled test defects, \d+\.\d s", text)
     # the prepared test split's labelled defects, scored beside the synthetic ones (the threshold never sees them)
     defects = [s for s in load_manifest(prepared) if s.split == "test" and s.category == "disc" and s.label == 1]
     threshold = cal.categories["disc"].threshold
