@@ -198,8 +198,9 @@ def _self_checks(detector: Detector, sets: dict[str, NormalSet], per_category: d
             if normal_set.defects:
                 real_start = time.perf_counter()
                 scores = score_real_defects(detector, cat, normal_set.defects, task.advance)
-                checked = checked.with_real_defects(scores, cal.threshold, time.perf_counter() - real_start)
-                real_seconds += time.perf_counter() - real_start
+                took = time.perf_counter() - real_start
+                checked = checked.with_real_defects(scores, cal.threshold, took)
+                real_seconds += took
             per_category[cat] = dataclasses.replace(cal, self_check=checked)
     # the synthetic part is the one bounded by the calibration's own cost; the labelled defects are extra
     synthetic_seconds = time.perf_counter() - start - real_seconds
